@@ -1,0 +1,39 @@
+# The two set-up commands of the README. Both are idempotent and install everything
+# they need into .venv (Python packages) and .gnnrec/ (Neo4j jars, data, logs).
+# Prerequisites on the machine: Python >= 3.11, Java 17 (or 21) and Maven.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.gnnrec-installed
+GNNREC := $(BIN)/gnnrec
+DEMO_RUN := runs/demo-lightgcn
+DEMO_GRAPH := .gnnrec/lastfm.pt
+
+.PHONY: install demo test test-fast lint clean-demo
+
+$(STAMP): pyproject.toml graph/neo4j_server/pom.xml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(GNNREC) neo4j install
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(GNNREC) neo4j start
+	$(GNNREC) ingest --dataset lastfm
+	$(GNNREC) stats
+	@echo "--- top artists by listeners"
+	$(GNNREC) cypher "MATCH (u:User)-[r:INTERACTED]->(i:Item) RETURN i.id AS artist, count(u) AS listeners, sum(r.weight) AS plays ORDER BY listeners DESC LIMIT 5"
+	@echo "--- user 2's friends and what they listen to most"
+	$(GNNREC) cypher "MATCH (u:User {id: \$$user})-[:FRIEND]-(f:User)-[r:INTERACTED]->(i:Item) WITH f, i, r ORDER BY r.weight DESC WITH f, collect(i.id)[..3] AS top RETURN f.id AS friend, top AS favourite_artists ORDER BY friend LIMIT 5" --param user=2
+	@echo "--- artists user 2's friends play that user 2 has never played"
+	$(GNNREC) cypher "MATCH (u:User {id: \$$user})-[:FRIEND]-(:User)-[r:INTERACTED]->(i:Item) WHERE NOT (u)-[:INTERACTED]->(i) RETURN i.id AS artist, count(*) AS friends, sum(r.weight) AS plays ORDER BY friends DESC, plays DESC LIMIT 5" --param user=2
+
+test: install
+	$(BIN)/pytest -m "not slow"
+
+lint: install
+	$(BIN)/ruff check gnnrec graph gnn ingest serve experiments tests

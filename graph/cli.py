@@ -1,0 +1,208 @@
+"""Commands ``neo4j start|stop|status|install``, ``cypher``, ``export`` and ``writeback``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from gnnrec.errors import GnnrecError
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    neo = sub.add_parser("neo4j", help="run the project-local Neo4j server")
+    neo_sub = neo.add_subparsers(dest="neo4j_command", required=True, metavar="ACTION")
+    start = neo_sub.add_parser("start", help="start Neo4j (Bolt on localhost) and wait for it")
+    start.add_argument("--bolt-port", type=int, default=None, help="default 7687")
+    start.add_argument("--http-port", type=int, default=None, help="default 7474 (Browser)")
+    start.add_argument("--timeout", type=float, default=180.0)
+    start.set_defaults(handler=_start)
+    stop = neo_sub.add_parser("stop", help="shut the local server down cleanly")
+    stop.set_defaults(handler=_stop)
+    status = neo_sub.add_parser("status", help="is it running, where, which version")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=_status)
+    install = neo_sub.add_parser("install", help="fetch the Neo4j jars with Maven (idempotent)")
+    install.set_defaults(handler=_install)
+
+    cy = sub.add_parser("cypher", help="run a Cypher query (read-only unless --write)")
+    cy.add_argument("query")
+    cy.add_argument(
+        "--param", "-p", action="append", default=[], metavar="NAME[:TYPE]=VALUE",
+        help="query parameter, text by default (ids are text); TYPE is int, float, bool or json",
+    )
+    cy.add_argument("--write", action="store_true", help="run in a write transaction")
+    cy.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    cy.set_defaults(handler=_cypher)
+
+    ex = sub.add_parser("export", help="export the Neo4j graph to a PyG HeteroData file")
+    ex.add_argument("--out", required=True, help="output file (.pt)")
+    ex.add_argument("--page-size", type=int, default=50_000)
+    ex.add_argument("--split", choices=["random", "temporal", "none"], default="random",
+                    help="add a seeded train/valid/test split to the file (default random)")
+    ex.add_argument("--seed", type=int, default=0)
+    ex.set_defaults(handler=_export)
+
+    wb = sub.add_parser("writeback", help="write a run's top-k and embeddings into Neo4j")
+    wb.add_argument("--run", required=True, help="run directory (runs/NAME)")
+    wb.add_argument("--k", type=int, default=20)
+    wb.add_argument("--batch-size", type=int, default=5_000)
+    wb.add_argument("--no-embeddings", action="store_true", help="write recommendations only")
+    wb.set_defaults(handler=_writeback)
+
+
+def _local(args: argparse.Namespace):  # noqa: ANN202 - LocalNeo4j, imported lazily
+    from gnnrec.graph.server import LocalNeo4j
+
+    return LocalNeo4j(
+        bolt_port=getattr(args, "bolt_port", None), http_port=getattr(args, "http_port", None)
+    )
+
+
+def _external_note() -> bool:
+    if os.environ.get("NEO4J_URI"):
+        print(f"NEO4J_URI is set ({os.environ['NEO4J_URI']}): using that server; "
+              "the local one is not managed", file=sys.stderr)
+        return True
+    return False
+
+
+def _start(args: argparse.Namespace) -> int:
+    if _external_note():
+        return 0
+    status, started = _local(args).start(timeout=args.timeout)
+    if started:
+        print(f"Neo4j {status.version} started (pid {status.pid}) on {status.uri}")
+    else:
+        print(f"Neo4j is already running (pid {status.pid}) on {status.uri}")
+    print(f"Browser: {status.browser_url}  (user neo4j, password in {status.home}/password)")
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    if _external_note():
+        return 0
+    print("Neo4j stopped" if _local(args).stop() else "Neo4j was not running")
+    return 0
+
+
+def _install(args: argparse.Namespace) -> int:
+    print(f"Neo4j jars in {_local(args).install()}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from gnnrec.graph.settings import Neo4jSettings
+
+    if os.environ.get("NEO4J_URI"):
+        from gnnrec.graph.client import GraphClient
+
+        settings = Neo4jSettings.resolve()
+        with GraphClient(settings) as client:
+            running = client.ping()
+            version = client.server_version() if running else "unknown"
+        info: dict[str, Any] = {"running": running, "uri": settings.uri, "version": version,
+                                "external": True}
+    else:
+        info = _local(args).status().to_dict()
+    if args.json:
+        print(json.dumps(info))
+    else:
+        state = "running" if info["running"] else "not running"
+        print(f"Neo4j {info['version']} {state} at {info['uri']}")
+    return 0
+
+
+_PARAM_TYPES: dict[str, Any] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": lambda v: {"true": True, "false": False}[v.lower()],
+    "json": json.loads,
+}
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """``name=value`` -> (name, "value"); ``name:int=5`` -> (name, 5).
+
+    Values are text unless a type is given, because node ids are stored as text.
+    """
+    key, sep, raw = text.partition("=")
+    name, _, kind = key.partition(":")
+    if not sep or not name:
+        raise GnnrecError(f"--param {text!r}: expected NAME[:TYPE]=VALUE")
+    convert = _PARAM_TYPES.get(kind or "str")
+    if convert is None:
+        known = ", ".join(_PARAM_TYPES)
+        raise GnnrecError(f"--param {text!r}: unknown type {kind!r} (use {known})")
+    try:
+        return name, convert(raw)
+    except (ValueError, KeyError) as exc:
+        raise GnnrecError(f"--param {text!r}: {raw!r} is not a valid {kind}") from exc
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Rows as a plain aligned text table (values JSON-encoded when not scalars)."""
+    if not rows:
+        return "(no rows)"
+    cols = list(rows[0])
+
+    def cell(v: Any) -> str:
+        return v if isinstance(v, str) else json.dumps(v, default=str, ensure_ascii=False)
+
+    body = [[cell(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(cols)]
+    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))
+    sep = "  ".join("-" * w for w in widths)
+    out = [line, sep]
+    out += ["  ".join(v.ljust(w) for v, w in zip(b, widths, strict=True)) for b in body]
+    return "\n".join(out) + f"\n({len(rows)} row{'s' if len(rows) != 1 else ''})"
+
+
+def _cypher(args: argparse.Namespace) -> int:
+    from neo4j.exceptions import Neo4jError
+
+    from gnnrec.graph.client import GraphClient
+
+    params = dict(parse_param(p) for p in args.param)
+    with GraphClient() as client:
+        try:
+            rows = (client.write if args.write else client.read)(args.query, params)
+        except Neo4jError as exc:
+            hint = " (this looks like a write: add --write)" if "write" in str(exc).lower() else ""
+            raise GnnrecError(f"Cypher failed: {exc.message}{hint}") from exc
+    if args.json:
+        print(json.dumps(rows, default=str, ensure_ascii=False))
+    else:
+        print(format_table(rows))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from gnnrec.graph.client import GraphClient
+    from gnnrec.graph.export import export_hetero
+
+    with GraphClient() as client:
+        data, summary = export_hetero(client, page_size=args.page_size)
+    from gnnrec.gnn.data import save_graph
+
+    if args.split != "none":
+        from gnnrec.gnn.split import apply_split
+
+        data = apply_split(data, kind=args.split, seed=args.seed)
+    save_graph(data, args.out)
+    print(json.dumps({**summary, "out": str(args.out), "split": args.split}))
+    return 0
+
+
+def _writeback(args: argparse.Namespace) -> int:
+    from gnnrec.graph.client import GraphClient
+    from gnnrec.graph.writeback import writeback_run
+
+    with GraphClient() as client:
+        summary = writeback_run(client, args.run, k=args.k, batch_size=args.batch_size,
+                                embeddings=not args.no_embeddings)
+    print(json.dumps(summary))
+    return 0

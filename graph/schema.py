@@ -1,0 +1,32 @@
+"""Graph schema: labels, relationship types and the uniqueness constraints.
+
+    (:User {id})-[:INTERACTED {weight, ts}]->(:Item {id, ...attributes})
+    (:User)-[:FRIEND]->(:User)      one relationship per unordered pair, queried undirected
+    (:Item)-[:HAS_TAG {weight}]->(:Tag {name})
+    (:User)-[:RECOMMENDED {score, rank, model, run}]->(:Item)   written back by a run
+"""
+
+from __future__ import annotations
+
+from gnnrec.graph.client import GraphClient
+
+CONSTRAINTS = (
+    "CREATE CONSTRAINT user_id IF NOT EXISTS FOR (u:User) REQUIRE u.id IS UNIQUE",
+    "CREATE CONSTRAINT item_id IF NOT EXISTS FOR (i:Item) REQUIRE i.id IS UNIQUE",
+    "CREATE CONSTRAINT tag_name IF NOT EXISTS FOR (t:Tag) REQUIRE t.name IS UNIQUE",
+)
+
+
+def ensure_schema(client: GraphClient) -> None:
+    """Create the uniqueness constraints (idempotent) and wait for their indexes."""
+    for statement in CONSTRAINTS:
+        client.run_auto(statement)
+    client.run_auto("CALL db.awaitIndexes(300)")
+
+
+def clear_database(client: GraphClient, batch_size: int = 10_000) -> None:
+    """Delete every node and relationship, in batches (tests and ``--reset``)."""
+    client.run_auto(
+        "MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF $size ROWS",
+        {"size": batch_size},
+    )

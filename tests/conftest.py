@@ -1,0 +1,67 @@
+"""Shared fixtures.
+
+Integration tests (marked ``integration``) talk to a real Neo4j server: the one named
+by ``NEO4J_URI`` if set, else a project-local Neo4j started for this test session
+under a temporary home on free ports and stopped at the end. Each test that asks for
+``graph_client`` gets an emptied database with the schema in place. Ray tests share
+one local Ray session (``ray_session``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gnnrec.graph.client import GraphClient
+from gnnrec.graph.schema import clear_database, ensure_schema
+from gnnrec.graph.server import LocalNeo4j, free_port
+from gnnrec.graph.settings import Neo4jSettings, gnnrec_home
+
+
+@pytest.fixture(scope="session")
+def neo4j_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Neo4jSettings]:
+    if os.environ.get("NEO4J_URI"):
+        yield Neo4jSettings.resolve()
+        return
+    home = tmp_path_factory.mktemp("gnnrec-home")
+    # Reuse the jar cache of the project's own home so tests need no second download.
+    os.environ.setdefault("GNNREC_NEO4J_LIB", str(gnnrec_home() / "neo4j-lib"))
+    server = LocalNeo4j(home=Path(home), bolt_port=free_port(), http_port=free_port())
+    server.start()
+    try:
+        yield Neo4jSettings(uri=server.bolt_uri, user="neo4j", password=server.password())
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def neo4j(neo4j_settings: Neo4jSettings) -> Iterator[GraphClient]:
+    """A client to the real test server (session-wide)."""
+    client = GraphClient(neo4j_settings)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def graph_client(neo4j: GraphClient) -> GraphClient:
+    """The real server with an empty database and the schema in place."""
+    clear_database(neo4j)
+    ensure_schema(neo4j)
+    return neo4j
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray for the whole test run (2 CPUs, no dashboard)."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
