@@ -22,9 +22,10 @@ from gnnrec.graph.settings import Neo4jSettings, gnnrec_home
 
 
 @pytest.fixture(scope="session")
-def neo4j_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Neo4jSettings]:
+def local_neo4j(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNeo4j | None]:
+    """The local server started for this test session (None when NEO4J_URI is set)."""
     if os.environ.get("NEO4J_URI"):
-        yield Neo4jSettings.resolve()
+        yield None
         return
     home = tmp_path_factory.mktemp("gnnrec-home")
     # Reuse the jar cache of the project's own home so tests need no second download.
@@ -32,9 +33,25 @@ def neo4j_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Neo4jSe
     server = LocalNeo4j(home=Path(home), bolt_port=free_port(), http_port=free_port())
     server.start()
     try:
-        yield Neo4jSettings(uri=server.bolt_uri, user="neo4j", password=server.password())
+        yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def neo4j_settings(local_neo4j: LocalNeo4j | None) -> Neo4jSettings:
+    if local_neo4j is None:
+        return Neo4jSettings.resolve()
+    return Neo4jSettings(uri=local_neo4j.bolt_uri, user="neo4j", password=local_neo4j.password())
+
+
+@pytest.fixture
+def neo4j_env(neo4j_settings: Neo4jSettings, monkeypatch: pytest.MonkeyPatch) -> Neo4jSettings:
+    """Point CLI commands run in-process (``gnnrec.cli.main``) at the test server."""
+    monkeypatch.setenv("NEO4J_URI", neo4j_settings.uri)
+    monkeypatch.setenv("NEO4J_USER", neo4j_settings.user)
+    monkeypatch.setenv("NEO4J_PASSWORD", neo4j_settings.password)
+    return neo4j_settings
 
 
 @pytest.fixture(scope="session")
