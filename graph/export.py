@@ -111,7 +111,10 @@ def _read_rels(
 
 
 def attributes_to_features(props: list[dict[str, Any]]) -> tuple[torch.Tensor, list[str]] | None:
-    """Numeric properties (z-scored, missing -> 0) and low-cardinality text (one-hot).
+    """Numeric properties (z-scored, missing -> 0) and categorical text (one-hot).
+
+    Text counts as categorical when it has 2..32 levels and each level repeats on
+    average (levels <= nodes / 2), so titles and names are not one-hot encoded.
 
     Returns ``(x [N, F], feature_names)`` or ``None`` when no usable attribute exists.
     """
@@ -130,7 +133,7 @@ def attributes_to_features(props: list[dict[str, Any]]) -> tuple[torch.Tensor, l
             names.append(str(col))
         elif values.map(lambda v: isinstance(v, str)).all():
             levels = sorted(values.dropna().unique())
-            if 1 < len(levels) <= _MAX_CATEGORIES:
+            if 1 < len(levels) <= min(_MAX_CATEGORIES, len(values) // 2):
                 for level in levels:
                     columns.append((values == level).to_numpy(dtype=np.float64))
                     names.append(f"{col}={level}")
