@@ -1,0 +1,1 @@
+"""Benchmark and comparison scripts (run as ``python -m experiments.<name>``)."""

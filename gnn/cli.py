@@ -1,0 +1,237 @@
+"""``gnnrec split | train | evaluate | recommend | synth-graph``.
+
+Heavy imports (torch, PyG) happen inside the handlers, never at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from gnnrec.errors import GnnrecError
+
+MODEL_NAMES = ("lightgcn", "graphsage", "mf", "pop")
+# Model hyper-parameter flags -> constructor argument names (only passed when given).
+_HYPER_FLAGS = {"embedding_dim": "embedding_dim", "num_layers": "num_layers",
+                "social_weight": "social_weight"}
+# Training flags -> TrainConfig fields (None = keep the default / the resumed value).
+_TRAIN_FLAGS = ("epochs", "batch_size", "lr", "l2", "num_negatives", "negatives", "patience",
+                "eval_every", "seed", "device")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    sp = sub.add_parser("split", help="add a seeded train/valid/test split to a graph file")
+    sp.add_argument("--graph", required=True, help="graph file (.pt) from `gnnrec export`")
+    sp.add_argument("--kind", choices=["random", "temporal"], default="random",
+                    help="random per-user 80/10/10, or temporal leave-last-out")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--fractions", type=float, nargs=3, default=[0.8, 0.1, 0.1],
+                    metavar=("TRAIN", "VALID", "TEST"))
+    sp.add_argument("--min-interactions", type=int, default=3,
+                    help="users with fewer interactions stay in train only (default 3)")
+    sp.add_argument("--out", help="output graph file (default: rewrite --graph in place)")
+    sp.add_argument("--format", choices=["graph", "recbole"], default="graph",
+                    help="recbole: also write NAME.{train,valid,test}.inter atomic files")
+    sp.add_argument("--recbole-dir", help="folder for the .inter files (RecBole data_path/NAME)")
+    sp.add_argument("--name", help="RecBole dataset name (default: the graph file's stem)")
+    sp.set_defaults(handler=_split)
+
+    tr = sub.add_parser("train", help="train a recommender on a graph file into runs/NAME")
+    tr.add_argument("--model", choices=MODEL_NAMES, help="required unless --resume")
+    tr.add_argument("--graph", help="graph file (required unless --resume)")
+    tr.add_argument("--out", required=True, help="run directory, e.g. runs/lightgcn")
+    tr.add_argument("--epochs", type=int)
+    tr.add_argument("--batch-size", type=int)
+    tr.add_argument("--lr", type=float)
+    tr.add_argument("--l2", type=float, help="L2 weight on the batch's ego embeddings")
+    tr.add_argument("--num-negatives", type=int)
+    tr.add_argument("--negatives", choices=["uniform", "popularity"])
+    tr.add_argument("--patience", type=int, help="evaluations without improvement before stopping")
+    tr.add_argument("--eval-every", type=int, help="epochs between valid evaluations")
+    tr.add_argument("--seed", type=int)
+    tr.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
+    tr.add_argument("--embedding-dim", type=int)
+    tr.add_argument("--num-layers", type=int)
+    tr.add_argument("--social-weight", type=float, help="weight of friend edges (social LightGCN)")
+    tr.add_argument("--model-arg", action="append", default=[], metavar="NAME=VALUE",
+                    help="any other constructor argument (VALUE parsed as JSON when it can be)")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out")
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.set_defaults(handler=_train)
+
+    ev = sub.add_parser("evaluate", help="full-ranking metrics of a run on valid or test")
+    ev.add_argument("run", help="run directory")
+    ev.add_argument("--split", choices=["valid", "test"], default="valid")
+    ev.add_argument("--graph", help="graph file (default: the one recorded in the run)")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--batch-size", type=int, help="users per scoring batch")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(handler=_evaluate)
+
+    rc = sub.add_parser("recommend", help="top-k unseen items for one user of a run")
+    rc.add_argument("user", help="external user id")
+    rc.add_argument("-k", type=int, default=10)
+    rc.add_argument("--run", required=True, help="run directory")
+    rc.add_argument("--graph", help="graph file (default: the one recorded in the run)")
+    rc.add_argument("--device", default="cpu")
+    rc.add_argument("--json", action="store_true")
+    rc.set_defaults(handler=_recommend)
+
+    sy = sub.add_parser("synth-graph", help="write a seeded synthetic graph file (no Neo4j)")
+    sy.add_argument("--out", required=True)
+    sy.add_argument("--users", type=int, default=1000)
+    sy.add_argument("--items", type=int, default=500)
+    sy.add_argument("--tags", type=int, default=40)
+    sy.add_argument("--communities", type=int, default=8)
+    sy.add_argument("--mean-interactions", type=float, default=20.0)
+    sy.add_argument("--friends", type=float, default=4.0, help="mean friends per user")
+    sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--split", choices=["random", "temporal", "none"], default="random")
+    sy.set_defaults(handler=_synth)
+
+
+def parse_model_arg(text: str) -> tuple[str, Any]:
+    name, sep, raw = text.partition("=")
+    if not sep or not name:
+        raise GnnrecError(f"--model-arg {text!r}: expected NAME=VALUE")
+    try:
+        return name.replace("-", "_"), json.loads(raw)
+    except json.JSONDecodeError:
+        return name.replace("-", "_"), raw
+
+
+def _split(args: argparse.Namespace) -> int:
+    from gnnrec.gnn.data import load_graph, save_graph
+    from gnnrec.gnn.split import apply_split, write_recbole
+
+    data = apply_split(load_graph(args.graph), args.kind, seed=args.seed,
+                       fractions=tuple(args.fractions), min_interactions=args.min_interactions)
+    summary: dict[str, Any] = {"split_info": data.split_info}
+    if args.format == "graph" or args.out:
+        out = args.out or args.graph
+        save_graph(data, out)
+        summary["out"] = str(out)
+    if args.format == "recbole":
+        if not args.recbole_dir:
+            raise GnnrecError("--format recbole needs --recbole-dir DIR")
+        name = args.name or Path(args.graph).stem
+        summary["recbole"] = [str(p) for p in write_recbole(data, args.recbole_dir, name)]
+    print(json.dumps(summary))
+    return 0
+
+
+def _hyper(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    hyper = {arg: getattr(args, flag) for flag, arg in _HYPER_FLAGS.items()
+             if getattr(args, flag) is not None}
+    hyper.update(parse_model_arg(a) for a in args.model_arg)
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(hyper) - set(params))
+        if unknown:
+            flags = ", ".join("--" + u.replace("_", "-") for u in unknown)
+            raise GnnrecError(f"{flags} does not apply to model {args.model} ({cls.__name__})")
+    return hyper
+
+
+def _train(args: argparse.Namespace) -> int:
+    from gnnrec.gnn.data import fingerprint, load_graph
+    from gnnrec.gnn.run import Run, build_model, model_class
+    from gnnrec.gnn.split import ensure_split
+    from gnnrec.gnn.train import TrainConfig, check_resumable, seed_everything, train
+
+    given = {f: getattr(args, f) for f in _TRAIN_FLAGS if getattr(args, f) is not None}
+    if args.resume:
+        run = Run.open(args.out)
+        meta = run.meta()
+        model_name = meta["model"]["name"]
+        if args.model and args.model != model_name:
+            raise GnnrecError(f"{args.out} holds a {model_name} run, not {args.model}")
+        args.model = model_name
+        hyper = {**meta["model"]["config"], **_hyper(args, model_class(model_name))}
+        graph_path = args.graph or meta["graph"]["path"]
+        config = TrainConfig.from_dict({**meta["train_config"], **given})
+    else:
+        if not args.model or not args.graph:
+            raise GnnrecError("gnnrec train needs --model and --graph (or --resume)")
+        model_name, graph_path = args.model, args.graph
+        hyper = _hyper(args, model_class(model_name))
+        config = TrainConfig(**given)
+    graph, applied = ensure_split(load_graph(graph_path))
+    if applied:
+        print(f"{graph_path} has no split: using the default random split (seed 0, 80/10/10); "
+              "make it explicit with `gnnrec split`", file=sys.stderr)
+    config.validate()
+    seed_everything(config.seed)
+    model = build_model(model_name, graph, hyper)
+    if args.resume:
+        check_resumable(run, model_name, model.config(), config, fingerprint(graph))  # type: ignore[operator]
+    else:
+        run = Run.create(args.out, model_name=model_name, model=model, graph=graph,
+                         graph_path=graph_path, train_config=config.to_dict(),
+                         overwrite=args.overwrite)
+        run.update_meta(graph={**run.meta()["graph"], "split_applied": applied})
+    result = train(model, graph, config, run=run, resume=args.resume,
+                   progress=not args.no_progress)
+    metric = result.best_valid.get(config.metric, float("nan"))
+    print(f"{model_name}: best epoch {result.best_epoch} ({result.stopped}), valid "
+          f"{config.metric} {metric:.4f}; run in {args.out}. Test it once with: "
+          f"gnnrec evaluate {args.out} --split test")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from gnnrec.gnn.evaluate import evaluate
+    from gnnrec.gnn.run import Run, load_run
+    from gnnrec.gnn.train import resolve_device
+
+    device = resolve_device(args.device)
+    model, _, graph = load_run(args.run, args.graph, device=device)
+    metrics = evaluate(model.score, graph, args.split, batch_size=args.batch_size,  # type: ignore[arg-type]
+                       device=device)
+    Run.open(args.run).update_meta(metrics={args.split: metrics})
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        width = max(len(k) for k in metrics)
+        for key, value in metrics.items():
+            print(f"{key.ljust(width)}  {value:.6g}")
+    return 0
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from gnnrec.gnn.recommend import Recommender
+    from gnnrec.gnn.run import load_run
+    from gnnrec.gnn.train import resolve_device
+
+    model, _, graph = load_run(args.run, args.graph, device=resolve_device(args.device))
+    recs = Recommender(model, graph).recommend(args.user, args.k)
+    if args.json:
+        print(json.dumps({"user": args.user, "items": [r.to_dict() for r in recs]}))
+    else:
+        for r in recs:
+            print(f"{r.rank:>3}  {r.item}  {r.score:.4f}")
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from gnnrec.gnn.data import save_graph, synthetic_graph
+    from gnnrec.gnn.split import apply_split
+
+    data = synthetic_graph(args.users, args.items, num_tags=args.tags,
+                           num_communities=args.communities,
+                           mean_interactions=args.mean_interactions,
+                           friends_per_user=args.friends, seed=args.seed)
+    if args.split != "none":
+        data = apply_split(data, args.split, seed=args.seed)
+    save_graph(data, args.out)
+    ui = data["user", "interacts", "item"]
+    print(json.dumps({"out": args.out, "users": data["user"].num_nodes,
+                      "items": data["item"].num_nodes, "interactions": ui.edge_index.size(1),
+                      "friendships": data["user", "friend", "user"].edge_index.size(1) // 2,
+                      "split": getattr(data, "split_info", None)}))
+    return 0

@@ -1,0 +1,166 @@
+"""Ray sampler workers feeding a trainer through a bounded prefetch queue.
+
+The graph's CSR arrays (:class:`~gnnrec.gnn.sampler.HeteroCSR`, plain numpy) are put in
+Ray's object store **once**; every worker actor receives the reference and maps the arrays
+zero-copy (read-only), then rebuilds the same batch sampler the driver holds
+(:class:`~gnnrec.gnn.sampler.NodeBatchSampler` or :class:`LinkBatchSampler`). Batch ``j`` of
+the stream goes to worker ``j % num_workers``; at most ``prefetch`` batches are in flight,
+so workers sample while the trainer trains. Batches are yielded in order and each is a
+pure function of ``(seed, epoch, index)``: the stream is identical to the in-process one,
+whatever the number of workers, and a retried batch is bit-identical to the lost one.
+
+Fault tolerance: a worker process that dies is restarted (``max_restarts``) and its
+pending calls re-run (``max_task_retries``). ``GNNREC_SAMPLER_FAIL_ONCE=<path>`` in a
+worker's environment (e.g. through ``runtime_env``) makes the first worker call that finds
+no file at ``<path>`` create it and kill its process: fault injection for tests.
+
+This is the only sampling module that imports ``ray``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from torch_geometric.data import HeteroData
+
+from gnnrec.gnn.sampler import BatchSampler, SampledArrays, SamplerError
+
+FAIL_ONCE_ENV = "GNNREC_SAMPLER_FAIL_ONCE"
+
+
+@dataclass(frozen=True)
+class RaySamplingParams:
+    """Resources of the sampling workers (kept apart from what is sampled).
+
+    Args:
+        num_workers: sampler actors; prefetch: most batches in flight (>= 1);
+        cpus_per_worker: Ray CPUs reserved per actor; max_restarts / max_task_retries:
+        how often a dead actor is restarted and its calls retried (-1 = forever);
+        runtime_env: optional Ray runtime environment of the actors.
+    """
+
+    num_workers: int = 2
+    prefetch: int = 4
+    cpus_per_worker: float = 1.0
+    max_restarts: int = 3
+    max_task_retries: int = 3
+    runtime_env: dict[str, Any] | None = None
+
+
+class _SamplerWorker:
+    """One sampler actor: the batch sampler rebuilt around the shared CSR arrays."""
+
+    def __init__(self, refs: list[ray.ObjectRef], cls: type[BatchSampler]) -> None:
+        # The refs come wrapped in a list so Ray passes them unresolved (the arguments stay
+        # inline and a restarted actor fetches the same objects again, zero-copy).
+        graph, kwargs = ray.get(refs)
+        self.sampler = cls(graph, **kwargs)
+
+    def batch_arrays(self, epoch: int, index: int) -> SampledArrays:
+        marker = os.environ.get(FAIL_ONCE_ENV)
+        if marker and not Path(marker).exists():
+            Path(marker).touch()
+            os._exit(1)
+        return self.sampler.batch_arrays(epoch, index)
+
+    def ping(self) -> int:
+        return os.getpid()
+
+
+class RaySampledBatches:
+    """The batches of a :class:`NodeBatchSampler` / :class:`LinkBatchSampler`, sampled by Ray.
+
+    ``for data in RaySampledBatches(sampler, params)`` yields, epoch by epoch, exactly what
+    ``for data in sampler`` yields (same ``HeteroData`` content for the same seed). Needs
+    ``ray.init()`` done by the caller. Use as a context manager, or call :meth:`close`.
+
+    Args:
+        sampler: the in-process batch sampler (holds the graph; it also assembles the
+            ``HeteroData`` on the driver side).
+        params: worker count, prefetch depth, CPUs and retry settings.
+    """
+
+    def __init__(self, sampler: BatchSampler, params: RaySamplingParams | None = None) -> None:
+        self.sampler = sampler
+        self.params = params or RaySamplingParams()
+        if self.params.num_workers < 1 or self.params.prefetch < 1:
+            raise SamplerError(f"num_workers and prefetch must be >= 1, got {self.params}")
+        if not ray.is_initialized():
+            raise SamplerError("RaySampledBatches needs a running Ray (call ray.init() first)")
+        self.epoch = 0
+        self.graph_ref = ray.put(sampler.sampler.graph)
+        self.kwargs_ref = ray.put(sampler.rebuild_kwargs())
+        p = self.params
+        options: dict[str, Any] = dict(num_cpus=p.cpus_per_worker, max_restarts=p.max_restarts,
+                                       max_task_retries=p.max_task_retries)
+        if p.runtime_env:
+            options["runtime_env"] = p.runtime_env
+        actor = ray.remote(_SamplerWorker).options(**options)
+        self.workers = [actor.remote([self.graph_ref, self.kwargs_ref], type(sampler))
+                        for _ in range(p.num_workers)]
+        self._next_worker = 0
+        self.max_in_flight = 0
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def wait_ready(self) -> None:
+        """Block until every worker is built (to time sampling without actor start-up)."""
+        ray.get([w.ping.remote() for w in self.workers])
+
+    def stream(self, keys: Iterable[tuple[int, int]]) -> Iterator[HeteroData]:
+        """Batches for ``(epoch, index)`` keys, in order, with at most ``prefetch`` in flight."""
+        todo = iter(keys)
+        in_flight: deque[ray.ObjectRef] = deque()
+
+        def submit() -> None:
+            key = next(todo, None)
+            if key is not None:
+                worker = self.workers[self._next_worker % len(self.workers)]
+                self._next_worker += 1
+                in_flight.append(worker.batch_arrays.remote(*key))
+                self.max_in_flight = max(self.max_in_flight, len(in_flight))
+
+        for _ in range(self.params.prefetch):
+            submit()
+        try:
+            while in_flight:
+                arrays = ray.get(in_flight.popleft())
+                submit()  # keep the workers busy while the caller trains on this batch
+                yield self.sampler.to_data(arrays)
+        finally:
+            for ref in in_flight:  # an abandoned stream drops its queued batches
+                try:
+                    ray.cancel(ref)
+                except Exception:  # noqa: BLE001 - cancelling is best effort
+                    pass
+
+    def iter_epoch(self, epoch: int) -> Iterator[HeteroData]:
+        return self.stream((epoch, i) for i in range(len(self.sampler)))
+
+    def iter_epochs(self, num_epochs: int, start: int = 0) -> Iterator[HeteroData]:
+        """Several epochs as one stream (the queue stays full across epoch boundaries)."""
+        n = len(self.sampler)
+        return self.stream((e, i) for e in range(start, start + num_epochs) for i in range(n))
+
+    def __iter__(self) -> Iterator[HeteroData]:
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        return self.iter_epoch(epoch)
+
+    def close(self) -> None:
+        """Kill the worker actors (frees their CPUs)."""
+        for w in self.workers:
+            ray.kill(w)
+        self.workers = []
+
+    def __enter__(self) -> RaySampledBatches:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

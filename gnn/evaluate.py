@@ -1,0 +1,129 @@
+"""Full-ranking evaluation over all items, batched over users.
+
+Protocol (standard for implicit feedback, as in RecBole and the LightGCN paper):
+
+- ``valid``: rank every item except the user's train items; relevant = valid items.
+- ``test``:  rank every item except the user's train and valid items; relevant = test items.
+
+Only users with at least one relevant item are evaluated. A batch of ``B`` users costs one
+Float[B, I] score matrix; the batch size defaults to keep it near 64 M entries.
+The model is reached only through ``score(users: Long[B]) -> Float[B, I]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torch_geometric.data import HeteroData
+
+from gnnrec.errors import GnnrecError
+from gnnrec.gnn.adjacency import CSR, interaction_csr
+from gnnrec.gnn.metrics import MetricAccumulator
+from gnnrec.gnn.split import TEST, TRAIN, VALID
+
+ScoreFn = Callable[[Tensor], Tensor]
+SplitName = Literal["valid", "test"]
+_SCORE_BUDGET = 1 << 26
+
+
+class EvaluationError(GnnrecError):
+    """Evaluation cannot run (no split, nothing to evaluate, bad scores)."""
+
+
+def default_batch_size(num_items: int) -> int:
+    return max(1, min(4096, _SCORE_BUDGET // max(num_items, 1)))
+
+
+def top_k(scores: Tensor, exclude: CSR, users: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top ``k`` items per row after masking each user's ``exclude`` items.
+
+    Args:
+        scores: Float[B, I] (modified in place: excluded entries set to ``-inf``).
+        exclude: user -> item CSR of items never to return.
+        users: Long[B] the user of each row.
+    Returns:
+        ``(items Long[B, k'], scores Float[B, k'])``, ``k' = min(k, I)``; rows with fewer
+        candidates than ``k'`` end in ``-inf`` scores (their items are not candidates).
+    """
+    row, col = exclude.gather(users.cpu())
+    scores[row.to(scores.device), col.to(scores.device)] = float("-inf")
+    values, items = torch.topk(scores, min(k, scores.size(1)), dim=1)
+    return items, values
+
+
+def _member(sorted_keys: Tensor, query: Tensor) -> Tensor:
+    """Bool, same shape as ``query``: whether each key is in ``sorted_keys``."""
+    if sorted_keys.numel() == 0:
+        return torch.zeros_like(query, dtype=torch.bool)
+    pos = torch.searchsorted(sorted_keys, query).clamp_(max=sorted_keys.numel() - 1)
+    return sorted_keys[pos] == query
+
+
+class Evaluator:
+    """Evaluates score functions on one split of one graph (prepare once, call often).
+
+    Args:
+        data: the graph with a split.
+        split: ``valid`` or ``test``.
+        ks: cut-offs (metrics for each).
+        batch_size: users per score batch (default from the catalogue size).
+    """
+
+    def __init__(self, data: HeteroData, split: SplitName = "valid", *,
+                 ks: Sequence[int] = (10, 20), batch_size: int | None = None) -> None:
+        if "split" not in data["user", "interacts", "item"]:
+            raise EvaluationError("graph has no split: run `gnnrec split` or apply_split first")
+        if split not in ("valid", "test"):
+            raise EvaluationError(f"split must be 'valid' or 'test', got {split!r}")
+        self.split = split
+        self.ks = tuple(sorted(ks))
+        self.num_users = int(data["user"].num_nodes)
+        self.num_items = int(data["item"].num_nodes)
+        seen = (TRAIN,) if split == "valid" else (TRAIN, VALID)
+        self.exclude, _ = interaction_csr(data, seen)
+        self.target, _ = interaction_csr(data, (VALID if split == "valid" else TEST,))
+        self.target_keys = self.target.keys(self.num_items)
+        self.item_count = interaction_csr(data, (TRAIN,))[1].degree()
+        self.users = (self.target.degree() > 0).nonzero().flatten()
+        self.batch_size = batch_size or default_batch_size(self.num_items)
+
+    @torch.no_grad()
+    def __call__(self, score: ScoreFn, *, device: torch.device | str | None = None,
+                 users: Tensor | None = None) -> dict[str, float]:
+        """Metrics dict (``recall@10`` ... ``novelty@20`` and ``users``) for ``score``.
+
+        ``users`` restricts evaluation to a subset (default: all users with relevant items).
+        """
+        users = self.users if users is None else users.cpu()
+        if users.numel() == 0:
+            raise EvaluationError(f"no user has {self.split} interactions to evaluate")
+        acc = MetricAccumulator(self.num_items, self.item_count, self.num_users, self.ks)
+        kmax = self.ks[-1]
+        for start in range(0, users.numel(), self.batch_size):
+            batch = users[start : start + self.batch_size]
+            scores = score(batch.to(device) if device is not None else batch)
+            if scores.shape != (batch.numel(), self.num_items):
+                raise EvaluationError(f"score() returned shape {list(scores.shape)}, expected "
+                                      f"[{batch.numel()}, {self.num_items}]")
+            scores = scores.to(torch.float32, copy=True)
+            items, values = top_k(scores, self.exclude, batch, kmax)
+            if torch.isnan(values).any():  # topk ranks NaN first, so this catches any
+                raise EvaluationError("score() returned NaN scores")
+            if items.size(1) < kmax:  # catalogue smaller than K: pad with invalid entries
+                pad = kmax - items.size(1)
+                items = torch.cat([items, items.new_zeros(items.size(0), pad)], 1)
+                values = torch.cat([values, values.new_full((values.size(0), pad), -torch.inf)], 1)
+            items, values = items.cpu(), values.cpu()
+            hits = _member(self.target_keys, batch[:, None] * self.num_items + items)
+            acc.update(items, hits, self.target.degree()[batch], valid=values > -torch.inf)
+        return acc.compute()
+
+
+def evaluate(score: ScoreFn, data: HeteroData, split: SplitName = "valid", *,
+             ks: Sequence[int] = (10, 20), batch_size: int | None = None,
+             device: torch.device | str | None = None) -> dict[str, float]:
+    """One-shot :class:`Evaluator` call. ``score(users Long[B]) -> Float[B, I]``."""
+    return Evaluator(data, split, ks=ks, batch_size=batch_size)(score, device=device)

@@ -1,0 +1,35 @@
+"""Matrix factorisation trained with BPR (Rendle et al., UAI 2009)."""
+
+from __future__ import annotations
+
+import torch
+from torch_geometric.data import HeteroData
+
+from .base import Propagation, Recommender
+
+
+class MF(Recommender):
+    """User and item embeddings scored by dot product; no graph propagation.
+
+    Args:
+        graph: the HeteroData (only its numbers of users and items are used).
+        embedding_dim: d.
+        init_std: std of the normal initialisation.
+
+    Shapes: ``embeddings()`` -> ([U, d], [I, d]); ``score(users [B])`` -> [B, I].
+    """
+
+    name = "mf"
+
+    def __init__(self, graph: HeteroData, embedding_dim: int = 64, init_std: float = 0.1) -> None:
+        super().__init__(graph)
+        self._hparams = {"embedding_dim": int(embedding_dim), "init_std": float(init_std)}
+        self.embedding_dim = embedding_dim
+        self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
+        self.item_embedding = torch.nn.Embedding(self.num_items, embedding_dim)
+        torch.nn.init.normal_(self.user_embedding.weight, std=init_std)
+        torch.nn.init.normal_(self.item_embedding.weight, std=init_std)
+
+    def propagate(self) -> Propagation:
+        user, item = self.user_embedding.weight, self.item_embedding.weight
+        return Propagation(user, item, user, item)

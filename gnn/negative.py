@@ -1,0 +1,112 @@
+"""Negative items for BPR: never an item the user has in train.
+
+Candidates are drawn for the whole batch at once (uniform, or proportional to
+``train_count ** alpha``), membership in the user's train items is tested with
+``torch.searchsorted`` on the sorted keys ``user * num_items + item``, and only the
+colliding draws are redrawn. After ``max_rounds`` rounds (very dense users) the remaining
+draws are made exactly from the user's complement (uniform), so the guarantee holds for
+any density. All randomness comes from the sampler's own seeded ``torch.Generator``
+(:meth:`state_dict` / :meth:`load_state_dict` for resume).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gnnrec.errors import GnnrecError
+from gnnrec.gnn.adjacency import CSR, build_csr
+
+
+class NegativeSamplingError(GnnrecError):
+    """No negative exists (a user has every item in train) or bad sampler settings."""
+
+
+class NegativeSampler:
+    """Uniform or popularity-based negative items for (user, positive) pairs.
+
+    Args:
+        train_user, train_item: Long[E] the train interactions.
+        num_users, num_items: node counts.
+        popularity: draw proportionally to ``(train count + 1) ** alpha`` instead of uniformly.
+        seed: seed of the sampler's generator.
+    """
+
+    def __init__(
+        self,
+        train_user: Tensor,
+        train_item: Tensor,
+        num_users: int,
+        num_items: int,
+        *,
+        popularity: bool = False,
+        alpha: float = 0.75,
+        seed: int = 0,
+        max_rounds: int = 20,
+    ) -> None:
+        self.num_items = num_items
+        self.csr: CSR = build_csr(train_user.cpu(), train_item.cpu(), num_users)
+        self.keys = self.csr.keys(num_items)
+        deg = self.csr.degree()
+        if deg.numel() and int(deg.max()) >= num_items:
+            u = int(torch.argmax(deg))
+            raise NegativeSamplingError(
+                f"user index {u} has every one of the {num_items} items in train: no negative "
+                "item exists for it (drop the user or add items)")
+        # Per user, the sorted positives shifted by their rank: the k-th non-positive item
+        # of user u is k + #{j : pos_j - j <= k}. Keys ``u * (I + 1) + shifted`` are sorted.
+        rank = torch.arange(self.keys.numel()) - torch.repeat_interleave(self.csr.indptr[:-1], deg)
+        rows = torch.repeat_interleave(torch.arange(num_users), deg)
+        self._shift_keys = rows * (num_items + 1) + (self.csr.indices - rank)
+        self.cdf: Tensor | None = None
+        if popularity:
+            count = torch.bincount(train_item.cpu(), minlength=num_items).double()
+            cdf = torch.cumsum((count + 1.0) ** alpha, 0)
+            self.cdf = cdf / cdf[-1]
+        self.max_rounds = max_rounds
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _draw(self, n: int) -> Tensor:
+        if self.cdf is None:
+            return torch.randint(self.num_items, (n,), generator=self.generator)
+        r = torch.rand(n, generator=self.generator, dtype=torch.float64)
+        return torch.searchsorted(self.cdf, r, right=True).clamp_(max=self.num_items - 1)
+
+    def is_positive(self, users: Tensor, items: Tensor) -> Tensor:
+        """Bool[...] whether ``items`` is a train item of ``users`` (same shapes)."""
+        q = users * self.num_items + items
+        pos = torch.searchsorted(self.keys, q).clamp_(max=max(self.keys.numel() - 1, 0))
+        return (self.keys[pos] == q) if self.keys.numel() else torch.zeros_like(q, dtype=torch.bool)
+
+    def _exact(self, users: Tensor) -> Tensor:
+        """Uniform draws from each user's non-train items (no rejection)."""
+        deg = self.csr.degree()[users]
+        k = (torch.rand(users.numel(), generator=self.generator, dtype=torch.float64)
+             * (self.num_items - deg)).long()
+        k = torch.minimum(k, self.num_items - deg - 1)
+        base = users * (self.num_items + 1)
+        below = torch.searchsorted(self._shift_keys, base + k, right=True) - self.csr.indptr[users]
+        return k + below
+
+    def sample(self, users: Tensor, num_negatives: int = 1) -> Tensor:
+        """Negative items Long[B, num_negatives] for ``users`` Long[B] (on the CPU)."""
+        users = users.cpu()
+        flat = users.repeat_interleave(num_negatives)
+        neg = self._draw(flat.numel())
+        bad = self.is_positive(flat, neg).nonzero().flatten()
+        for _ in range(self.max_rounds):
+            if bad.numel() == 0:
+                break
+            neg[bad] = self._draw(bad.numel())
+            bad = bad[self.is_positive(flat[bad], neg[bad])]
+        if bad.numel():
+            neg[bad] = self._exact(flat[bad])
+        return neg.view(-1, num_negatives)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])

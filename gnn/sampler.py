@@ -1,0 +1,494 @@
+"""CSR neighbour sampling and mini-batches for hetero GNNs (numpy; no pyg-lib, no ray).
+
+Direction: for an edge type ``(src, rel, dst)`` the CSR is keyed by the **destination**:
+row ``v`` of type ``dst`` lists the ``src`` nodes ``u`` with an edge ``u -> v`` (the
+in-neighbours that send messages to ``v``). Sampling a ``dst`` node therefore adds
+``src`` nodes, exactly as PyG's ``NeighborLoader`` does. Interaction edges (any edge type
+carrying ``split``) keep their train edges (``split == 0``) only.
+
+Per hop and edge type all frontier nodes are sampled at once:
+
+- with replacement: ``indptr[v] + floor(rand * deg(v))``, ``k`` draws per node;
+- without replacement: every neighbour where ``deg(v) <= k``, else ``k`` distinct offsets
+  drawn by Floyd's algorithm, vectorised over nodes (a Python loop over the ``k`` draws,
+  never over nodes): a uniform ``k``-subset in O(nodes * k^2) with no sort and no retry.
+
+Batches are PyG-shaped ``HeteroData``: per node type ``n_id`` (global ids, seeds first,
+then the nodes of hop 1, 2, ...), ``num_nodes``, ``batch_size`` (seed types),
+``num_sampled_nodes`` (per hop, seeds included) and ``x`` when the graph has features;
+per edge type a local ``edge_index`` Long[2, M] (row 0 indexes ``src`` n_id, row 1
+``dst`` n_id), ``e_id`` (column in the full graph's ``edge_index``), ``num_sampled_edges``
+and ``weight`` when the graph has one. Every batch is a pure function of
+``(seed, epoch, index)``, so any process (a Ray worker) rebuilds it bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch_geometric.data import HeteroData
+
+from gnnrec.errors import GnnrecError
+from gnnrec.gnn.data import UI
+from gnnrec.gnn.negative import NegativeSampler
+
+EdgeType = tuple[str, str, str]
+NumNeighbors = Sequence[int] | Mapping[EdgeType, Sequence[int]]
+
+
+class SamplerError(GnnrecError):
+    """Bad sampler settings or seeds (unknown type, id out of range, bad fan-out)."""
+
+
+@dataclass(frozen=True)
+class EdgeCSR:
+    """In-neighbours along one edge type: ``indices[indptr[v]:indptr[v + 1]]`` are the sources.
+
+    ``indptr`` Int64[N_dst + 1], ``indices`` Int64[nnz] source ids, ``eid`` Int64[nnz] the
+    column of each entry in ``data[edge_type].edge_index``.
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    eid: np.ndarray
+
+
+@dataclass(frozen=True)
+class HeteroCSR:
+    """The sampling view of a graph: plain numpy arrays (zero-copy through Ray's store).
+
+    ``x``: node features Float[N, F] per node type that has them; ``weight``: edge weights
+    Float[E] per edge type in the graph's edge order (indexed by ``e_id``).
+    """
+
+    num_nodes: dict[str, int]
+    csr: dict[EdgeType, EdgeCSR]
+    x: dict[str, np.ndarray] = field(default_factory=dict)
+    weight: dict[EdgeType, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def edge_types(self) -> list[EdgeType]:
+        return sorted(self.csr)
+
+    @classmethod
+    def from_data(cls, data: HeteroData, *, train_only: bool = True) -> HeteroCSR:
+        """CSR of every edge type of ``data`` (train edges only where ``split`` exists)."""
+        num_nodes = {nt: int(data[nt].num_nodes) for nt in data.node_types}
+        csr: dict[EdgeType, EdgeCSR] = {}
+        weight: dict[EdgeType, np.ndarray] = {}
+        for et in data.edge_types:
+            store = data[et]
+            ei = store.edge_index.cpu().numpy().astype(np.int64, copy=False)
+            eid = np.arange(ei.shape[1], dtype=np.int64)
+            if train_only and "split" in store:
+                eid = np.flatnonzero(store.split.cpu().numpy() == 0)
+            src, dst = ei[0, eid], ei[1, eid]
+            order = np.argsort(dst, kind="stable")
+            indptr = np.zeros(num_nodes[et[2]] + 1, dtype=np.int64)
+            np.cumsum(np.bincount(dst, minlength=num_nodes[et[2]]), out=indptr[1:])
+            csr[et] = EdgeCSR(indptr, np.ascontiguousarray(src[order]), eid[order])
+            if "weight" in store:
+                weight[et] = store.weight.cpu().numpy()
+        x = {nt: data[nt].x.cpu().numpy() for nt in data.node_types if "x" in data[nt]}
+        return cls(num_nodes, csr, x, weight)
+
+    def train_pairs(self, edge_type: EdgeType = UI) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(src Int64[E], dst Int64[E], e_id Int64[E])`` of the kept edges, in edge order."""
+        c = self.csr[edge_type]
+        dst = np.repeat(np.arange(c.indptr.size - 1, dtype=np.int64), np.diff(c.indptr))
+        order = np.argsort(c.eid, kind="stable")
+        return c.indices[order], dst[order], c.eid[order]
+
+
+@dataclass
+class SampledArrays:
+    """One sampled batch as numpy arrays (what Ray workers return; see module docstring).
+
+    ``seed_local[nt]``: local index of each given seed (duplicates included); ``meta``:
+    batch-level arrays such as link labels.
+    """
+
+    n_id: dict[str, np.ndarray]
+    edge_index: dict[EdgeType, np.ndarray]
+    e_id: dict[EdgeType, np.ndarray]
+    batch_size: dict[str, int]
+    num_sampled_nodes: dict[str, list[int]]
+    num_sampled_edges: dict[EdgeType, list[int]]
+    seed_local: dict[str, np.ndarray]
+    meta: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _as_graph(graph: HeteroData | HeteroCSR) -> HeteroCSR:
+    return graph if isinstance(graph, HeteroCSR) else HeteroCSR.from_data(graph)
+
+
+def _fanouts(num_neighbors: NumNeighbors, edge_types: list[EdgeType]) -> dict[EdgeType, list[int]]:
+    """Per-edge-type fan-out lists of one common length (missing types: 0 = not sampled)."""
+    if isinstance(num_neighbors, Mapping):
+        unknown = [et for et in num_neighbors if tuple(et) not in edge_types]
+        if unknown:
+            raise SamplerError(f"num_neighbors names unknown edge types {unknown}; "
+                               f"the graph has {edge_types}")
+        given = {tuple(et): [int(k) for k in ks] for et, ks in num_neighbors.items()}
+        hops = {len(ks) for ks in given.values()}
+        if len(hops) > 1:
+            raise SamplerError(f"num_neighbors lists differ in length (hops): {given}")
+        n = hops.pop() if hops else 0
+        out = {et: given.get(et, [0] * n) for et in edge_types}
+    else:
+        out = {et: [int(k) for k in num_neighbors] for et in edge_types}
+    for et, ks in out.items():
+        if any(k < -1 for k in ks):
+            raise SamplerError(f"fan-out for {et} must be >= 0 or -1 (all), got {ks}")
+    return out
+
+
+def _floyd(deg: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Int64[m, k]: for each row a uniform k-subset of ``0..deg-1`` (deg > k), Floyd's method."""
+    m = deg.size
+    chosen = np.empty((m, k), dtype=np.int64)
+    for s in range(k):
+        j = deg - k + s  # draw t in [0, j]; if taken, take j (never taken before)
+        t = np.minimum((rng.random(m) * (j + 1)).astype(np.int64), j)
+        if s:
+            t = np.where((chosen[:, :s] == t[:, None]).any(axis=1), j, t)
+        chosen[:, s] = t
+    return chosen
+
+
+def sample_positions(indptr: np.ndarray, nodes: np.ndarray, k: int, replace: bool,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Sample up to ``k`` in-neighbours of every node in ``nodes`` (Int64[n]) at once.
+
+    Returns ``(row Int64[M], pos Int64[M])``: ``row`` indexes ``nodes``, ``pos`` the CSR
+    entry (``indices[pos]`` is the neighbour). Rows come out grouped, in ``nodes`` order.
+    ``k = -1`` takes every neighbour.
+    """
+    start = indptr[nodes]
+    deg = indptr[nodes + 1] - start
+    if replace and k >= 0:
+        cnt = np.where(deg > 0, k, 0)
+        row = np.repeat(np.arange(nodes.size, dtype=np.int64), cnt)
+        d = deg[row]
+        off = np.minimum((rng.random(row.size) * d).astype(np.int64), d - 1)
+        return row, start[row] + off
+    cnt = deg if k < 0 else np.minimum(deg, k)
+    row = np.repeat(np.arange(nodes.size, dtype=np.int64), cnt)
+    first = np.cumsum(cnt) - cnt
+    off = np.arange(row.size, dtype=np.int64) - first[row]  # rank within the row
+    big = np.flatnonzero(deg > k) if k >= 0 else np.empty(0, dtype=np.int64)
+    if big.size:
+        slots = (first[big][:, None] + np.arange(k)).ravel()
+        off[slots] = _floyd(deg[big], k, rng).ravel()
+    return row, start[row] + off
+
+
+class NeighborSampler:
+    """k-hop heterogeneous neighbour sampler over train edges (PyG ``NeighborLoader`` shape).
+
+    Args:
+        graph: a ``HeteroData`` (``gnnrec.gnn.data`` layout) or a prebuilt :class:`HeteroCSR`.
+        num_neighbors: fan-out per hop, one list for all edge types (``[15, 10, 5]``) or a dict
+            ``{edge_type: [k1, k2, ...]}`` (missing types are not sampled); ``-1`` = all.
+        replace: sample with replacement (exactly ``k`` per node of degree > 0).
+        seed: seed of the generator used by :meth:`sample`.
+
+    Not thread-safe: it keeps one global->local scratch map per node type.
+    """
+
+    def __init__(self, graph: HeteroData | HeteroCSR, num_neighbors: NumNeighbors = (15, 10, 5),
+                 replace: bool = False, seed: int = 0) -> None:
+        self.graph = _as_graph(graph)
+        self.edge_types = self.graph.edge_types
+        self.num_neighbors = _fanouts(num_neighbors, self.edge_types)
+        self.num_hops = len(next(iter(self.num_neighbors.values()), []))
+        self.replace = replace
+        self.rng = np.random.default_rng(seed)
+        self._local = {nt: np.full(n, -1, dtype=np.int64) for nt, n in self.graph.num_nodes.items()}
+
+    def sample(self, seeds: Mapping[str, Tensor | Sequence[int]]) -> HeteroData:
+        """The sampled subgraph around ``seeds`` (``{node_type: Long[B]}``) as ``HeteroData``."""
+        arrays = self.sample_arrays({nt: np.asarray(s, dtype=np.int64) for nt, s in seeds.items()},
+                                    self.rng)
+        return self.to_data(arrays)
+
+    def _unique_seeds(self, nt: str, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(unique seeds in first-occurrence order, local index of every given seed)."""
+        if nt not in self._local:
+            raise SamplerError(f"seeds of unknown node type {nt!r}; types: {sorted(self._local)}")
+        s = s.reshape(-1)
+        n = self.graph.num_nodes[nt]
+        if s.size and (int(s.min()) < 0 or int(s.max()) >= n):
+            bad = int(s[(s < 0) | (s >= n)][0])
+            raise SamplerError(f"seed {bad} of node type {nt!r} is outside 0..{n - 1}")
+        uniq, first, inv = np.unique(s, return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        return uniq[order], rank[inv]
+
+    def _new_nodes(self, nt: str, cand: np.ndarray) -> np.ndarray:
+        """Distinct nodes of ``cand`` without a local id yet (ascending global id)."""
+        fresh = cand[self._local[nt][cand] < 0]
+        if fresh.size * 8 < self.graph.num_nodes[nt]:
+            return np.unique(fresh)
+        mark = np.zeros(self.graph.num_nodes[nt], dtype=bool)
+        mark[fresh] = True
+        return np.flatnonzero(mark)
+
+    def sample_arrays(self, seeds: Mapping[str, np.ndarray],
+                      rng: np.random.Generator) -> SampledArrays:
+        """Sample around ``seeds`` (``{node_type: Int64[B]}``) with ``rng``; numpy result."""
+        nodes: dict[str, list[np.ndarray]] = {nt: [] for nt in self.graph.num_nodes}
+        count = dict.fromkeys(self.graph.num_nodes, 0)
+        counts: dict[str, list[int]] = {nt: [0] for nt in self.graph.num_nodes}
+        edges: dict[EdgeType, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {
+            et: [] for et in self.edge_types}
+        seed_local: dict[str, np.ndarray] = {}
+        frontier: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        try:
+            for nt, s in seeds.items():
+                uniq, seed_local[nt] = self._unique_seeds(nt, np.asarray(s, dtype=np.int64))
+                loc = np.arange(uniq.size, dtype=np.int64)
+                self._local[nt][uniq] = loc
+                nodes[nt].append(uniq)
+                count[nt] = counts[nt][0] = uniq.size
+                frontier[nt] = (uniq, loc)
+            for hop in range(self.num_hops):
+                found: dict[str, list[np.ndarray]] = {}
+                hop_edges = []
+                for et in self.edge_types:
+                    k = self.num_neighbors[et][hop]
+                    src_t, _, dst_t = et
+                    c = self.graph.csr[et]
+                    if k == 0 or dst_t not in frontier or c.indices.size == 0:
+                        edges[et].append((np.empty(0, np.int64),) * 3)
+                        continue
+                    glob, loc = frontier[dst_t]
+                    row, pos = sample_positions(c.indptr, glob, k, self.replace, rng)
+                    src = c.indices[pos]
+                    hop_edges.append((et, src, loc[row], c.eid[pos]))
+                    found.setdefault(src_t, []).append(src)
+                frontier = {}
+                for nt in self.graph.num_nodes:
+                    new = (self._new_nodes(nt, np.concatenate(found[nt])) if nt in found
+                           else np.empty(0, np.int64))
+                    loc = np.arange(count[nt], count[nt] + new.size, dtype=np.int64)
+                    self._local[nt][new] = loc
+                    count[nt] += new.size
+                    counts[nt].append(new.size)
+                    nodes[nt].append(new)
+                    if new.size:
+                        frontier[nt] = (new, loc)
+                for et, src, dst_loc, eid in hop_edges:
+                    edges[et].append((self._local[et[0]][src], dst_loc, eid))
+        finally:
+            for nt, parts in nodes.items():
+                for p in parts:
+                    self._local[nt][p] = -1
+        n_id = {nt: np.concatenate(p) if p else np.empty(0, np.int64) for nt, p in nodes.items()}
+        edge_index, e_id, num_edges = {}, {}, {}
+        for et, parts in edges.items():
+            src = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64)
+            dst = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.int64)
+            edge_index[et] = np.stack([src, dst])
+            e_id[et] = np.concatenate([p[2] for p in parts]) if parts else np.empty(0, np.int64)
+            num_edges[et] = [int(p[0].size) for p in parts]
+        return SampledArrays(n_id, edge_index, e_id, {nt: counts[nt][0] for nt in seeds},
+                             counts, num_edges, seed_local)
+
+    def to_data(self, a: SampledArrays) -> HeteroData:
+        """PyG ``HeteroData`` of a sample (features and edge weights gathered by id)."""
+        data = HeteroData()
+        for nt, n_id in a.n_id.items():
+            store = data[nt]
+            store.n_id = _tensor(n_id)
+            store.num_nodes = int(n_id.size)
+            store.num_sampled_nodes = list(a.num_sampled_nodes[nt])
+            if nt in a.batch_size:
+                store.batch_size = int(a.batch_size[nt])
+            if nt in self.graph.x:
+                store.x = torch.from_numpy(self.graph.x[nt][n_id])
+        for et in self.edge_types:
+            store = data[et]
+            store.edge_index = _tensor(a.edge_index[et])
+            store.e_id = _tensor(a.e_id[et])
+            store.num_sampled_edges = list(a.num_sampled_edges[et])
+            if et in self.graph.weight:
+                store.weight = torch.from_numpy(self.graph.weight[et][a.e_id[et]])
+        return data
+
+
+def _tensor(a: np.ndarray) -> Tensor:
+    """Long tensor sharing ``a``'s memory when writable (a copy for Ray's read-only views)."""
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
+def _batch_rng(seed: int, epoch: int, index: int) -> tuple[np.random.Generator, int]:
+    """(numpy generator, torch seed) of one batch: a pure function of its coordinates."""
+    ss = np.random.SeedSequence([seed, epoch, index, 0x5A3])
+    return np.random.default_rng(ss), int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class _EpochBatches:
+    """Shared epoch logic: shuffled fixed-size batches over ``num_items`` items."""
+
+    num_items: int
+    batch_size: int
+    shuffle: bool
+    drop_last: bool
+    seed: int
+    sampler: NeighborSampler
+
+    def _init_epochs(self) -> None:
+        self.epoch = 0
+        self._perm_epoch: int | None = None
+        self._perm = np.empty(0, np.int64)
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_items // self.batch_size
+        return -(-self.num_items // self.batch_size)
+
+    def _items(self, epoch: int, index: int) -> np.ndarray:
+        if not 0 <= index < len(self):
+            raise SamplerError(f"batch index {index} outside 0..{len(self) - 1}")
+        if self._perm_epoch != epoch:
+            self._perm = (np.random.default_rng([self.seed, epoch, 0xE9]).permutation(
+                self.num_items) if self.shuffle else np.arange(self.num_items))
+            self._perm_epoch = epoch
+        return self._perm[index * self.batch_size:(index + 1) * self.batch_size]
+
+    def batch_arrays(self, epoch: int, index: int) -> SampledArrays:  # pragma: no cover
+        raise NotImplementedError
+
+    def to_data(self, arrays: SampledArrays) -> HeteroData:  # pragma: no cover
+        raise NotImplementedError
+
+    def rebuild_kwargs(self) -> dict[str, Any]:  # pragma: no cover
+        """Constructor arguments except ``graph`` (how Ray workers rebuild this sampler)."""
+        raise NotImplementedError
+
+    def batch(self, epoch: int, index: int) -> HeteroData:
+        """Batch ``index`` of ``epoch`` (the same wherever and whenever it is computed)."""
+        return self.to_data(self.batch_arrays(epoch, index))
+
+    def iter_epoch(self, epoch: int) -> Iterator[HeteroData]:
+        for index in range(len(self)):
+            yield self.batch(epoch, index)
+
+    def __iter__(self) -> Iterator[HeteroData]:
+        """The batches of the current epoch; the next ``iter()`` starts the next epoch."""
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        return self.iter_epoch(epoch)
+
+
+class NodeBatchSampler(_EpochBatches):
+    """Shuffled batches of seed nodes of one type with their sampled subgraphs.
+
+    Args:
+        graph, num_neighbors, replace: as :class:`NeighborSampler`.
+        node_type: the seed type; input_nodes: Long[S] its seed ids (default: all nodes).
+        batch_size: seeds per batch; shuffle / drop_last as ``DataLoader``; seed: base seed.
+    """
+
+    def __init__(self, graph: HeteroData | HeteroCSR, node_type: str,
+                 num_neighbors: NumNeighbors = (15, 10, 5), *, batch_size: int = 2048,
+                 input_nodes: Tensor | np.ndarray | None = None, replace: bool = False,
+                 shuffle: bool = True, drop_last: bool = False, seed: int = 0) -> None:
+        self.sampler = NeighborSampler(graph, num_neighbors, replace, seed)
+        if node_type not in self.sampler.graph.num_nodes:
+            raise SamplerError(f"unknown node type {node_type!r}")
+        self.node_type = node_type
+        self.input_nodes = (np.arange(self.sampler.graph.num_nodes[node_type], dtype=np.int64)
+                            if input_nodes is None else np.asarray(input_nodes, dtype=np.int64))
+        self.num_items, self.batch_size = int(self.input_nodes.size), int(batch_size)
+        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self._init_epochs()
+
+    def rebuild_kwargs(self) -> dict[str, Any]:
+        return dict(node_type=self.node_type, num_neighbors=self.sampler.num_neighbors,
+                    batch_size=self.batch_size, input_nodes=self.input_nodes,
+                    replace=self.sampler.replace, shuffle=self.shuffle,
+                    drop_last=self.drop_last, seed=self.seed)
+
+    def batch_arrays(self, epoch: int, index: int) -> SampledArrays:
+        seeds = self.input_nodes[self._items(epoch, index)]
+        rng, _ = _batch_rng(self.seed, epoch, index)
+        return self.sampler.sample_arrays({self.node_type: seeds}, rng)
+
+    def to_data(self, arrays: SampledArrays) -> HeteroData:
+        return self.sampler.to_data(arrays)
+
+
+class LinkBatchSampler(_EpochBatches):
+    """BPR batches: shuffled train (user, item) positives, negatives and their subgraph.
+
+    Each batch of ``B`` positives gets ``num_negatives`` items per positive from
+    :class:`gnnrec.gnn.negative.NegativeSampler` (never a train positive of the user); the
+    seeds are the batch's users (type ``edge_type[0]``) and its positive and negative items.
+    Like PyG's ``LinkNeighborLoader`` with triplet negatives, the batch carries
+    ``data[src].src_index`` Long[B], ``data[dst].dst_pos_index`` Long[B],
+    ``data[dst].dst_neg_index`` Long[B, num_negatives] (local indices) and
+    ``data[edge_type].input_id`` Long[B] (the positives' columns in the graph's edge_index).
+    The positive edges themselves stay in the message-passing graph (as in PyG).
+    """
+
+    def __init__(self, graph: HeteroData | HeteroCSR, num_neighbors: NumNeighbors = (15, 10, 5),
+                 *, batch_size: int = 2048, num_negatives: int = 1, replace: bool = False,
+                 shuffle: bool = True, drop_last: bool = False, seed: int = 0,
+                 edge_type: EdgeType = UI) -> None:
+        self.sampler = NeighborSampler(graph, num_neighbors, replace, seed)
+        g = self.sampler.graph
+        if edge_type not in g.csr:
+            raise SamplerError(f"graph has no edge type {edge_type}")
+        self.edge_type = edge_type
+        self.src, self.dst, self.input_eid = g.train_pairs(edge_type)
+        self.num_negatives = int(num_negatives)
+        self.negatives = NegativeSampler(torch.from_numpy(self.src), torch.from_numpy(self.dst),
+                                         g.num_nodes[edge_type[0]], g.num_nodes[edge_type[2]],
+                                         seed=seed)
+        self.num_items, self.batch_size = int(self.src.size), int(batch_size)
+        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self._init_epochs()
+
+    def rebuild_kwargs(self) -> dict[str, Any]:
+        return dict(num_neighbors=self.sampler.num_neighbors, batch_size=self.batch_size,
+                    num_negatives=self.num_negatives, replace=self.sampler.replace,
+                    shuffle=self.shuffle, drop_last=self.drop_last, seed=self.seed,
+                    edge_type=self.edge_type)
+
+    def batch_arrays(self, epoch: int, index: int) -> SampledArrays:
+        idx = self._items(epoch, index)
+        rng, torch_seed = _batch_rng(self.seed, epoch, index)
+        users, pos = self.src[idx], self.dst[idx]
+        self.negatives.generator.manual_seed(torch_seed)
+        neg = self.negatives.sample(torch.from_numpy(users), self.num_negatives).numpy()
+        src_t, _, dst_t = self.edge_type
+        seeds = ({src_t: np.concatenate([users, pos, neg.ravel()])} if src_t == dst_t
+                 else {src_t: users, dst_t: np.concatenate([pos, neg.ravel()])})
+        a = self.sampler.sample_arrays(seeds, rng)
+        b = idx.size
+        local_dst = a.seed_local[dst_t][b if src_t == dst_t else 0:]
+        a.meta = {"src_index": a.seed_local[src_t][:b], "dst_pos_index": local_dst[:b],
+                  "dst_neg_index": local_dst[b:].reshape(b, self.num_negatives),
+                  "input_id": self.input_eid[idx]}
+        return a
+
+    def to_data(self, arrays: SampledArrays) -> HeteroData:
+        data = self.sampler.to_data(arrays)
+        src_t, _, dst_t = self.edge_type
+        m = {k: _tensor(v) for k, v in arrays.meta.items()}
+        data[src_t].src_index = m["src_index"]
+        data[dst_t].dst_pos_index = m["dst_pos_index"]
+        data[dst_t].dst_neg_index = m["dst_neg_index"]
+        data[self.edge_type].input_id = m["input_id"]
+        return data
+
+
+BatchSampler = NodeBatchSampler | LinkBatchSampler

@@ -1,0 +1,273 @@
+"""The training loop: BPR on shuffled train edges, Adam, early stopping on valid recall@20.
+
+One epoch visits every train ``(user, positive)`` edge once in a seeded random order, in
+mini-batches of ``batch_size``, with ``num_negatives`` sampled negatives per positive
+(never a train item of the user). The loss is ``bpr + l2 * reg`` where
+``model.bpr_loss(users, pos, neg) -> (bpr, reg)`` returns the mean BPR loss and the
+unscaled L2 term of the batch's ego embeddings. Every ``eval_every`` epochs (and at the
+last one) the model is scored on valid; the best epoch by ``metric`` is kept, and training
+stops after ``patience`` evaluations without improvement. All randomness after model
+construction comes from generators seeded by ``seed``, so a run is reproducible on CPU and
+a resumed run (``resume=True``, from ``last.pt``) ends exactly where an uninterrupted one
+would. Models without trainable parameters (popularity) are evaluated, not trained.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import HeteroData
+from tqdm.auto import tqdm
+
+from gnnrec.errors import GnnrecError
+from gnnrec.gnn.data import UI
+from gnnrec.gnn.evaluate import Evaluator
+from gnnrec.gnn.negative import NegativeSampler
+from gnnrec.gnn.run import Run, RunError
+
+
+class TrainingError(GnnrecError):
+    """Training cannot go on: diverged loss, bad settings, a resume that does not match."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (model hyper-parameters live in the model's constructor)."""
+
+    epochs: int = 200
+    batch_size: int = 2048
+    lr: float = 1e-3
+    l2: float = 1e-4  # multiplies the model's L2 term on the batch's ego embeddings
+    num_negatives: int = 1
+    negatives: Literal["uniform", "popularity"] = "uniform"
+    patience: int = 10  # evaluations without improvement before stopping
+    eval_every: int = 1  # epochs between valid evaluations
+    metric: str = "recall@20"
+    eval_batch_size: int | None = None
+    seed: int = 0
+    device: str = "auto"  # "auto" = cuda when available, else cpu
+
+    # Settings that may change when resuming a run (the rest must match).
+    RESUMABLE = ("epochs", "patience", "eval_every", "device", "eval_batch_size")
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "num_negatives", "patience", "eval_every"):
+            if getattr(self, name) < 1:
+                raise TrainingError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0 or self.l2 < 0:
+            raise TrainingError(f"lr must be > 0 and l2 >= 0 (got lr={self.lr}, l2={self.l2})")
+        if self.negatives not in ("uniform", "popularity"):
+            raise TrainingError(f"negatives must be uniform or popularity, not {self.negatives!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_valid: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str = "max_epochs"  # "max_epochs" | "early_stopping" | "no_parameters"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"--device {name}: no CUDA device is available here")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA) and numpy; call before building the model."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def _rng_state(shuffle: torch.Generator, sampler: NegativeSampler) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state(),
+             "sampler": sampler.state_dict()["generator"]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict[str, Any], shuffle: torch.Generator, sampler: NegativeSampler) -> None:
+    torch.set_rng_state(state["torch"])
+    shuffle.set_state(state["shuffle"])
+    sampler.load_state_dict({"generator": state["sampler"]})
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def train(model: nn.Module, graph: HeteroData, config: TrainConfig, *, run: Run | None = None,
+          resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train ``model`` (built from ``train_subgraph(graph)``) on ``graph``'s train edges.
+
+    ``graph`` must carry a split. With ``run``, the best model, the resume checkpoint and
+    the metadata are written there after every evaluation; ``resume`` continues from its
+    ``last.pt``. On return the model holds the best weights (in eval mode).
+    """
+    config.validate()
+    device = resolve_device(config.device)
+    ui = graph[UI]
+    mask = ui.split == 0
+    users, items = ui.edge_index[0, mask], ui.edge_index[1, mask]
+    num_users, num_items = int(graph["user"].num_nodes), int(graph["item"].num_nodes)
+    model.to(device)
+    evaluator = Evaluator(graph, "valid", batch_size=config.eval_batch_size)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not getattr(model, "trainable", True):
+        params = []
+
+    def validate_model() -> dict[str, float]:
+        model.eval()
+        metrics = evaluator(model.score, device=device)  # type: ignore[arg-type]
+        model.train()
+        return metrics
+
+    if not params:  # e.g. popularity: nothing to optimise
+        metrics = validate_model()
+        model.eval()
+        history = [{"epoch": 0, "valid": metrics}]
+        if run is not None:
+            run.save_model(_cpu_state(model))
+            run.update_meta(status="finished", history=history, best_epoch=0, best_valid=metrics,
+                            metrics={"valid": metrics})
+        return TrainResult(0, metrics, history, "no_parameters")
+    if config.metric not in validate_metric_keys(evaluator):
+        raise TrainingError(f"metric {config.metric!r} is not computed; use e.g. recall@20")
+
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    sampler = NegativeSampler(users, items, num_users, num_items, seed=config.seed + 1,
+                              popularity=config.negatives == "popularity")
+    shuffle = torch.Generator().manual_seed(config.seed)
+    history: list[dict[str, Any]] = []
+    best_metric, best_epoch, bad, start = -math.inf, 0, 0, 1
+    best_state: dict[str, Tensor] | None = None
+    if resume:
+        ckpt = run.load_last() if run is not None else None
+        if ckpt is None:
+            raise TrainingError("nothing to resume: the run has no last.pt yet")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        _restore_rng(ckpt["rng"], shuffle, sampler)
+        history, start = list(ckpt["history"]), int(ckpt["epoch"]) + 1
+        best_metric, best_epoch, bad = ckpt["best_metric"], ckpt["best_epoch"], ckpt["bad"]
+        best_state = run.load_model_state() if best_epoch else None  # type: ignore[union-attr]
+        if bad >= config.patience:
+            start = config.epochs + 1  # already stopped early
+    if run is not None:
+        run.update_meta(status="running", train_config=config.to_dict())
+
+    model.train()
+    n, bs, k = users.numel(), config.batch_size, config.num_negatives
+    stopped = "max_epochs"
+    bar = tqdm(range(start, config.epochs + 1), desc="train", unit="epoch", disable=not progress,
+               initial=start - 1, total=config.epochs)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=shuffle)
+        sums = torch.zeros(2, dtype=torch.float64, device=device)
+        for b in range(0, n, bs):
+            idx = perm[b : b + bs]
+            u, p = users[idx], items[idx]
+            neg = sampler.sample(u, k).flatten()
+            if k > 1:
+                u, p = u.repeat_interleave(k), p.repeat_interleave(k)
+            bpr, reg = model.bpr_loss(u.to(device), p.to(device), neg.to(device))  # type: ignore[operator]
+            loss = bpr + config.l2 * reg
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums += torch.stack([bpr.detach(), reg.detach()]).double() * idx.numel()
+        bpr_mean, reg_mean = (sums / max(n, 1)).tolist()
+        loss_mean = bpr_mean + config.l2 * reg_mean
+        if not math.isfinite(loss_mean):
+            raise TrainingError(
+                f"training diverged at epoch {epoch}: the loss is {loss_mean} (bpr {bpr_mean}, "
+                f"reg {reg_mean}); lower --lr or check the model")
+        record: dict[str, Any] = {"epoch": epoch, "loss": loss_mean, "bpr": bpr_mean,
+                                  "reg": reg_mean, "seconds": round(time.perf_counter() - t0, 4)}
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            record["valid"] = metrics = validate_model()
+            if metrics[config.metric] > best_metric:
+                best_metric, best_epoch, bad = metrics[config.metric], epoch, 0
+                best_state = _cpu_state(model)
+                if run is not None:
+                    run.save_model(best_state)
+            else:
+                bad += 1
+            history.append(record)
+            if run is not None:
+                run.save_last({
+                    "epoch": epoch, "model": _cpu_state(model),
+                    "optimizer": optimizer.state_dict(), "rng": _rng_state(shuffle, sampler),
+                    "best_metric": best_metric, "best_epoch": best_epoch, "bad": bad,
+                    "history": history, "train_config": config.to_dict()})
+                run.update_meta(history=history, best_epoch=best_epoch,
+                                best_valid=_valid_of(history, best_epoch))
+            bar.set_postfix({"loss": f"{loss_mean:.4f}",
+                             config.metric: f"{metrics[config.metric]:.4f}"})
+            if bad >= config.patience:
+                stopped = "early_stopping"
+                break
+        else:
+            history.append(record)
+            bar.set_postfix(loss=f"{loss_mean:.4f}")
+    bar.close()
+    if best_state is None:
+        raise TrainingError("no evaluation happened: no best model to keep")
+    model.load_state_dict(best_state)
+    model.eval()
+    best_valid = _valid_of(history, best_epoch)
+    if run is not None:
+        run.update_meta(status="finished", stopped=stopped, history=history, best_epoch=best_epoch,
+                        best_valid=best_valid, metrics={"valid": best_valid})
+    return TrainResult(best_epoch, best_valid, history, stopped)
+
+
+def _valid_of(history: list[dict[str, Any]], epoch: int) -> dict[str, float]:
+    for record in history:
+        if record["epoch"] == epoch and "valid" in record:
+            return record["valid"]
+    return {}
+
+
+def validate_metric_keys(evaluator: Evaluator) -> set[str]:
+    names = ("recall", "ndcg", "precision", "hit", "mrr", "coverage", "novelty")
+    return {f"{m}@{k}" for m in names for k in evaluator.ks}
+
+
+def check_resumable(run: Run, model_name: str, model_config: dict[str, Any],
+                    config: TrainConfig, graph_fingerprint: str) -> None:
+    """Refuse to resume a run with another model, graph or fixed training setting."""
+    meta = run.meta()
+    if meta["model"]["name"] != model_name or meta["model"]["config"] != model_config:
+        raise RunError(f"{run.path} holds {meta['model']['name']} {meta['model']['config']}; "
+                       f"cannot resume it as {model_name} {model_config}")
+    if meta["graph"]["fingerprint"] != graph_fingerprint:
+        raise RunError(f"{run.path} was trained on another graph or split: resume it with the "
+                       f"graph file {meta['graph'].get('path')}")
+    old = TrainConfig.from_dict(meta["train_config"]).to_dict()
+    changed = [k for k, v in config.to_dict().items()
+               if k not in TrainConfig.RESUMABLE and old.get(k) != v]
+    if changed:
+        raise RunError(f"cannot change {', '.join(changed)} when resuming {run.path} "
+                       f"(only {', '.join(TrainConfig.RESUMABLE)} may change)")

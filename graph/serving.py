@@ -1,0 +1,140 @@
+"""The Cypher the serving application runs: explanation paths, feedback writes, forgetting.
+
+Writes reuse the ingest path's statements (:mod:`gnnrec.graph.load`: ``MERGE_USERS``,
+``MERGE_ITEMS``, ``MERGE_INTERACTIONS``, ``MERGE_FRIENDSHIPS``, :func:`load.forget_user`)
+so feedback lands exactly as an ingest of the same rows would. Each write of the service
+is ONE explicit transaction, without the driver's retry loop: when Neo4j is down the
+call fails at once, and either everything of a request is committed or nothing is (the
+service folds a write into memory only after the commit).
+
+Explanation queries order their rows by the contribution formulas of
+``gnnrec.serve.explain`` (friends: fewer items first; co-interacting users:
+``overlap / sqrt(deg(v) * deg(u))``; tags: most frequent in the user's history).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gnnrec.graph import load
+from gnnrec.graph.client import GraphClient, Record
+
+EXPLAIN_ENDS = """
+OPTIONAL MATCH (u:User {id: $user})
+OPTIONAL MATCH (i:Item {id: $item})
+RETURN u IS NOT NULL AS user_found, i IS NOT NULL AS item_found,
+       CASE WHEN u IS NULL THEN 0 ELSE COUNT { (u)-[:INTERACTED]->() } END AS user_items
+"""
+
+EXPLAIN_FRIENDS = """
+MATCH (u:User {id: $user})-[:FRIEND]-(f:User)-[:INTERACTED]->(:Item {id: $item})
+WITH DISTINCT f
+WITH f, COUNT { (f)-[:INTERACTED]->() } AS items
+RETURN f.id AS user, items
+ORDER BY items ASC, user ASC
+LIMIT $limit
+"""
+
+EXPLAIN_CO_USERS = """
+MATCH (:Item {id: $item})<-[:INTERACTED]-(v:User)
+WHERE v.id <> $user
+MATCH (v)-[:INTERACTED]->(shared:Item)<-[:INTERACTED]-(:User {id: $user})
+WITH v, count(DISTINCT shared) AS overlap
+WITH v, overlap, COUNT { (v)-[:INTERACTED]->() } AS items
+RETURN v.id AS user, overlap, items
+ORDER BY toFloat(overlap) / sqrt(toFloat(items) * $user_items) DESC, user ASC
+LIMIT $limit
+"""
+
+EXPLAIN_TAGS = """
+MATCH (:Item {id: $item})-[:HAS_TAG]->(t:Tag)<-[:HAS_TAG]-(h:Item)
+      <-[:INTERACTED]-(:User {id: $user})
+WITH t, count(DISTINCT h) AS n
+RETURN t.name AS tag, n
+ORDER BY n DESC, tag ASC
+LIMIT $limit
+"""
+
+
+@dataclass(frozen=True)
+class ExplainRows:
+    """What :func:`explain_paths` found (lists already ordered and cut to ``limit``)."""
+
+    user_found: bool
+    item_found: bool
+    user_items: int
+    friends: list[tuple[str, int]]
+    co_users: list[tuple[str, int, int]]
+    tags: list[tuple[str, int]]
+
+
+def explain_paths(client: GraphClient, user: str, item: str, limit: int = 10) -> ExplainRows:
+    """Friends, co-interacting users and shared tags behind (user, item), in one session."""
+    params: dict[str, Any] = {"user": user, "item": item, "limit": limit}
+    with client.session() as session:
+        def read(cypher: str, extra: dict[str, Any] | None = None) -> list[Record]:
+            return session.execute_read(
+                lambda tx: tx.run(cypher, {**params, **(extra or {})}).data())
+
+        ends = read(EXPLAIN_ENDS)[0]
+        if not (ends["user_found"] and ends["item_found"]):
+            return ExplainRows(bool(ends["user_found"]), bool(ends["item_found"]),
+                               int(ends["user_items"]), [], [], [])
+        deg = int(ends["user_items"])
+        friends = [(str(r["user"]), int(r["items"])) for r in read(EXPLAIN_FRIENDS)]
+        co_users = [(str(r["user"]), int(r["overlap"]), int(r["items"]))
+                    for r in read(EXPLAIN_CO_USERS, {"user_items": float(max(deg, 1))})]
+        tags = [(str(r["tag"]), int(r["n"])) for r in read(EXPLAIN_TAGS)]
+    return ExplainRows(True, True, deg, friends, co_users, tags)
+
+
+def _in_one_transaction(client: GraphClient, statements: Sequence[tuple[str, list[Record]]]
+                        ) -> None:
+    """Run ``UNWIND $rows`` statements in one explicit transaction (no retries)."""
+    with client.session() as session:
+        with session.begin_transaction() as tx:
+            for cypher, rows in statements:
+                if rows:
+                    tx.run(cypher, {"rows": rows}).consume()
+            tx.commit()
+
+
+def write_interactions(client: GraphClient, rows: Sequence[Record]) -> int:
+    """MERGE users, items and ``INTERACTED {weight, ts}`` for ``{user, item, weight, ts}`` rows.
+
+    One transaction (all or nothing). Pass one row per (user, item) pair: weight and ts
+    replace earlier values, as in the ingest path. Returns the number of rows written.
+    """
+    users = [{"id": u, "props": {}} for u in dict.fromkeys(r["user"] for r in rows)]
+    items = [{"id": i, "props": {}} for i in dict.fromkeys(r["item"] for r in rows)]
+    _in_one_transaction(client, [(load.MERGE_USERS, users), (load.MERGE_ITEMS, items),
+                                 (load.MERGE_INTERACTIONS, list(rows))])
+    return len(rows)
+
+
+def create_user(client: GraphClient, user: str, items: Sequence[str], friends: Sequence[str],
+                ts: int | None = None, weight: float = 1.0) -> None:
+    """MERGE a user with ``INTERACTED`` to existing-or-new ``items`` and ``FRIEND`` links.
+
+    Friend users are MERGEd too (so the relationship always lands); one transaction.
+    """
+    pairs = [{"a": min(user, f), "b": max(user, f)} for f in dict.fromkeys(friends)]
+    inter = [{"user": user, "item": i, "weight": weight, "ts": ts} for i in dict.fromkeys(items)]
+    _in_one_transaction(client, [
+        (load.MERGE_USERS, [{"id": u, "props": {}} for u in dict.fromkeys([user, *friends])]),
+        (load.MERGE_ITEMS, [{"id": i, "props": {}} for i in dict.fromkeys(items)]),
+        (load.MERGE_INTERACTIONS, inter),
+        (load.MERGE_FRIENDSHIPS, pairs),
+    ])
+
+
+def forget_user(client: GraphClient, user: str) -> dict[str, int] | None:
+    """:func:`gnnrec.graph.load.forget_user` after a connectivity check.
+
+    The check makes a down server fail at once instead of inside the driver's retry
+    loop; the delete itself is one transaction. ``None`` when no such user.
+    """
+    client.driver.verify_connectivity()
+    return load.forget_user(client, user)

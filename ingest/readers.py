@@ -1,0 +1,136 @@
+"""Readers: CSV / Parquet files and in-memory DataFrames become :class:`Source` objects.
+
+CSV cells are read as strings (``dtype=str``, no NA guessing) so ids such as
+``007``, ``NA``, ``null`` or ``1e5`` reach the graph exactly as written; numbers
+and time stamps are parsed later, column by column, in :mod:`gnnrec.ingest.validate`.
+Parquet keeps its own column types (ids are turned into strings there too).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+
+from gnnrec.ingest.errors import SourceFileError
+
+SourceKind = Literal["interactions", "social", "items", "users"]
+SOURCE_KINDS: tuple[SourceKind, ...] = ("users", "items", "interactions", "social")
+
+_CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz", ".tsv", ".tsv.gz", ".txt")
+_PARQUET_SUFFIXES = (".parquet", ".pq", ".parquet.gzip", ".parquet.gz", ".parquet.snappy")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One table to ingest: what it holds (``kind``), its rows, and where it came from.
+
+    ``frame`` holds the original columns in their original order; the data row
+    number reported in reject files is the 1-based position of a row in ``frame``.
+    """
+
+    kind: SourceKind
+    frame: pd.DataFrame
+    name: str
+
+    @classmethod
+    def from_frame(cls, kind: SourceKind, frame: pd.DataFrame, name: str = "") -> Source:
+        """Wrap an in-memory DataFrame (its index is dropped; rows are numbered 1..n)."""
+        if kind not in SOURCE_KINDS:
+            raise ValueError(f"unknown source kind {kind!r}; expected one of {SOURCE_KINDS}")
+        return cls(kind, frame.reset_index(drop=True), name or f"<{kind} DataFrame>")
+
+
+def file_format(path: Path) -> Literal["csv", "parquet"]:
+    """``csv`` or ``parquet`` from the file name; anything else is a :class:`SourceFileError`."""
+    name = path.name.lower()
+    if name.endswith(_PARQUET_SUFFIXES):
+        return "parquet"
+    if name.endswith(_CSV_SUFFIXES):
+        return "csv"
+    raise SourceFileError(
+        f"{path}: unknown file type; expected CSV ({', '.join(_CSV_SUFFIXES)}) "
+        f"or Parquet ({', '.join(_PARQUET_SUFFIXES)})"
+    )
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV (strings only, ``,`` or tab for ``.tsv``) or Parquet file.
+
+    Raises :class:`SourceFileError` naming the file when it is missing, empty,
+    not decodable as UTF-8 or malformed (the parser's line number is kept).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SourceFileError(f"{path}: file not found")
+    if not path.is_file():
+        raise SourceFileError(f"{path}: not a regular file")
+    fmt = file_format(path)
+    try:
+        if fmt == "parquet":
+            return pd.read_parquet(path)
+        sep = "\t" if ".tsv" in path.name.lower() else ","
+        return read_csv_strings(path, sep=sep)
+    except SourceFileError:
+        raise
+    except pd.errors.EmptyDataError as exc:
+        raise SourceFileError(f"{path}: the file is empty (no header row)") from exc
+    except UnicodeDecodeError as exc:
+        raise SourceFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SourceFileError(f"{path}: cannot read {fmt}: {first_line}") from exc
+    except Exception as exc:  # pyarrow raises its own types for corrupt Parquet
+        raise SourceFileError(f"{path}: cannot read {fmt}: {exc}") from exc
+
+
+def read_csv_strings(source: str | Path | io.IOBase, sep: str = ",") -> pd.DataFrame:
+    """Every cell as a string, empty cells as ``""``: nothing is guessed or converted."""
+    return pd.read_csv(
+        source,  # type: ignore[arg-type]
+        sep=sep,
+        dtype=str,
+        keep_default_na=False,
+        na_filter=False,
+        encoding="utf-8-sig",
+    )
+
+
+def read_source(kind: SourceKind, path: str | Path) -> Source:
+    """Read one file as a :class:`Source` of the given kind."""
+    return Source(kind, read_table(path).reset_index(drop=True), str(path))
+
+
+def sources_from_files(
+    *,
+    interactions: str | Path | None = None,
+    social: str | Path | None = None,
+    items: str | Path | None = None,
+    users: str | Path | None = None,
+) -> list[Source]:
+    """Read every given file; all are read (and so checked) before anything is written."""
+    given: dict[SourceKind, str | Path | None] = {
+        "users": users, "items": items, "interactions": interactions, "social": social,
+    }
+    return [read_source(kind, path) for kind, path in given.items() if path is not None]
+
+
+def read_atomic(opener: Callable[[], io.IOBase], name: str) -> pd.DataFrame:
+    """Read a RecBole atomic file (tab-separated, header ``field:type``) as strings.
+
+    The ``:type`` suffixes are dropped from the column names and a trailing
+    carriage return (files written on Windows) is stripped from every cell.
+    """
+    try:
+        with opener() as handle:
+            frame = read_csv_strings(handle, sep="\t")
+    except Exception as exc:
+        raise SourceFileError(f"{name}: cannot read RecBole atomic file: {exc}") from exc
+    frame.columns = [str(col).split(":", 1)[0].strip() for col in frame.columns]
+    for col in frame.columns:
+        frame[col] = frame[col].str.rstrip("\r")
+    return frame

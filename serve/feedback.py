@@ -1,0 +1,61 @@
+"""The feedback log that keeps several replicas' states in step.
+
+With ``--replicas 1`` the one replica folds each write into its own state and no log
+exists. With more, every write (interactions, new user, forget, reload) is first
+committed to Neo4j by the replica that received it, then appended to this log, a
+one-replica Serve deployment holding an ordered list of events. Every replica follows
+the log with a long poll (:meth:`FeedbackLog.since` returns as soon as there is
+something new) and applies events in order, so the next request reaches the write on
+any replica within a poll round trip (milliseconds). The writing replica applies
+everything up to its own event before it answers.
+
+Limits (documented, not hidden): the log lives in memory, in one actor; if that actor
+restarts, replicas keep what they applied but a write committed to Neo4j between the
+crash and the restart is not folded into the other replicas' memory (it is in Neo4j
+and in the next trained run). Events are kept for the life of the application.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ray import serve
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0},
+                  max_ongoing_requests=1_000)
+class FeedbackLog:
+    """An append-only, ordered list of events; sequence numbers start at 1."""
+
+    def __init__(self) -> None:
+        self._events: list[Any] = []
+        self._changed: asyncio.Condition | None = None
+
+    def _condition(self) -> asyncio.Condition:
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    async def append(self, event: Any) -> int:
+        """Store ``event``; return its sequence number and wake the followers."""
+        changed = self._condition()
+        async with changed:
+            self._events.append(event)
+            changed.notify_all()
+            return len(self._events)
+
+    async def since(self, seq: int, timeout_s: float = 1.0) -> list[tuple[int, Any]]:
+        """Events after ``seq`` as ``(seq, event)``, waiting up to ``timeout_s`` for one."""
+        changed = self._condition()
+        async with changed:
+            if len(self._events) <= seq and timeout_s > 0:
+                try:
+                    await asyncio.wait_for(
+                        changed.wait_for(lambda: len(self._events) > seq), timeout_s)
+                except TimeoutError:
+                    return []
+            return [(n, e) for n, e in enumerate(self._events[seq:], start=seq + 1)]
+
+    def head(self) -> int:
+        return len(self._events)

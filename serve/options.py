@@ -1,0 +1,109 @@
+"""Typed options of the serving application.
+
+Two objects, kept apart as ``xgboost_ray`` keeps ``RayParams`` apart from the model's
+parameters:
+
+* :class:`ServeOptions`: what the service does (which run, limits on requests, fold-in
+  and re-ranking parameters, the API token, where Neo4j is);
+* :class:`ResourceOptions`: how it runs on Ray (replicas, CPUs, concurrency, HTTP
+  host and port).
+
+Both are pydantic models, so they travel to Ray Serve replicas and from
+``serve_config.yaml`` ``args`` without ever being plain dicts in the code.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+TOKEN_ENV = "GNNREC_API_TOKEN"
+DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB
+
+
+class Neo4jOptions(BaseModel):
+    """Where the service writes feedback and reads explanations.
+
+    ``uri`` ``None`` means: resolve on each replica with
+    :meth:`gnnrec.graph.settings.Neo4jSettings.resolve` (``NEO4J_URI`` / ``NEO4J_USER``
+    / ``NEO4J_PASSWORD``, else the project-local server).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    enabled: bool = True
+    uri: str | None = None
+    user: str = "neo4j"
+    password: SecretStr = SecretStr("")
+    database: str = "neo4j"
+
+    def settings(self) -> Any:
+        """The :class:`~gnnrec.graph.settings.Neo4jSettings` these options name."""
+        from gnnrec.graph.settings import Neo4jSettings
+
+        if self.uri is None:
+            return Neo4jSettings.resolve()
+        return Neo4jSettings(uri=self.uri, user=self.user,
+                             password=self.password.get_secret_value(), database=self.database)
+
+
+class ServeOptions(BaseModel):
+    """Behaviour of the service (no resource settings here).
+
+    Attributes:
+        run: run directory (``runs/NAME``) whose model is served.
+        graph: graph file the run was trained on (default: the one recorded in the run).
+        max_k: largest ``k`` a request may ask for (above it: 422).
+        max_body_bytes: largest request body accepted (above it: 413).
+        token: bearer token required by write endpoints; ``None``: writes are refused (403).
+        fold_in_mix: weight of the recomputed neighbourhood embedding when a user's
+            embedding is updated from new interactions (1 = forget the trained one).
+        mmr_pool: the MMR re-ranking picks among the ``max(mmr_pool * k, 50)`` best items.
+        explain_limit: at most this many friends, co-interacting users and tags per answer.
+        neo4j: where feedback is written and explanations are read.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    run: str
+    graph: str | None = None
+    max_k: int = Field(100, ge=1, le=10_000)
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024)
+    token: SecretStr | None = None
+    fold_in_mix: float = Field(0.5, gt=0.0, le=1.0)
+    mmr_pool: int = Field(5, ge=1)
+    explain_limit: int = Field(10, ge=1, le=1000)
+    neo4j: Neo4jOptions = Field(default_factory=Neo4jOptions)
+
+    @classmethod
+    def with_env_token(cls, **fields: Any) -> ServeOptions:
+        """Options whose ``token`` defaults to ``$GNNREC_API_TOKEN`` (when set and non-empty)."""
+        if fields.get("token") is None and os.environ.get(TOKEN_ENV):
+            fields["token"] = SecretStr(os.environ[TOKEN_ENV])
+        return cls(**fields)
+
+
+class ResourceOptions(BaseModel):
+    """How the service runs on Ray Serve.
+
+    Attributes:
+        replicas: number of replicas; each holds its own copy of the serving state.
+            With more than one, writes go through a feedback-log deployment that every
+            replica follows (see ``gnnrec.serve.feedback``).
+        num_cpus: CPUs reserved per replica (fractions allowed).
+        max_ongoing_requests: concurrent requests one replica accepts.
+        host, port: where Ray Serve's HTTP proxy listens.
+        app_name, route_prefix: name and URL prefix of the Serve application.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    replicas: int = Field(1, ge=1, le=64)
+    num_cpus: float = Field(0.5, ge=0.0)
+    max_ongoing_requests: int = Field(64, ge=1)
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    app_name: str = "gnnrec"
+    route_prefix: str = "/"

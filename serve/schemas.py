@@ -1,0 +1,160 @@
+"""Request and response bodies of the HTTP API (pydantic; they make the OpenAPI at /docs)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Id = str | int  # ids are strings; integers are accepted and turned into strings
+Source = Literal["neo4j", "memory"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InteractionIn(_Body):
+    """One interaction. ``weight`` defaults to 1; ``timestamp`` (unix seconds or an ISO-8601
+    date) defaults to the time the service received it."""
+
+    user: Id
+    item: Id
+    weight: float | None = Field(None, description="non-negative, finite; default 1")
+    timestamp: int | float | str | None = Field(None, description="unix s or ISO-8601")
+
+
+class NewUserIn(_Body):
+    """A new user, optionally with the items it consumed and its friends (known ids)."""
+
+    user: Id
+    items: list[Id] = Field(default_factory=list, max_length=100_000)
+    friends: list[Id] = Field(default_factory=list, max_length=100_000)
+
+
+class ReloadIn(_Body):
+    """The run to serve from now on (and its graph file, when not the recorded one)."""
+
+    run: str
+    graph: str | None = None
+
+
+class ScoredItem(BaseModel):
+    item: str
+    score: float
+
+
+class Filters(BaseModel):
+    tag: str | None = None
+    exclude: list[str] = Field(default_factory=list)
+    diversity: float = 0.0
+
+
+class Recommendations(BaseModel):
+    user: str
+    k: int
+    items: list[ScoredItem]
+    cold_start: Literal["popularity"] | None = Field(
+        None, description='"popularity" when the user has no embedding (nothing to go on)')
+    filters: Filters
+    run: str
+
+
+class SimilarItems(BaseModel):
+    item: str
+    k: int
+    items: list[ScoredItem]
+    run: str
+
+
+class FriendReason(BaseModel):
+    user: str
+    items: int = Field(description="number of items the friend interacted with")
+    contribution: float = Field(description="1 / sqrt(items)")
+
+
+class CoUserReason(BaseModel):
+    user: str
+    overlap: int = Field(description="items shared with the explained user")
+    items: int = Field(description="number of items this user interacted with")
+    contribution: float = Field(description="overlap / sqrt(items * user's items)")
+
+
+class TagReason(BaseModel):
+    tag: str
+    count: int = Field(description="items in the user's history carrying the tag")
+    contribution: float = Field(description="count / user's items")
+
+
+class Explanation(BaseModel):
+    user: str
+    item: str
+    source: Source = Field(description="where the paths were read: Neo4j, or the in-memory "
+                                       "graph when Neo4j is unreachable or lacks the ids")
+    score: float | None = Field(None, description="model score of the item for the user")
+    user_items: int
+    friends: list[FriendReason]
+    co_users: list[CoUserReason]
+    tags: list[TagReason]
+    note: str | None = None
+
+
+class Neo4jStatus(BaseModel):
+    configured: bool
+    reachable: bool
+    uri: str | None = None
+    error: str | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    run: str
+    model: str
+    metrics: dict[str, Any]
+    users: int
+    items: int
+    tags: int
+    dim: int
+    neo4j: Neo4jStatus
+    replica: str
+    feedback: Literal["local", "log"] = Field(
+        description='"local": one replica folds writes in; "log": replicas follow a shared log')
+    writes_enabled: bool
+
+
+class InteractionsResult(BaseModel):
+    received: int
+    written: int = Field(description="distinct (user, item) pairs written to Neo4j")
+    users_updated: list[str]
+    users_created: list[str]
+    items_created: list[str]
+    items_without_embedding: list[str]
+    persisted: Literal["neo4j", "memory-only"]
+
+
+class NewUserResult(BaseModel):
+    user: str
+    items: int
+    friends: int
+    cold_start: Literal["items", "friends", "items+friends", "popularity"]
+    persisted: Literal["neo4j", "memory-only"]
+
+
+class ForgetResult(BaseModel):
+    user: str
+    neo4j: dict[str, int] | None = Field(description="deleted relationships by type, or null")
+    memory: bool
+    persisted: Literal["neo4j", "memory-only"]
+
+
+class ReloadResult(BaseModel):
+    run: str
+    model: str
+    previous_run: str
+    users: int
+    items: int
+    seconds: float
+
+
+class ErrorBody(BaseModel):
+    detail: Any

@@ -1,0 +1,145 @@
+"""Training loop, run directories, resume and load_run (with a stand-in MF model)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gnn_fixtures import TinyMF, TinyPop, fake_models, small_graph  # noqa: E402
+
+from gnnrec.gnn.data import fingerprint, save_graph, train_subgraph  # noqa: E402
+from gnnrec.gnn.run import Run, RunError, load_run  # noqa: E402
+from gnnrec.gnn.train import (  # noqa: E402
+    TrainConfig,
+    TrainingError,
+    check_resumable,
+    seed_everything,
+    train,
+)
+
+CFG = dict(epochs=4, batch_size=256, lr=0.02, l2=1e-4, eval_every=1, patience=10, seed=3,
+           device="cpu")
+
+
+def _model(graph, seed: int = 3, **kw) -> TinyMF:
+    seed_everything(seed)
+    return TinyMF(train_subgraph(graph), **kw)
+
+
+def _run(tmp: Path, graph, model, name: str = "run", graph_path: Path | None = None) -> Run:
+    return Run.create(tmp / name, model_name="tinymf", model=model, graph=graph,
+                      graph_path=graph_path, train_config=TrainConfig(**CFG).to_dict())
+
+
+def test_training_learns_and_is_reproducible() -> None:
+    g = small_graph()
+    results = [train(_model(g), g, TrainConfig(**CFG), progress=False) for _ in range(2)]
+    losses = [[r["loss"] for r in res.history] for res in results]
+    assert losses[0] == losses[1]  # same seed -> identical losses on CPU
+    assert losses[0][-1] < losses[0][0]
+    other = train(_model(g), g, TrainConfig(**{**CFG, "seed": 4}), progress=False)
+    assert [r["loss"] for r in other.history] != losses[0]
+    res = results[0]
+    assert res.best_valid["recall@20"] > 0 and 1 <= res.best_epoch <= 4
+    assert set(res.best_valid) >= {"recall@10", "ndcg@20", "coverage@20", "novelty@10"}
+
+
+def test_multiple_negatives_and_early_stopping() -> None:
+    g = small_graph()
+    cfg = TrainConfig(**{**CFG, "epochs": 30, "lr": 0.5, "patience": 2, "num_negatives": 3})
+    res = train(_model(g), g, cfg, progress=False)
+    assert res.stopped == "early_stopping" and len(res.history) < 30
+    assert len(res.history) - res.best_epoch == 2
+
+
+def test_nan_loss_stops_with_the_epoch() -> None:
+    g = small_graph()
+    with pytest.raises(TrainingError, match="diverged at epoch 1"):
+        train(_model(g, nan=True), g, TrainConfig(**CFG), progress=False)
+
+
+def test_model_without_parameters_is_evaluated_not_trained(tmp_path: Path) -> None:
+    g = small_graph()
+    pop = TinyPop(train_subgraph(g))
+    run = Run.create(tmp_path / "pop", model_name="pop", model=pop, graph=g, graph_path=None,
+                     train_config=TrainConfig(**CFG).to_dict())
+    res = train(pop, g, TrainConfig(**CFG), run=run, progress=False)
+    assert res.stopped == "no_parameters" and res.best_epoch == 0
+    meta = run.meta()
+    assert meta["status"] == "finished" and meta["metrics"]["valid"]["recall@20"] > 0
+
+
+def test_run_directory_files(tmp_path: Path) -> None:
+    g = small_graph()
+    gpath = save_graph(g, tmp_path / "g.pt")
+    model = _model(g)
+    run = _run(tmp_path, g, model, graph_path=gpath)
+    res = train(model, g, TrainConfig(**CFG), run=run, progress=False)
+    files = sorted(p.name for p in run.path.iterdir())
+    assert files == ["id_maps.json", "last.pt", "meta.json", "model.pt"]  # no temp files
+    meta = json.loads((run.path / "meta.json").read_text())
+    assert meta["model"] == {"name": "tinymf", "class": "TinyMF", "module": TinyMF.__module__,
+                             "config": {"embedding_dim": 8}}
+    assert meta["train_config"]["lr"] == 0.02 and meta["status"] == "finished"
+    assert meta["graph"]["fingerprint"] == fingerprint(g)
+    assert meta["graph"]["path"] == str(gpath.resolve())
+    assert meta["graph"]["split_info"]["kind"] == "random"
+    assert meta["best_epoch"] == res.best_epoch and len(meta["history"]) == 4
+    assert meta["best_valid"] == res.best_valid and meta["gnnrec_version"]
+    assert json.loads((run.path / "id_maps.json").read_text())["user"][:2] == ["u0", "u1"]
+    state = torch.load(run.path / "model.pt", weights_only=True)
+    assert torch.equal(state["user.weight"], model.user.weight.detach())
+    assert set(torch.load(run.path / "last.pt", weights_only=True)) >= {
+        "epoch", "model", "optimizer", "rng", "best_metric", "history"}
+    with pytest.raises(RunError, match="already holds a run"):
+        _run(tmp_path, g, model)
+
+    with fake_models(tinymf=TinyMF):
+        loaded, meta2, g2 = load_run(run.path)
+    assert fingerprint(g2) == fingerprint(g) and meta2["best_epoch"] == res.best_epoch
+    assert torch.equal(loaded.score(torch.arange(5)), model.score(torch.arange(5)))
+    with fake_models(tinymf=TinyMF), pytest.raises(RunError, match="another graph"):
+        load_run(run.path, small_graph(seed=9))
+
+
+def test_resume_after_a_kill_gives_the_uninterrupted_result(tmp_path: Path) -> None:
+    g = small_graph()
+    cfg = TrainConfig(**{**CFG, "epochs": 5})
+    full_model = _model(g)
+    full = train(full_model, g, cfg, run=_run(tmp_path, g, full_model, "full"), progress=False)
+
+    batches = -(-int((g["user", "interacts", "item"].split == 0).sum()) // cfg.batch_size)
+    killed = _model(g, interrupt_at=2 * batches + 2)  # dies inside epoch 3
+    run = _run(tmp_path, g, killed, "killed")
+    with pytest.raises(KeyboardInterrupt):
+        train(killed, g, cfg, run=run, progress=False)
+    assert torch.load(run.path / "last.pt", weights_only=True)["epoch"] == 2
+    assert run.meta()["status"] == "running"
+
+    fresh = _model(g, seed=99)  # weights come from last.pt, not from this init
+    check_resumable(run, "tinymf", fresh.config(), cfg, fingerprint(g))
+    resumed = train(fresh, g, cfg, run=run, resume=True, progress=False)
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history]
+    assert resumed.best_epoch == full.best_epoch and resumed.best_valid == full.best_valid
+    for key, value in full_model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value)
+
+    with pytest.raises(RunError, match="cannot change lr"):
+        check_resumable(run, "tinymf", fresh.config(), TrainConfig(**{**CFG, "lr": 0.1}),
+                        fingerprint(g))
+    check_resumable(run, "tinymf", fresh.config(), TrainConfig(**{**CFG, "epochs": 9}),
+                    fingerprint(g))  # more epochs is fine
+
+
+def test_bad_config_is_refused() -> None:
+    with pytest.raises(TrainingError, match="batch_size"):
+        TrainConfig(batch_size=0).validate()
+    with pytest.raises(TrainingError, match="no CUDA") if not torch.cuda.is_available() else \
+            pytest.raises(Exception):
+        g = small_graph()
+        train(_model(g), g, TrainConfig(**{**CFG, "device": "cuda"}), progress=False)
