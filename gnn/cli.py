@@ -62,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     tr.add_argument("--resume", action="store_true", help="continue the run in --out")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.add_argument("--threads", type=int, help="CPU threads for torch (1 = bit-reproducible)")
     tr.set_defaults(handler=_train)
 
     ev = sub.add_parser("evaluate", help="full-ranking metrics of a run on valid or test")
@@ -70,6 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ev.add_argument("--graph", help="graph file (default: the one recorded in the run)")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--batch-size", type=int, help="users per scoring batch")
+    ev.add_argument("--threads", type=int, help="CPU threads for torch")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(handler=_evaluate)
 
@@ -125,6 +127,15 @@ def _split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        if threads < 1:
+            raise GnnrecError(f"--threads must be at least 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def _hyper(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     hyper = {arg: getattr(args, flag) for flag, arg in _HYPER_FLAGS.items()
              if getattr(args, flag) is not None}
@@ -144,6 +155,7 @@ def _train(args: argparse.Namespace) -> int:
     from gnnrec.gnn.split import ensure_split
     from gnnrec.gnn.train import TrainConfig, check_resumable, seed_everything, train
 
+    _set_threads(args.threads)
     given = {f: getattr(args, f) for f in _TRAIN_FLAGS if getattr(args, f) is not None}
     if args.resume:
         run = Run.open(args.out)
@@ -189,6 +201,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from gnnrec.gnn.run import Run, load_run
     from gnnrec.gnn.train import resolve_device
 
+    _set_threads(args.threads)
     device = resolve_device(args.device)
     model, _, graph = load_run(args.run, args.graph, device=device)
     metrics = evaluate(model.score, graph, args.split, batch_size=args.batch_size,  # type: ignore[arg-type]
@@ -204,12 +217,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _recommend(args: argparse.Namespace) -> int:
-    from gnnrec.gnn.recommend import Recommender
+    from gnnrec.gnn.recommend import TopKRecommender
     from gnnrec.gnn.run import load_run
     from gnnrec.gnn.train import resolve_device
 
     model, _, graph = load_run(args.run, args.graph, device=resolve_device(args.device))
-    recs = Recommender(model, graph).recommend(args.user, args.k)
+    recs = TopKRecommender(model, graph).recommend(args.user, args.k)
     if args.json:
         print(json.dumps({"user": args.user, "items": [r.to_dict() for r in recs]}))
     else:

@@ -38,7 +38,7 @@ class Recommendation:
         return asdict(self)
 
 
-class Recommender:
+class TopKRecommender:
     """Holds a model, its graph and the exclusion lists; answers by external id.
 
     Args:
@@ -101,4 +101,4 @@ class Recommender:
 
 def recommend(model: nn.Module, graph: HeteroData, user: str, k: int = 10) -> list[Recommendation]:
     """Top ``k`` items for ``user`` (external id) that the user has not interacted with."""
-    return Recommender(model, graph).recommend(user, k)
+    return TopKRecommender(model, graph).recommend(user, k)

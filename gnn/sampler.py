@@ -9,9 +9,11 @@ carrying ``split``) keep their train edges (``split == 0``) only.
 Per hop and edge type all frontier nodes are sampled at once:
 
 - with replacement: ``indptr[v] + floor(rand * deg(v))``, ``k`` draws per node;
-- without replacement: every neighbour where ``deg(v) <= k``, else ``k`` distinct offsets
-  drawn by Floyd's algorithm, vectorised over nodes (a Python loop over the ``k`` draws,
-  never over nodes): a uniform ``k``-subset in O(nodes * k^2) with no sort and no retry.
+- without replacement: every neighbour where ``deg(v) <= k``, else ``k`` distinct offsets,
+  vectorised over nodes: where ``deg >= 2k``, ``k`` iid draws whose duplicates are redrawn
+  (rows sorted, a few rounds on the few rows with a repeat); where ``k < deg < 2k``,
+  Floyd's algorithm (a Python loop over the ``k`` draws, never over nodes). Both give
+  a uniform ``k``-subset.
 
 Batches are PyG-shaped ``HeteroData``: per node type ``n_id`` (global ids, seeds first,
 then the nodes of hop 1, 2, ...), ``num_nodes``, ``batch_size`` (seed types),
@@ -161,6 +163,44 @@ def _floyd(deg: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     return chosen
 
 
+def _redraw(deg: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Int64[m, k] distinct offsets per row (deg >= 2k): iid draws, duplicates redrawn.
+
+    Each round replaces one copy of every repeated value by a fresh uniform draw; the
+    procedure commutes with relabelling ``0..deg-1``, so the k-subset is uniform. With
+    deg >= 2k a redraw collides with probability <= 1/2: a few rounds on a few rows.
+    """
+    d = deg[:, None]
+    off = np.minimum((rng.random((deg.size, k)) * d).astype(np.int64), d - 1)
+    off.sort(axis=1)
+    rows = np.arange(deg.size)
+    sub = off
+    while True:
+        hit = np.flatnonzero(sub[:, 1:] == sub[:, :-1])
+        if not hit.size:
+            return off
+        r, c = hit // (k - 1), hit % (k - 1) + 1
+        sub[r, c] = np.minimum((rng.random(r.size) * deg[rows[r]]).astype(np.int64),
+                               deg[rows[r]] - 1)
+        bad = np.unique(r)
+        sub = np.sort(sub[bad], axis=1)
+        rows = rows[bad]
+        off[rows] = sub
+
+
+def _distinct(deg: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Int64[m, k]: a uniform k-subset of ``0..deg-1`` per row (every deg > k)."""
+    out = np.empty((deg.size, k), dtype=np.int64)
+    near = deg < 2 * k
+    if near.any():
+        out[near] = _floyd(deg[near], k, rng)
+    if not near.all():
+        out[~near] = _redraw(deg[~near], k, rng) if k > 1 else (
+            np.minimum((rng.random(int((~near).sum())) * deg[~near]).astype(np.int64),
+                       deg[~near] - 1)[:, None])
+    return out
+
+
 def sample_positions(indptr: np.ndarray, nodes: np.ndarray, k: int, replace: bool,
                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Sample up to ``k`` in-neighbours of every node in ``nodes`` (Int64[n]) at once.
@@ -184,7 +224,7 @@ def sample_positions(indptr: np.ndarray, nodes: np.ndarray, k: int, replace: boo
     big = np.flatnonzero(deg > k) if k >= 0 else np.empty(0, dtype=np.int64)
     if big.size:
         slots = (first[big][:, None] + np.arange(k)).ravel()
-        off[slots] = _floyd(deg[big], k, rng).ravel()
+        off[slots] = _distinct(deg[big], k, rng).ravel()
     return row, start[row] + off
 
 

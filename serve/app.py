@@ -14,7 +14,8 @@ Endpoints: ``GET /health``, ``GET /recommend/{user}``, ``GET /similar/{item}``,
 ``POST /interactions``, ``POST /users``, ``DELETE /users/{user}``, ``POST /admin/reload``.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: FastAPI must see the route annotations,
+# which use types built inside create_app, as real objects.
 
 import os
 from typing import Annotated, Any

@@ -14,7 +14,7 @@ from gnn_fixtures import TinyMF, fake_models, small_graph  # noqa: E402
 
 from gnnrec.cli import main  # noqa: E402
 from gnnrec.gnn.data import UI, load_graph, save_graph, synthetic_graph  # noqa: E402
-from gnnrec.gnn.recommend import Recommender, UnknownUserError  # noqa: E402
+from gnnrec.gnn.recommend import TopKRecommender, UnknownUserError  # noqa: E402
 from gnnrec.gnn.run import load_run  # noqa: E402
 
 
@@ -76,7 +76,7 @@ def test_train_evaluate_recommend(tmp_path: Path, capsys: pytest.CaptureFixture)
         assert "unknown user nobody; cold start is served by POST /users" in \
             capsys.readouterr().err
         with pytest.raises(UnknownUserError):
-            Recommender(model, graph).recommend("nobody")
+            TopKRecommender(model, graph).recommend("nobody")
 
 
 def test_train_without_split_applies_default(tmp_path: Path,

