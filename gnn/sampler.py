@@ -9,11 +9,10 @@ carrying ``split``) keep their train edges (``split == 0``) only.
 Per hop and edge type all frontier nodes are sampled at once:
 
 - with replacement: ``indptr[v] + floor(rand * deg(v))``, ``k`` draws per node;
-- without replacement: every neighbour where ``deg(v) <= k``, else ``k`` distinct offsets,
-  vectorised over nodes: where ``deg >= 2k``, ``k`` iid draws whose duplicates are redrawn
-  (rows sorted, a few rounds on the few rows with a repeat); where ``k < deg < 2k``,
-  Floyd's algorithm (a Python loop over the ``k`` draws, never over nodes). Both give
-  a uniform ``k``-subset.
+- without replacement: every neighbour where ``deg(v) <= k``; where ``deg >= 4k``, ``k``
+  iid draws whose repeats are redrawn (rows sorted, two rounds on the few rows with a
+  repeat); the remaining rows take the ``k`` entries with the smallest random keys (one
+  argsort of ``row + U(0, 1)``). Each gives a uniform ``k``-subset.
 
 Batches are PyG-shaped ``HeteroData``: per node type ``n_id`` (global ids, seeds first,
 then the nodes of hop 1, 2, ...), ``num_nodes``, ``batch_size`` (seed types),
@@ -150,54 +149,59 @@ def _fanouts(num_neighbors: NumNeighbors, edge_types: list[EdgeType]) -> dict[Ed
     return out
 
 
-def _floyd(deg: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Int64[m, k]: for each row a uniform k-subset of ``0..deg-1`` (deg > k), Floyd's method."""
-    m = deg.size
-    chosen = np.empty((m, k), dtype=np.int64)
-    for s in range(k):
-        j = deg - k + s  # draw t in [0, j]; if taken, take j (never taken before)
-        t = np.minimum((rng.random(m) * (j + 1)).astype(np.int64), j)
-        if s:
-            t = np.where((chosen[:, :s] == t[:, None]).any(axis=1), j, t)
-        chosen[:, s] = t
-    return chosen
+def _by_keys(deg: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Int64[m, k]: per row the k offsets of ``0..deg-1`` with the smallest random keys.
+
+    One argsort of ``row + U(0, 1)`` over all ``sum(deg)`` entries orders each row's
+    entries by key (rows stay apart); the first ``k`` of each row are a uniform k-subset.
+    """
+    first = np.cumsum(deg) - deg
+    row = np.repeat(np.arange(deg.size, dtype=np.float64), deg)
+    order = np.argsort(row + rng.random(row.size))
+    return order[first[:, None] + np.arange(k)] - first[:, None]
 
 
-def _redraw(deg: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Int64[m, k] distinct offsets per row (deg >= 2k): iid draws, duplicates redrawn.
+def _redraw(deg: np.ndarray, k: int, rng: np.random.Generator,
+            rounds: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """(Int64[m, k] offsets, Bool[m] rows whose k offsets are distinct), for deg >> k.
 
-    Each round replaces one copy of every repeated value by a fresh uniform draw; the
-    procedure commutes with relabelling ``0..deg-1``, so the k-subset is uniform. With
-    deg >= 2k a redraw collides with probability <= 1/2: a few rounds on a few rows.
+    ``k`` iid draws per row, then ``rounds`` times one copy of every repeated value is
+    redrawn. The procedure commutes with relabelling ``0..deg-1``, so a row that ends
+    distinct holds a uniform k-subset; the rest are left to :func:`_by_keys`.
     """
     d = deg[:, None]
     off = np.minimum((rng.random((deg.size, k)) * d).astype(np.int64), d - 1)
     off.sort(axis=1)
-    rows = np.arange(deg.size)
-    sub = off
-    while True:
+    ok = np.ones(deg.size, dtype=bool)
+    rows, sub = np.arange(deg.size), off
+    for attempt in range(rounds + 1):
         hit = np.flatnonzero(sub[:, 1:] == sub[:, :-1])
         if not hit.size:
-            return off
-        r, c = hit // (k - 1), hit % (k - 1) + 1
-        sub[r, c] = np.minimum((rng.random(r.size) * deg[rows[r]]).astype(np.int64),
-                               deg[rows[r]] - 1)
+            break
+        r = hit // (k - 1)
+        if attempt == rounds:
+            ok[rows[r]] = False
+            break
+        dr = deg[rows[r]]
+        sub[r, hit % (k - 1) + 1] = np.minimum((rng.random(r.size) * dr).astype(np.int64), dr - 1)
         bad = np.unique(r)
-        sub = np.sort(sub[bad], axis=1)
-        rows = rows[bad]
+        sub, rows = np.sort(sub[bad], axis=1), rows[bad]
         off[rows] = sub
+    return off, ok
 
 
 def _distinct(deg: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """Int64[m, k]: a uniform k-subset of ``0..deg-1`` per row (every deg > k)."""
+    big = np.flatnonzero(deg >= 4 * k)
     out = np.empty((deg.size, k), dtype=np.int64)
-    near = deg < 2 * k
-    if near.any():
-        out[near] = _floyd(deg[near], k, rng)
-    if not near.all():
-        out[~near] = _redraw(deg[~near], k, rng) if k > 1 else (
-            np.minimum((rng.random(int((~near).sum())) * deg[~near]).astype(np.int64),
-                       deg[~near] - 1)[:, None])
+    small = np.ones(deg.size, dtype=bool)
+    if big.size:
+        off, ok = _redraw(deg[big], k, rng)
+        out[big[ok]] = off[ok]
+        small[big[ok]] = False
+    rest = np.flatnonzero(small)
+    if rest.size:
+        out[rest] = _by_keys(deg[rest], k, rng)
     return out
 
 

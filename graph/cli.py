@@ -198,11 +198,30 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _writeback(args: argparse.Namespace) -> int:
-    from gnnrec.graph.client import GraphClient
-    from gnnrec.graph.writeback import writeback_run
+    """Score every user with the run's model, then write top-k and embeddings to Neo4j."""
+    from pathlib import Path
 
+    import torch
+
+    from gnnrec.gnn.recommend import TopKRecommender
+    from gnnrec.gnn.run import load_run
+    from gnnrec.graph.client import GraphClient
+    from gnnrec.graph.writeback import writeback
+
+    model, meta, graph = load_run(args.run)
+    ranker = TopKRecommender(model, graph)
+    users = torch.arange(graph["user"].num_nodes)
+    items, scores = ranker.top_k_indices(users, args.k)
+    user_emb = item_emb = None
+    if not args.no_embeddings and any(True for _ in model.parameters()):
+        with torch.no_grad():
+            user_emb, item_emb = (e.detach().cpu().numpy() for e in model.embeddings())
     with GraphClient() as client:
-        summary = writeback_run(client, args.run, k=args.k, batch_size=args.batch_size,
-                                embeddings=not args.no_embeddings)
+        summary = writeback(
+            client, run=Path(args.run).name, model=meta["model"]["name"],
+            user_ids=graph["user"].ext_id, item_ids=graph["item"].ext_id,
+            top_items=items.numpy(), top_scores=scores.numpy(),
+            user_emb=user_emb, item_emb=item_emb, batch_size=args.batch_size,
+        )
     print(json.dumps(summary))
     return 0

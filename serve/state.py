@@ -293,6 +293,10 @@ class ServingState:
     def dim(self) -> int:
         return int(self._item_emb.view.shape[1])
 
+    def user_ids(self) -> list[str]:
+        """The ids of the users currently served."""
+        return list(self._user_index)
+
     def has_user(self, user: str) -> bool:
         return user in self._user_index
 

