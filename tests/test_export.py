@@ -11,32 +11,6 @@ from gnnrec.graph.export import attributes_to_features, export_hetero
 
 pytestmark = pytest.mark.integration
 
-_SEED_GRAPH = """
-UNWIND range(0, 29) AS u
-CREATE (:User {id: 'u' + toString(u), age: 20 + u % 7,
-               gender: CASE u % 2 WHEN 0 THEN 'F' ELSE 'M' END})
-WITH count(*) AS users
-UNWIND range(0, 19) AS i
-CREATE (:Item {id: 'i' + toString(i), year: 1990 + i})
-WITH count(*) AS items
-UNWIND range(0, 4) AS t
-CREATE (:Tag {name: 't' + toString(t)})
-WITH count(*) AS tags
-MATCH (u:User), (i:Item)
-WITH u, i, toInteger(substring(u.id, 1)) AS un, toInteger(substring(i.id, 1)) AS inum
-WHERE (un * 7 + inum * 3) % 5 = 0
-CREATE (u)-[:INTERACTED {weight: toFloat(un + inum + 1), ts: 1000 + un * 20 + inum}]->(i)
-WITH count(*) AS rels
-MATCH (a:User), (b:User)
-WITH a, b, toInteger(substring(a.id, 1)) AS x, toInteger(substring(b.id, 1)) AS y
-WHERE x < y AND (x + y) % 9 = 0
-CREATE (a)-[:FRIEND]->(b)
-WITH count(*) AS friends
-MATCH (i:Item), (t:Tag)
-WITH i, t, toInteger(substring(i.id, 1)) AS x, toInteger(substring(t.name, 1)) AS y
-WHERE x % 5 = y OR (x + y) % 4 = 0
-CREATE (i)-[:HAS_TAG {weight: toFloat(x + 1)}]->(t)
-"""
 
 
 def _edge_set(data, edge_type, src, dst) -> set[tuple[str, str]]:  # noqa: ANN001
@@ -44,8 +18,8 @@ def _edge_set(data, edge_type, src, dst) -> set[tuple[str, str]]:  # noqa: ANN00
     return {(data[src].ext_id[a], data[dst].ext_id[b]) for a, b in ei.t().tolist()}
 
 
-def test_export_round_trip(graph_client: GraphClient) -> None:
-    graph_client.write(_SEED_GRAPH)
+def test_export_round_trip(seeded_graph: GraphClient) -> None:
+    graph_client = seeded_graph
     data, summary = export_hetero(graph_client, page_size=7)  # tiny pages: many round trips
     rows = graph_client.read(
         "MATCH (u:User)-[r:INTERACTED]->(i:Item) "

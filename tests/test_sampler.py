@@ -176,7 +176,7 @@ def test_per_edge_type_fanout_and_errors(graph: HeteroData) -> None:
         NeighborSampler(graph, {IU: [1, 2], UI: [1]})
     with pytest.raises(SamplerError, match="outside 0..79"):
         sampler.sample({"user": torch.tensor([80])})
-    with pytest.raises(SamplerError, match="unknown node type"):
+    with pytest.raises(SamplerError, match="unknown node types"):
         sampler.sample({"artist": torch.tensor([0])})
 
 
