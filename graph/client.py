@@ -55,6 +55,14 @@ class GraphClient:
         with self.session() as session:
             return session.execute_read(lambda tx: tx.run(cypher, params or {}).data())
 
+    def read_values(self, cypher: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
+        """Like ``read`` but rows are value lists, without ``.data()``'s per-element
+        conversion (which dominates the cost of rows holding long lists)."""
+        with self.session() as session:
+            return session.execute_read(
+                lambda tx: [record.values() for record in tx.run(cypher, params or {})]
+            )
+
     def write(self, cypher: str, params: dict[str, Any] | None = None) -> list[Record]:
         """Run ``cypher`` in a write transaction (retried on transient errors)."""
         with self.session() as session:

@@ -35,7 +35,8 @@ _WRITEBACK_PREFIX = "gnnrec_"
 _MAX_CATEGORIES = 32
 
 _NODES = "MATCH (n:$($label)) RETURN collect(id(n)) AS nid, collect(n[$key]) AS ext"
-_NODE_PROPS = "MATCH (n:$($label)) RETURN id(n) AS nid, properties(n) AS props"
+_NODE_KEYS = "MATCH (n:$($label)) UNWIND keys(n) AS k RETURN DISTINCT k"
+_NODE_COLUMN = "MATCH (n:$($label)) RETURN collect(id(n)) AS nid, collect(n[$key]) AS v"
 _RELS = {
     "INTERACTED": (
         "User",
@@ -61,9 +62,9 @@ _COUNT_RELS = "MATCH ()-[r:$($type)]->() RETURN count(r) AS n"
 
 def _read_nodes(client: GraphClient, label: str, key: str) -> tuple[np.ndarray, list[str]]:
     """Internal ids (sorted) and external ids of every node with ``label``."""
-    row = client.read(_NODES, {"label": label, "key": key})[0]
-    nid = np.asarray(row["nid"], dtype=np.int64)
-    ext = [str(x) for x in row["ext"]]
+    nid_list, ext_list = client.read_values(_NODES, {"label": label, "key": key})[0]
+    nid = np.asarray(nid_list, dtype=np.int64)
+    ext = [str(x) for x in ext_list]
     order = np.argsort(nid, kind="stable")
     return nid[order], [ext[i] for i in order]
 
@@ -92,9 +93,9 @@ def _read_rels(
     parts: list[tuple[Any, ...]] = []
     for lo in range(0, len(src_nid), nodes_per_page):
         ids = src_nid[lo : lo + nodes_per_page].tolist()
-        row = client.read(cypher, {"ids": ids})[0]
-        parts.append((row["s"], row["d"], row["w"], row["t"]))
-        bar.update(len(row["s"]))
+        part = client.read_values(cypher, {"ids": ids})[0]  # [s, d, w, t] column lists
+        parts.append(tuple(part))
+        bar.update(len(part[0]))
     if not parts:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, np.zeros(0, dtype=np.float32), empty
@@ -110,48 +111,52 @@ def _read_rels(
     return s, d, w, t
 
 
-def attributes_to_features(props: list[dict[str, Any]]) -> tuple[torch.Tensor, list[str]] | None:
+def attributes_to_features(
+    columns: dict[str, list[Any]],
+) -> tuple[torch.Tensor, list[str]] | None:
     """Numeric properties (z-scored, missing -> 0) and categorical text (one-hot).
 
+    ``columns`` maps a property name to its values in node order (None = missing).
     Text counts as categorical when it has 2..32 levels and each level repeats on
     average (levels <= nodes / 2), so titles and names are not one-hot encoded.
-
     Returns ``(x [N, F], feature_names)`` or ``None`` when no usable attribute exists.
     """
-    frame = pd.DataFrame.from_records(props)
-    keep = [c for c in frame.columns
-            if c not in _SKIP_PROPERTIES and not str(c).startswith(_WRITEBACK_PREFIX)]
-    columns: list[np.ndarray] = []
+    frame = pd.DataFrame(columns)
+    features: list[np.ndarray] = []
     names: list[str] = []
-    for col in keep:
+    for col in frame.columns:
         values = frame[col]
         numeric = pd.to_numeric(values, errors="coerce")
         if numeric.notna().sum() == values.notna().sum() and values.notna().any():
             arr = numeric.to_numpy(dtype=np.float64)
             mean, std = np.nanmean(arr), np.nanstd(arr)
-            columns.append(np.nan_to_num((arr - mean) / (std if std > 0 else 1.0)))
+            features.append(np.nan_to_num((arr - mean) / (std if std > 0 else 1.0)))
             names.append(str(col))
-        elif values.map(lambda v: isinstance(v, str)).all():
+        elif values.map(lambda v: v is None or isinstance(v, str)).all():
             levels = sorted(values.dropna().unique())
             if 1 < len(levels) <= min(_MAX_CATEGORIES, len(values) // 2):
                 for level in levels:
-                    columns.append((values == level).to_numpy(dtype=np.float64))
+                    features.append((values == level).to_numpy(dtype=np.float64))
                     names.append(f"{col}={level}")
-    if not columns:
+    if not features:
         return None
-    return torch.tensor(np.stack(columns, axis=1), dtype=torch.float32), names
+    return torch.tensor(np.stack(features, axis=1), dtype=torch.float32), names
 
 
 def _features(client: GraphClient, label: str, sorted_nid: np.ndarray) -> Any:
-    rows = client.read(_NODE_PROPS, {"label": label})
-    if not rows:
-        return None
-    nid = np.asarray([r["nid"] for r in rows], dtype=np.int64)
-    order = _to_index(sorted_nid, nid, f"{label} properties")
-    props: list[dict[str, Any]] = [{}] * len(sorted_nid)
-    for pos, row in zip(order.tolist(), rows, strict=True):
-        props[pos] = row["props"]
-    return attributes_to_features(props)
+    """Attribute columns of ``label``, read one property at a time as lists."""
+    keys = [r["k"] for r in client.read(_NODE_KEYS, {"label": label})]
+    keys = sorted(k for k in keys
+                  if k not in _SKIP_PROPERTIES and not k.startswith(_WRITEBACK_PREFIX))
+    columns: dict[str, list[Any]] = {}
+    for key in keys:
+        nid, column = client.read_values(_NODE_COLUMN, {"label": label, "key": key})[0]
+        order = _to_index(sorted_nid, np.asarray(nid, dtype=np.int64), f"{label}.{key}")
+        values: list[Any] = [None] * len(sorted_nid)
+        for pos, value in zip(order.tolist(), column, strict=True):
+            values[pos] = value
+        columns[key] = values
+    return attributes_to_features(columns) if columns else None
 
 
 def export_hetero(client: GraphClient, page_size: int = 50_000) -> tuple[HeteroData, dict]:
@@ -210,3 +215,36 @@ def export_hetero(client: GraphClient, page_size: int = 50_000) -> tuple[HeteroD
         "rels_per_second": round(relationships / max(seconds, 1e-9)),
     }
     return data, summary
+
+
+_NAIVE_NODES = {
+    "user": "MATCH (n:User) RETURN n.id AS id",
+    "item": "MATCH (n:Item) RETURN n.id AS id",
+    "tag": "MATCH (n:Tag) RETURN n.name AS id",
+}
+_NAIVE = {
+    "INTERACTED": ("MATCH (s:User)-[r:INTERACTED]->(d:Item) "
+                   "RETURN s.id AS s, d.id AS d, r.weight AS w, r.ts AS t", "user", "item"),
+    "FRIEND": ("MATCH (s:User)-[r:FRIEND]->(d:User) RETURN s.id AS s, d.id AS d", "user", "user"),
+    "HAS_TAG": ("MATCH (s:Item)-[r:HAS_TAG]->(d:Tag) RETURN s.id AS s, d.name AS d, "
+                "r.weight AS w", "item", "tag"),
+}
+
+
+def naive_export(client: GraphClient) -> dict[str, torch.Tensor]:
+    """Edge indices the obvious way: ``.data()`` row dicts and Python dict id maps.
+
+    The baseline of ``experiments/export_bench.py``; not used by the product.
+    """
+    maps: dict[str, dict[str, int]] = {}
+    for name, cypher in _NAIVE_NODES.items():
+        with client.session() as session:
+            rows = session.run(cypher).data()
+        maps[name] = {r["id"]: i for i, r in enumerate(rows)}
+    out = {}
+    for rel, (cypher, src, dst) in _NAIVE.items():
+        with client.session() as session:
+            rows = session.run(cypher).data()
+        out[rel] = torch.tensor([[maps[src][r["s"]] for r in rows],
+                                 [maps[dst][r["d"]] for r in rows]], dtype=torch.long)
+    return out

@@ -63,14 +63,14 @@ def test_export_without_interactions_fails_clearly(graph_client: GraphClient) ->
         export_hetero(graph_client)
 
 
-def test_attributes_to_features_ignores_ids_and_writeback() -> None:
-    props = [
-        {"id": str(n), "gnnrec_embedding": [0.1], "year": 2000 + n if n else None,
-         "genre": "ab"[n % 2], "title": f"film {n}"}
-        for n in range(4)
-    ]
-    x, names = attributes_to_features(props)
-    # ids, write-back properties and unique titles are not features; genre is one-hot.
+def test_attributes_to_features() -> None:
+    columns = {
+        "year": [None, 2001, 2002, 2003],
+        "genre": ["a", "b", "a", "b"],
+        "title": [f"film {n}" for n in range(4)],
+    }
+    x, names = attributes_to_features(columns)
+    # Unique titles are not features; genre is one-hot.
     assert names == ["year", "genre=a", "genre=b"]
     assert x.shape == (4, 3)
     assert x[0, 0] == 0.0  # missing numeric -> 0 after z-scoring
