@@ -9,6 +9,8 @@ STAMP  := $(VENV)/.gnnrec-installed
 GNNREC := $(BIN)/gnnrec
 DEMO_RUN := runs/demo-lightgcn
 DEMO_GRAPH := .gnnrec/lastfm.pt
+# Short enough for a couple of minutes on 2 cores; see README for the tuned settings.
+DEMO_TRAIN_ARGS ?= --epochs 20 --lr 0.005 --patience 5 --no-progress
 
 .PHONY: install demo test test-fast lint clean-demo
 
@@ -31,6 +33,14 @@ demo: install
 	$(GNNREC) cypher "MATCH (u:User {id: \$$user})-[:FRIEND]-(f:User)-[r:INTERACTED]->(i:Item) WITH f, i, r ORDER BY r.weight DESC WITH f, collect(i.id)[..3] AS top RETURN f.id AS friend, top AS favourite_artists ORDER BY friend LIMIT 5" --param user=2
 	@echo "--- artists user 2's friends play that user 2 has never played"
 	$(GNNREC) cypher "MATCH (u:User {id: \$$user})-[:FRIEND]-(:User)-[r:INTERACTED]->(i:Item) WHERE NOT (u)-[:INTERACTED]->(i) RETURN i.id AS artist, count(*) AS friends, sum(r.weight) AS plays ORDER BY friends DESC, plays DESC LIMIT 5" --param user=2
+	$(GNNREC) export --out $(DEMO_GRAPH)
+	$(GNNREC) train --model lightgcn --graph $(DEMO_GRAPH) --out $(DEMO_RUN) --overwrite $(DEMO_TRAIN_ARGS)
+	$(GNNREC) evaluate $(DEMO_RUN) --split test
+	@echo "--- LightGCN's top 5 for user 2"
+	$(GNNREC) recommend 2 -k 5 --run $(DEMO_RUN)
+	$(GNNREC) writeback --run $(DEMO_RUN) --k 20
+	@echo "--- user 2's recommendations, with how many friends and co-listeners play each"
+	$(GNNREC) cypher "MATCH (u:User {id: \$$user})-[r:RECOMMENDED {run: \$$run}]->(i:Item) OPTIONAL MATCH (u)-[:FRIEND]-(f:User)-[:INTERACTED]->(i) WITH u, r, i, count(DISTINCT f) AS friends OPTIONAL MATCH (u)-[:INTERACTED]->(:Item)<-[:INTERACTED]-(c:User)-[:INTERACTED]->(i) RETURN r.rank AS rank, i.id AS artist, round(r.score, 2) AS score, friends, count(DISTINCT c) AS co_listeners ORDER BY rank LIMIT 5" --param user=2 --param run=$(notdir $(DEMO_RUN))
 
 test: install
 	$(BIN)/pytest -m "not slow"
