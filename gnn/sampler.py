@@ -9,10 +9,10 @@ carrying ``split``) keep their train edges (``split == 0``) only.
 Per hop and edge type all frontier nodes are sampled at once:
 
 - with replacement: ``indptr[v] + floor(rand * deg(v))``, ``k`` draws per node;
-- without replacement: every neighbour where ``deg(v) <= k``; where ``deg >= 4k``, ``k``
-  iid draws whose repeats are redrawn (rows sorted, two rounds on the few rows with a
-  repeat); the remaining rows take the ``k`` entries with the smallest random keys (one
-  argsort of ``row + U(0, 1)``). Each gives a uniform ``k``-subset.
+- without replacement: every neighbour where ``deg(v) <= k``, else a uniform ``k``-subset
+  by Floyd's algorithm, vectorised over the nodes (a Python loop over the ``k`` draws,
+  never over nodes; ``O(k^2)`` compares per node, no sort, no retry); fan-outs above 32
+  take the ``k`` smallest of random keys (one argsort of ``row + U(0, 1)``) instead.
 
 Batches are PyG-shaped ``HeteroData``: per node type ``n_id`` (global ids, seeds first,
 then the nodes of hop 1, 2, ...), ``num_nodes``, ``batch_size`` (seed types),
@@ -48,29 +48,65 @@ class SamplerError(GnnrecError):
 
 @dataclass(frozen=True)
 class EdgeCSR:
-    """In-neighbours along one edge type: ``indices[indptr[v]:indptr[v + 1]]`` are the sources.
+    """In-neighbours along one edge type: entries ``indptr[v]:indptr[v + 1]`` are v's sources.
 
-    ``indptr`` Int64[N_dst + 1], ``indices`` Int64[nnz] source ids, ``eid`` Int64[nnz] the
-    column of each entry in ``data[edge_type].edge_index``.
+    ``indptr`` Int64[N_dst + 1]; ``table`` Int[nnz, 2 | 3] one row per entry: source id,
+    edge id (column in ``data[edge_type].edge_index``) and, when the edge type has weights,
+    the weight's bits (Int32 table: float32, Int64 table: float64). One row per entry means
+    one cache miss per sampled edge for all three; Int32 unless ids reach 2**31.
     """
 
     indptr: np.ndarray
-    indices: np.ndarray
-    eid: np.ndarray
+    table: np.ndarray
+
+    @property
+    def indices(self) -> np.ndarray:
+        """Int[nnz] source ids (a strided view)."""
+        return self.table[:, 0]
+
+    @property
+    def eid(self) -> np.ndarray:
+        """Int[nnz] edge ids (a strided view)."""
+        return self.table[:, 1]
+
+    @property
+    def has_weight(self) -> bool:
+        return self.table.shape[1] == 3
+
+    def gather(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(source Int64[M], edge id Int64[M], weight Float32[M] or None) of entries ``pos``."""
+        rows = np.take(self.table, pos, axis=0)
+        w = None
+        if self.has_weight:
+            float_t = np.float32 if self.table.dtype == np.int32 else np.float64
+            w = rows[:, 2].view(float_t).astype(np.float32)
+        return rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64), w
+
+    @classmethod
+    def build(cls, src: np.ndarray, dst: np.ndarray, eid: np.ndarray, num_dst: int,
+              weight: np.ndarray | None = None, num_src: int = 0) -> EdgeCSR:
+        """CSR of the edges ``src[j] -> dst[j]`` (Int[E]) keyed by ``dst``; ``eid`` Int[E]."""
+        order = np.argsort(dst, kind="stable")
+        indptr = np.zeros(num_dst + 1, dtype=np.int64)
+        np.cumsum(np.bincount(dst, minlength=num_dst), out=indptr[1:])
+        small = max(num_src, int(eid.max()) + 1 if eid.size else 0) < 2**31
+        itype, ftype = (np.int32, np.float32) if small else (np.int64, np.float64)
+        cols = [src[order].astype(itype), eid[order].astype(itype)]
+        if weight is not None:
+            cols.append(np.asarray(weight)[eid[order]].astype(ftype).view(itype))
+        return cls(indptr, np.ascontiguousarray(np.stack(cols, axis=1)))
 
 
 @dataclass(frozen=True)
 class HeteroCSR:
     """The sampling view of a graph: plain numpy arrays (zero-copy through Ray's store).
 
-    ``x``: node features Float[N, F] per node type that has them; ``weight``: edge weights
-    Float[E] per edge type in the graph's edge order (indexed by ``e_id``).
+    ``x``: node features Float[N, F] per node type that has them (gathered by ``n_id``).
     """
 
     num_nodes: dict[str, int]
     csr: dict[EdgeType, EdgeCSR]
     x: dict[str, np.ndarray] = field(default_factory=dict)
-    weight: dict[EdgeType, np.ndarray] = field(default_factory=dict)
 
     @property
     def edge_types(self) -> list[EdgeType]:
@@ -78,32 +114,31 @@ class HeteroCSR:
 
     @classmethod
     def from_data(cls, data: HeteroData, *, train_only: bool = True) -> HeteroCSR:
-        """CSR of every edge type of ``data`` (train edges only where ``split`` exists)."""
+        """CSR of every edge type of ``data`` (train edges only where ``split`` exists).
+
+        Edge ``weight`` travels with the CSR; other edge attributes are not sampled.
+        """
         num_nodes = {nt: int(data[nt].num_nodes) for nt in data.node_types}
         csr: dict[EdgeType, EdgeCSR] = {}
-        weight: dict[EdgeType, np.ndarray] = {}
         for et in data.edge_types:
             store = data[et]
             ei = store.edge_index.cpu().numpy().astype(np.int64, copy=False)
             eid = np.arange(ei.shape[1], dtype=np.int64)
             if train_only and "split" in store:
                 eid = np.flatnonzero(store.split.cpu().numpy() == 0)
-            src, dst = ei[0, eid], ei[1, eid]
-            order = np.argsort(dst, kind="stable")
-            indptr = np.zeros(num_nodes[et[2]] + 1, dtype=np.int64)
-            np.cumsum(np.bincount(dst, minlength=num_nodes[et[2]]), out=indptr[1:])
-            csr[et] = EdgeCSR(indptr, np.ascontiguousarray(src[order]), eid[order])
-            if "weight" in store:
-                weight[et] = store.weight.cpu().numpy()
+            weight = store.weight.cpu().numpy() if "weight" in store else None
+            csr[et] = EdgeCSR.build(ei[0, eid], ei[1, eid], eid, num_nodes[et[2]], weight,
+                                    num_nodes[et[0]])
         x = {nt: data[nt].x.cpu().numpy() for nt in data.node_types if "x" in data[nt]}
-        return cls(num_nodes, csr, x, weight)
+        return cls(num_nodes, csr, x)
 
     def train_pairs(self, edge_type: EdgeType = UI) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(src Int64[E], dst Int64[E], e_id Int64[E])`` of the kept edges, in edge order."""
         c = self.csr[edge_type]
         dst = np.repeat(np.arange(c.indptr.size - 1, dtype=np.int64), np.diff(c.indptr))
         order = np.argsort(c.eid, kind="stable")
-        return c.indices[order], dst[order], c.eid[order]
+        return (c.indices[order].astype(np.int64), dst[order],
+                c.eid[order].astype(np.int64))
 
 
 @dataclass
@@ -121,6 +156,7 @@ class SampledArrays:
     num_sampled_nodes: dict[str, list[int]]
     num_sampled_edges: dict[EdgeType, list[int]]
     seed_local: dict[str, np.ndarray]
+    weight: dict[EdgeType, np.ndarray] = field(default_factory=dict)
     meta: dict[str, np.ndarray] = field(default_factory=dict)
 
 
@@ -150,7 +186,7 @@ def _fanouts(num_neighbors: NumNeighbors, edge_types: list[EdgeType]) -> dict[Ed
 
 
 def _by_keys(deg: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Int64[m, k]: per row the k offsets of ``0..deg-1`` with the smallest random keys.
+    """Int64[k, m]: per row the k offsets of ``0..deg-1`` with the smallest random keys.
 
     One argsort of ``row + U(0, 1)`` over all ``sum(deg)`` entries orders each row's
     entries by key (rows stay apart); the first ``k`` of each row are a uniform k-subset.
@@ -158,51 +194,32 @@ def _by_keys(deg: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     first = np.cumsum(deg) - deg
     row = np.repeat(np.arange(deg.size, dtype=np.float64), deg)
     order = np.argsort(row + rng.random(row.size))
-    return order[first[:, None] + np.arange(k)] - first[:, None]
+    return order[first + np.arange(k)[:, None]] - first
 
 
-def _redraw(deg: np.ndarray, k: int, rng: np.random.Generator,
-            rounds: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """(Int64[m, k] offsets, Bool[m] rows whose k offsets are distinct), for deg >> k.
+def _floyd(deg: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Int64[k, m]: a uniform k-subset of ``0..deg-1`` per column (deg > k), Floyd's method.
 
-    ``k`` iid draws per row, then ``rounds`` times one copy of every repeated value is
-    redrawn. The procedure commutes with relabelling ``0..deg-1``, so a row that ends
-    distinct holds a uniform k-subset; the rest are left to :func:`_by_keys`.
+    Step ``s`` draws ``t`` in ``[0, deg - k + s]`` and takes ``deg - k + s`` instead when
+    ``t`` was taken already; the loop runs over the k steps, vectorised over the rows.
     """
-    d = deg[:, None]
-    off = np.minimum((rng.random((deg.size, k)) * d).astype(np.int64), d - 1)
-    off.sort(axis=1)
-    ok = np.ones(deg.size, dtype=bool)
-    rows, sub = np.arange(deg.size), off
-    for attempt in range(rounds + 1):
-        hit = np.flatnonzero(sub[:, 1:] == sub[:, :-1])
-        if not hit.size:
-            break
-        r = hit // (k - 1)
-        if attempt == rounds:
-            ok[rows[r]] = False
-            break
-        dr = deg[rows[r]]
-        sub[r, hit % (k - 1) + 1] = np.minimum((rng.random(r.size) * dr).astype(np.int64), dr - 1)
-        bad = np.unique(r)
-        sub, rows = np.sort(sub[bad], axis=1), rows[bad]
-        off[rows] = sub
-    return off, ok
+    chosen = np.empty((k, deg.size), dtype=np.int64)
+    top = deg - k + np.arange(k)[:, None]
+    draw = np.minimum((rng.random((k, deg.size)) * (top + 1)).astype(np.int64), top)
+    chosen[0] = draw[0]
+    for s in range(1, k):
+        taken = (chosen[:s] == draw[s]).any(axis=0)
+        chosen[s] = np.where(taken, top[s], draw[s])
+    return chosen
 
 
 def _distinct(deg: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Int64[m, k]: a uniform k-subset of ``0..deg-1`` per row (every deg > k)."""
-    big = np.flatnonzero(deg >= 4 * k)
-    out = np.empty((deg.size, k), dtype=np.int64)
-    small = np.ones(deg.size, dtype=bool)
-    if big.size:
-        off, ok = _redraw(deg[big], k, rng)
-        out[big[ok]] = off[ok]
-        small[big[ok]] = False
-    rest = np.flatnonzero(small)
-    if rest.size:
-        out[rest] = _by_keys(deg[rest], k, rng)
-    return out
+    """Int64[k, m]: a uniform k-subset of ``0..deg-1`` per row (every deg > k).
+
+    Floyd (O(m k^2) work in k vectorised steps) for usual fan-outs; for k > 32 one sort
+    over the rows' entries instead.
+    """
+    return _floyd(deg, k, rng) if k <= 32 else _by_keys(deg, k, rng)
 
 
 def sample_positions(indptr: np.ndarray, nodes: np.ndarray, k: int, replace: bool,
@@ -210,26 +227,30 @@ def sample_positions(indptr: np.ndarray, nodes: np.ndarray, k: int, replace: boo
     """Sample up to ``k`` in-neighbours of every node in ``nodes`` (Int64[n]) at once.
 
     Returns ``(row Int64[M], pos Int64[M])``: ``row`` indexes ``nodes``, ``pos`` the CSR
-    entry (``indices[pos]`` is the neighbour). Rows come out grouped, in ``nodes`` order.
-    ``k = -1`` takes every neighbour.
+    entry (``indices[pos]`` is the neighbour). ``k = -1`` takes every neighbour. Without
+    replacement, nodes with ``deg <= k`` (all neighbours) come first, then the others.
     """
     start = indptr[nodes]
     deg = indptr[nodes + 1] - start
     if replace and k >= 0:
-        cnt = np.where(deg > 0, k, 0)
-        row = np.repeat(np.arange(nodes.size, dtype=np.int64), cnt)
-        d = deg[row]
-        off = np.minimum((rng.random(row.size) * d).astype(np.int64), d - 1)
-        return row, start[row] + off
-    cnt = deg if k < 0 else np.minimum(deg, k)
-    row = np.repeat(np.arange(nodes.size, dtype=np.int64), cnt)
-    first = np.cumsum(cnt) - cnt
-    off = np.arange(row.size, dtype=np.int64) - first[row]  # rank within the row
-    big = np.flatnonzero(deg > k) if k >= 0 else np.empty(0, dtype=np.int64)
-    if big.size:
-        slots = (first[big][:, None] + np.arange(k)).ravel()
-        off[slots] = _distinct(deg[big], k, rng).ravel()
-    return row, start[row] + off
+        some = np.flatnonzero(deg > 0)
+        d = deg[some][:, None]
+        off = np.minimum((rng.random((some.size, k)) * d).astype(np.int64), d - 1)
+        return np.repeat(some, k), (start[some][:, None] + off).ravel()
+    full = np.flatnonzero(deg <= k) if k >= 0 else np.arange(nodes.size)
+    if full.size:
+        dfull = deg[full]
+        first = np.cumsum(dfull) - dfull
+        row = np.repeat(full, dfull)
+        pos = np.repeat(start[full] - first, dfull) + np.arange(row.size)
+        if full.size == nodes.size:
+            return row, pos
+    big = np.flatnonzero(deg > k)
+    row_b = np.repeat(big, k)  # row-major: a node's picks are read from its segment together
+    pos_b = (start[big][:, None] + np.sort(_distinct(deg[big], k, rng).T, axis=1)).ravel()
+    if not full.size:
+        return row_b, pos_b
+    return np.concatenate([row, row_b]), np.concatenate([pos, pos_b])
 
 
 class NeighborSampler:
@@ -263,8 +284,6 @@ class NeighborSampler:
 
     def _unique_seeds(self, nt: str, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(unique seeds in first-occurrence order, local index of every given seed)."""
-        if nt not in self._local:
-            raise SamplerError(f"seeds of unknown node type {nt!r}; types: {sorted(self._local)}")
         s = s.reshape(-1)
         n = self.graph.num_nodes[nt]
         if s.size and (int(s.min()) < 0 or int(s.max()) >= n):
@@ -276,75 +295,94 @@ class NeighborSampler:
         rank[order] = np.arange(order.size)
         return uniq[order], rank[inv]
 
-    def _new_nodes(self, nt: str, cand: np.ndarray) -> np.ndarray:
-        """Distinct nodes of ``cand`` without a local id yet (ascending global id)."""
-        fresh = cand[self._local[nt][cand] < 0]
-        if fresh.size * 8 < self.graph.num_nodes[nt]:
-            return np.unique(fresh)
-        mark = np.zeros(self.graph.num_nodes[nt], dtype=bool)
-        mark[fresh] = True
-        return np.flatnonzero(mark)
+    def _new_nodes(self, nt: str, cands: list[np.ndarray]) -> np.ndarray:
+        """Distinct nodes of ``cands`` without a local id yet (ascending global id)."""
+        n, local = self.graph.num_nodes[nt], self._local[nt]
+        if sum(c.size for c in cands) * 4 < n:  # few candidates: sort them
+            u = np.unique(np.concatenate(cands))
+        else:  # many: mark them in a dense mask
+            mark = np.zeros(n, dtype=bool)
+            for c in cands:
+                mark[c] = True
+            u = np.flatnonzero(mark)
+        return u[local[u] < 0]
 
     def sample_arrays(self, seeds: Mapping[str, np.ndarray],
                       rng: np.random.Generator) -> SampledArrays:
-        """Sample around ``seeds`` (``{node_type: Int64[B]}``) with ``rng``; numpy result."""
-        nodes: dict[str, list[np.ndarray]] = {nt: [] for nt in self.graph.num_nodes}
-        count = dict.fromkeys(self.graph.num_nodes, 0)
-        counts: dict[str, list[int]] = {nt: [0] for nt in self.graph.num_nodes}
-        edges: dict[EdgeType, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {
+        """Sample around ``seeds`` (``{node_type: Int64[B]}``) with ``rng``; numpy result.
+
+        Local ids of a hop's new nodes are one contiguous range, so a frontier is kept as
+        (global ids, first local id) and ``dst`` local ids are ``row + first``.
+        """
+        types = list(self.graph.num_nodes)
+        if unknown := sorted(set(seeds) - set(types)):
+            raise SamplerError(f"seeds of unknown node types {unknown}; types: {sorted(types)}")
+        nodes: dict[str, list[np.ndarray]] = {nt: [] for nt in types}
+        counts: dict[str, list[int]] = {nt: [] for nt in types}
+        edges: dict[EdgeType, list[tuple[np.ndarray, np.ndarray, np.ndarray, Any]]] = {
             et: [] for et in self.edge_types}
         seed_local: dict[str, np.ndarray] = {}
-        frontier: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        frontier: dict[str, tuple[np.ndarray, int]] = {}
         try:
-            for nt, s in seeds.items():
-                uniq, seed_local[nt] = self._unique_seeds(nt, np.asarray(s, dtype=np.int64))
-                loc = np.arange(uniq.size, dtype=np.int64)
-                self._local[nt][uniq] = loc
+            for nt in types:
+                uniq = np.empty(0, np.int64)
+                if nt in seeds:
+                    uniq, seed_local[nt] = self._unique_seeds(nt, np.asarray(seeds[nt], np.int64))
+                    self._local[nt][uniq] = np.arange(uniq.size)
+                    frontier[nt] = (uniq, 0)
                 nodes[nt].append(uniq)
-                count[nt] = counts[nt][0] = uniq.size
-                frontier[nt] = (uniq, loc)
+                counts[nt].append(uniq.size)
             for hop in range(self.num_hops):
                 found: dict[str, list[np.ndarray]] = {}
                 hop_edges = []
                 for et in self.edge_types:
                     k = self.num_neighbors[et][hop]
-                    src_t, _, dst_t = et
                     c = self.graph.csr[et]
-                    if k == 0 or dst_t not in frontier or c.indices.size == 0:
-                        edges[et].append((np.empty(0, np.int64),) * 3)
+                    if k == 0 or et[2] not in frontier or c.indices.size == 0:
                         continue
-                    glob, loc = frontier[dst_t]
+                    glob, first = frontier[et[2]]
                     row, pos = sample_positions(c.indptr, glob, k, self.replace, rng)
-                    src = c.indices[pos]
-                    hop_edges.append((et, src, loc[row], c.eid[pos]))
-                    found.setdefault(src_t, []).append(src)
+                    src, eid, w = c.gather(pos)
+                    row += first
+                    hop_edges.append((et, src, row, eid, w))
+                    found.setdefault(et[0], []).append(src)
                 frontier = {}
-                for nt in self.graph.num_nodes:
-                    new = (self._new_nodes(nt, np.concatenate(found[nt])) if nt in found
-                           else np.empty(0, np.int64))
-                    loc = np.arange(count[nt], count[nt] + new.size, dtype=np.int64)
-                    self._local[nt][new] = loc
-                    count[nt] += new.size
+                for nt in types:
+                    new = self._new_nodes(nt, found[nt]) if nt in found else np.empty(0, np.int64)
+                    first = sum(counts[nt])
+                    self._local[nt][new] = np.arange(first, first + new.size)
                     counts[nt].append(new.size)
                     nodes[nt].append(new)
                     if new.size:
-                        frontier[nt] = (new, loc)
-                for et, src, dst_loc, eid in hop_edges:
-                    edges[et].append((self._local[et[0]][src], dst_loc, eid))
+                        frontier[nt] = (new, first)
+                done = set()
+                for et, src, dst, eid, w in hop_edges:
+                    edges[et].append((self._local[et[0]][src], dst, eid, w))
+                    done.add(et)
+                for et in self.edge_types:
+                    if et not in done:
+                        edges[et].append((*(np.empty(0, np.int64),) * 3, None))
         finally:
             for nt, parts in nodes.items():
-                for p in parts:
-                    self._local[nt][p] = -1
-        n_id = {nt: np.concatenate(p) if p else np.empty(0, np.int64) for nt, p in nodes.items()}
-        edge_index, e_id, num_edges = {}, {}, {}
+                for part in parts:
+                    self._local[nt][part] = -1
+        n_id = {nt: np.concatenate(p) for nt, p in nodes.items()}
+        edge_index, e_id, num_edges, weight = {}, {}, {}, {}
         for et, parts in edges.items():
-            src = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64)
-            dst = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.int64)
-            edge_index[et] = np.stack([src, dst])
-            e_id[et] = np.concatenate([p[2] for p in parts]) if parts else np.empty(0, np.int64)
-            num_edges[et] = [int(p[0].size) for p in parts]
+            sizes = [p[0].size for p in parts]
+            ei = np.empty((2, sum(sizes)), dtype=np.int64)
+            if parts:
+                np.concatenate([p[0] for p in parts], out=ei[0])
+                np.concatenate([p[1] for p in parts], out=ei[1])
+            edge_index[et] = ei
+            e_id[et] = (np.concatenate([p[2] for p in parts]) if parts
+                        else np.empty(0, np.int64))
+            num_edges[et] = sizes
+            ws = [p[3] for p in parts if p[3] is not None]
+            if self.graph.csr[et].has_weight:
+                weight[et] = np.concatenate(ws) if ws else np.empty(0, np.float32)
         return SampledArrays(n_id, edge_index, e_id, {nt: counts[nt][0] for nt in seeds},
-                             counts, num_edges, seed_local)
+                             counts, num_edges, seed_local, weight)
 
     def to_data(self, a: SampledArrays) -> HeteroData:
         """PyG ``HeteroData`` of a sample (features and edge weights gathered by id)."""
@@ -363,8 +401,8 @@ class NeighborSampler:
             store.edge_index = _tensor(a.edge_index[et])
             store.e_id = _tensor(a.e_id[et])
             store.num_sampled_edges = list(a.num_sampled_edges[et])
-            if et in self.graph.weight:
-                store.weight = torch.from_numpy(self.graph.weight[et][a.e_id[et]])
+            if et in a.weight:
+                store.weight = _tensor(a.weight[et])
         return data
 
 

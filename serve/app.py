@@ -168,10 +168,15 @@ class Recommender:
 def build(options: ServeOptions, resources: ResourceOptions | None = None) -> Any:
     """The Serve application for ``options`` on ``resources`` (not started)."""
     resources = resources or ResourceOptions()
+    actor_options: dict[str, Any] = {"num_cpus": resources.num_cpus}
+    if resources.user_code_in_main_loop:
+        actor_options["runtime_env"] = {
+            "env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}}
     deployment = Recommender.options(
         num_replicas=resources.replicas,
         max_ongoing_requests=resources.max_ongoing_requests,
-        ray_actor_options={"num_cpus": resources.num_cpus},
+        ray_actor_options=actor_options,
+        logging_config={"enable_access_log": resources.access_log},
     )
     log = None
     if resources.replicas > 1:

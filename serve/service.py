@@ -158,10 +158,16 @@ class RecommenderService:
         return self._state
 
     def close(self) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
-        if self._graph is not None:
-            self._graph.close()
+        """Stop following the log and close the Neo4j driver (best effort, idempotent)."""
+        follower, self._follower = self._follower, None
+        graph, self._graph = self._graph, None
+        try:
+            if follower is not None:
+                follower.get_loop().call_soon_threadsafe(follower.cancel)
+            if graph is not None:
+                graph.close()
+        except Exception:  # noqa: BLE001 - the loop may be closed already at shutdown
+            pass
 
     # -- reads ----------------------------------------------------------------------
     def recommend(self, user: str, k: int, tag: str | None = None,

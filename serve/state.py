@@ -29,40 +29,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
+from gnnrec.serve.arrays import Csr, Growing, median_norm, mmr, top_k, unit_rows
 from gnnrec.serve.errors import ConflictError, InvalidInputError, NotFoundError
 
+__all__ = ["Csr", "ExplainCounts", "FoldIn", "Ranking", "Scored", "ServingState", "mmr"]
+
 _MIN_POOL = 50
-
-
-class Csr(NamedTuple):
-    """Compressed sparse rows: row ``r`` holds ``indices[indptr[r]:indptr[r + 1]]``."""
-
-    indptr: np.ndarray
-    indices: np.ndarray
-
-    @classmethod
-    def from_pairs(cls, rows: Iterable[int], cols: Iterable[int], num_rows: int) -> Csr:
-        r = np.asarray(list(rows) if not isinstance(rows, np.ndarray) else rows, dtype=np.int64)
-        c = np.asarray(list(cols) if not isinstance(cols, np.ndarray) else cols, dtype=np.int64)
-        order = np.lexsort((c, r))
-        indptr = np.zeros(num_rows + 1, dtype=np.int64)
-        np.cumsum(np.bincount(r, minlength=num_rows), out=indptr[1:])
-        return cls(indptr, c[order])
-
-    @classmethod
-    def empty(cls, num_rows: int) -> Csr:
-        return cls(np.zeros(num_rows + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
-
-    def row(self, r: int) -> np.ndarray:
-        return self.indices[self.indptr[r]:self.indptr[r + 1]]
-
-    @property
-    def num_rows(self) -> int:
-        return len(self.indptr) - 1
 
 
 @dataclass(frozen=True)
@@ -101,76 +77,6 @@ class FoldIn:
     users_created: list[str] = field(default_factory=list)
     items_created: list[str] = field(default_factory=list)
     items_without_embedding: list[str] = field(default_factory=list)
-
-
-class _Growing:
-    """An array whose first axis grows by doubling (rows appended, never removed)."""
-
-    def __init__(self, data: np.ndarray) -> None:
-        self._data = np.ascontiguousarray(data)
-        self.n = len(data)
-
-    @property
-    def view(self) -> np.ndarray:
-        return self._data[: self.n]
-
-    def append(self, row: Any) -> int:
-        if self.n == len(self._data):
-            grown = np.zeros((max(2 * self.n, 16), *self._data.shape[1:]), dtype=self._data.dtype)
-            grown[: self.n] = self._data[: self.n]
-            self._data = grown
-        self._data[self.n] = row
-        self.n += 1
-        return self.n - 1
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.where(norm > 0, norm, 1.0)).astype(np.float32)
-
-
-def _median_norm(x: np.ndarray) -> float:
-    norms = np.linalg.norm(x, axis=1)
-    norms = norms[norms > 0]
-    return float(np.median(norms)) if norms.size else 1.0
-
-
-def _top(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` largest finite scores, best first (ties: lower index first)."""
-    k = min(k, int(np.isfinite(scores).sum()))
-    if k <= 0:
-        return np.zeros(0, dtype=np.int64)
-    part = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
-    return part[np.lexsort((part, -scores[part]))]
-
-
-def mmr(candidates: np.ndarray, relevance: np.ndarray, unit: np.ndarray, k: int,
-        diversity: float) -> np.ndarray:
-    """Maximal marginal relevance: reorder ``candidates`` (best first) and keep ``k``.
-
-    Relevance is min-max scaled to [0, 1] over the candidates; each step picks
-    ``argmax (1 - diversity) * rel - diversity * max cosine to those already picked``.
-    ``diversity == 0`` keeps the relevance order.
-    """
-    n = len(candidates)
-    if n == 0 or diversity <= 0:
-        return candidates[:k]
-    rel = relevance.astype(np.float64)
-    span = rel.max() - rel.min()
-    rel = (rel - rel.min()) / span if span > 0 else np.ones(n)
-    sims = unit[candidates] @ unit[candidates].T
-    picked = [0]
-    taken = np.zeros(n, dtype=bool)
-    taken[0] = True
-    closest = sims[0].astype(np.float64)
-    for _ in range(min(k, n) - 1):
-        gain = (1.0 - diversity) * rel - diversity * closest
-        gain[taken] = -np.inf
-        j = int(np.argmax(gain))
-        picked.append(j)
-        taken[j] = True
-        np.maximum(closest, sims[j], out=closest)
-    return candidates[np.asarray(picked)]
 
 
 class ServingState:
@@ -222,11 +128,11 @@ class ServingState:
         self._item_index = {i: k for k, i in enumerate(self._items)}
         if len(self._user_index) != n_users or len(self._item_index) != n_items:
             raise ValueError("duplicate user or item ids")
-        self._user_emb = _Growing(user_emb)
-        self._item_emb = _Growing(item_emb)
-        self._item_unit = _Growing(_unit(item_emb))
-        self._user_known = _Growing(np.ones(n_users, dtype=bool))
-        self._item_ok = _Growing(np.ones(n_items, dtype=bool))
+        self._user_emb = Growing(user_emb)
+        self._item_emb = Growing(item_emb)
+        self._item_unit = Growing(unit_rows(item_emb))
+        self._user_known = Growing(np.ones(n_users, dtype=bool))
+        self._item_ok = Growing(np.ones(n_items, dtype=bool))
         self._seen = [np.unique(seen.row(u)) for u in range(n_users)]
         self._item_users: list[set[int]] = [set() for _ in range(n_items)]
         for u, items in enumerate(self._seen):
@@ -234,7 +140,7 @@ class ServingState:
                 self._item_users[i].add(u)
         if popularity is None:
             popularity = np.array([len(s) for s in self._item_users], dtype=np.float64)
-        self._popularity = _Growing(np.asarray(popularity, dtype=np.float64))
+        self._popularity = Growing(np.asarray(popularity, dtype=np.float64))
         friends = friends if friends is not None else Csr.empty(n_users)
         self._friends = [set(friends.row(u).tolist()) - {u} for u in range(n_users)]
         for u, fs in enumerate(self._friends):  # make symmetric whatever was given
@@ -249,8 +155,8 @@ class ServingState:
             for t in tags.tolist():
                 by_tag[t].append(i)
         self._tag_items = [np.asarray(v, dtype=np.int64) for v in by_tag]
-        self._user_norm = _median_norm(user_emb)
-        self._item_norm = _median_norm(item_emb)
+        self._user_norm = median_norm(user_emb)
+        self._item_norm = median_norm(item_emb)
         self._online_items: set[int] = set()
 
     # -- construction -------------------------------------------------------------
@@ -371,10 +277,10 @@ class ServingState:
             kept[self._tag_items[t]] = scores[self._tag_items[t]]
             scores = kept
         if diversity > 0:
-            pool = _top(scores, max(mmr_pool * k, _MIN_POOL))
+            pool = top_k(scores, max(mmr_pool * k, _MIN_POOL))
             order = mmr(pool, scores[pool], self._item_unit.view, k, diversity)
         else:
-            order = _top(scores, k)
+            order = top_k(scores, k)
         return Ranking([Scored(self._items[i], float(scores[i])) for i in order.tolist()], cold)
 
     def similar(self, item: str, k: int = 10) -> list[Scored]:
@@ -386,7 +292,7 @@ class ServingState:
         sims = unit @ unit[i]
         sims[~self._item_ok.view] = -np.inf
         sims[i] = -np.inf
-        return [Scored(self._items[j], float(sims[j])) for j in _top(sims, k).tolist()]
+        return [Scored(self._items[j], float(sims[j])) for j in top_k(sims, k).tolist()]
 
     def score(self, user: str, item: str) -> float | None:
         """The model score of (user, item); ``None`` when either has no embedding."""

@@ -140,18 +140,23 @@ def test_seeded_determinism(graph: HeteroData) -> None:
     assert any(not torch.equal(a[et].e_id, c[et].e_id) for et in graph.edge_types)
 
 
-def test_without_replacement_is_uniform() -> None:
-    """Floyd's method: every 2-subset of 5 neighbours about equally likely."""
-    indptr = np.array([0, 5])
-    rng = np.random.default_rng(0)
-    nodes = np.zeros(6000, dtype=np.int64)
-    row, pos = sample_positions(indptr, nodes, 2, False, rng)
-    pairs = pos.reshape(-1, 2)
-    assert (pairs[:, 0] != pairs[:, 1]).all()
-    assert (row.reshape(-1, 2)[:, 0] == np.arange(6000)).all()
-    counts = Counter(tuple(sorted(p)) for p in pairs.tolist())
-    assert len(counts) == 10
-    assert all(abs(c - 600) < 120 for c in counts.values()), counts
+@pytest.mark.parametrize(("deg", "k"), [(5, 2), (40, 36)])
+def test_without_replacement_is_uniform(deg: int, k: int) -> None:
+    """Floyd's method (k <= 32) and random keys (k > 32): distinct, uniform inclusion."""
+    n = 4000
+    indptr = np.array([0, deg])
+    row, pos = sample_positions(indptr, np.zeros(n, dtype=np.int64), k, False,
+                                np.random.default_rng(0))
+    order = np.argsort(row, kind="stable")
+    assert (row[order] == np.repeat(np.arange(n), k)).all()
+    picks = pos[order].reshape(n, k)
+    assert (np.diff(np.sort(picks, axis=1), axis=1) > 0).all()  # no repeats in a row
+    freq = np.bincount(picks.ravel(), minlength=deg) / n  # each offset: k / deg
+    assert np.abs(freq - k / deg).max() < 0.04, freq
+    if k == 2:
+        counts = Counter(tuple(sorted(p)) for p in picks.tolist())
+        assert len(counts) == 10
+        assert all(abs(c - n / 10) < n / 50 for c in counts.values()), counts
 
 
 def test_empty_edge_types_and_isolated_seeds() -> None:

@@ -103,8 +103,9 @@ def served(ray_session: None, neo4j: GraphClient, neo4j_settings: Neo4jSettings,
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        for name, (prefix, options, resources) in apps.items():
-            serve.run(build(options, resources), name=name, route_prefix=prefix)
+        serve.run_many([serve.RunTarget(build(options, resources), name=name,  # in parallel
+                                        route_prefix=prefix)
+                        for name, (prefix, options, resources) in apps.items()])
         yield Served(f"http://127.0.0.1:{port}", run_a, run_b, graph, neo4j)
     finally:
         serve.shutdown()
@@ -308,3 +309,14 @@ def test_reload_swaps_the_run(served: Served) -> None:
     assert answer["run"] == str(served.run_b) and answer["previous_run"] == str(served.run_a)
     assert answer["users"] == 25 and c.health()["run"] == str(served.run_b)
     assert c.health()["items"] == 30
+
+
+def test_app_builder_takes_config_args(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray.serve import Application
+
+    from gnnrec.serve.app import app_builder
+
+    monkeypatch.setenv("GNNREC_API_TOKEN", "from-env")
+    app = app_builder({"run": "/srv/run", "neo4j": {"enabled": False},
+                       "resources": {"replicas": 2, "num_cpus": 0.25}})
+    assert isinstance(app, Application)

@@ -254,3 +254,18 @@ def test_from_run_loads_a_run_directory(tmp_path: Path) -> None:
     user = "u0"
     seen = set(state.user_items(user))
     assert seen and not seen & set(ids(state.recommend(user, 10)))
+
+
+def test_serve_config_yaml_args_are_valid_options() -> None:
+    import yaml
+
+    from gnnrec.serve.options import ResourceOptions
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "serve" / "serve_config.yaml")
+                            .read_text())
+    app = config["applications"][0]
+    assert app["import_path"] == "gnnrec.serve.app:app_builder"
+    args = dict(app["args"])
+    resources = ResourceOptions.model_validate(args.pop("resources"))
+    options = ServeOptions.model_validate(args)
+    assert options.max_body_bytes == 1 << 20 and resources.replicas == 1
