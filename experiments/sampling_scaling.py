@@ -48,11 +48,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--synthetic-interactions", type=int, default=0,
                    help="also run a synthetic graph of about this many interactions")
     p.add_argument("--batch-size", type=int, default=2048)
-    p.add_argument("--batches", type=int, default=24, help="batches per timed run (ML-1M)")
-    p.add_argument("--synthetic-batches", type=int, default=12)
+    p.add_argument("--batches", type=int, default=96, help="batches per timed run (ML-1M)")
+    p.add_argument("--synthetic-batches", type=int, default=16)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--prefetch", type=int, default=4)
-    p.add_argument("--nx-batches", type=int, default=1)
+    p.add_argument("--prefetch", type=int, default=8, help="batches in flight")
+    p.add_argument("--batches-per-task", type=int, default=4,
+                   help="batches per Ray worker call on ML-1M (1 on the synthetic graph)")
+    p.add_argument("--nx-batches", type=int, default=2)
     p.add_argument("--skip-ml1m", action="store_true")
     return p.parse_args(argv)
 
@@ -141,8 +143,8 @@ class NetworkxSampler:
         return local, edges
 
 
-def bench_graph(name: str, data: HeteroData, num_batches: int, args: argparse.Namespace
-                ) -> dict[str, Any]:
+def bench_graph(name_: str, data: HeteroData, num_batches: int, per_task: int,
+                args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
     from gnnrec.gnn.distributed_sampling import RaySampledBatches, RaySamplingParams
@@ -156,7 +158,7 @@ def bench_graph(name: str, data: HeteroData, num_batches: int, args: argparse.Na
         "tags": int(data["tag"].num_nodes),
         "train_interactions": int((data["user", "interacts", "item"].split == 0).sum()),
         "edges": {"__".join(et): int(data[et].edge_index.size(1)) for et in data.edge_types},
-        "batches": num_batches, "seeds": seeds,
+        "batches": num_batches, "seeds": seeds, "batches_per_task": per_task,
         "sampled_edges_per_batch": int(np.mean([sum(b[et].edge_index.size(1)
                                                     for et in b.edge_types) for b in sizes])),
         "sampled_nodes_per_batch": int(np.mean([sum(b[nt].num_nodes for nt in b.node_types)
@@ -167,21 +169,36 @@ def bench_graph(name: str, data: HeteroData, num_batches: int, args: argparse.Na
         for k in keys:
             loader.batch(*k)
 
-    out["inprocess_seeds_per_s"], out["inprocess_times_s"] = _median_rate(
-        inprocess, seeds, args.repeats)
-    for w in (1, 2):
-        t = time.perf_counter()
-        remote = RaySampledBatches(loader, RaySamplingParams(num_workers=w,
-                                                             prefetch=args.prefetch))
-        remote.wait_ready()
-        out[f"ray{w}_startup_s"] = time.perf_counter() - t
-        try:
-            for _ in remote.stream(keys[: 2 * w]):  # warm the workers' code paths
+    # Both Ray pools live side by side (half a CPU reserved per actor, so 3 actors fit in
+    # 2 CPUs; an idle actor uses none) and the repetitions interleave in-process, 1 and 2
+    # workers in rotating order, so a change in machine load hits the three alike.
+    runs: dict[str, Callable[[], None]] = {"inprocess": inprocess}
+    pools = []
+    try:
+        for w in (1, 2):
+            t = time.perf_counter()
+            pool = RaySampledBatches(loader, RaySamplingParams(
+                num_workers=w, prefetch=args.prefetch, batches_per_task=per_task,
+                cpus_per_worker=0.5))
+            pools.append(pool)
+            pool.wait_ready()
+            out[f"ray{w}_startup_s"] = time.perf_counter() - t
+            for _ in pool.stream(keys[: 2 * w * per_task]):  # warm the workers' code paths
                 pass
-            out[f"ray{w}_seeds_per_s"], out[f"ray{w}_times_s"] = _median_rate(
-                lambda r=remote: [None for _ in r.stream(keys)], seeds, args.repeats)
-        finally:
-            remote.close()
+            runs[f"ray{w}"] = lambda p=pool: [None for _ in p.stream(keys)]
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        names = list(runs)
+        for rep in range(args.repeats):
+            for name in names[rep % 3:] + names[: rep % 3]:
+                t = time.perf_counter()
+                runs[name]()
+                times[name].append(time.perf_counter() - t)
+    finally:
+        for pool in pools:
+            pool.close()
+    for name, ts in times.items():
+        out[f"{name}_seeds_per_s"] = seeds / statistics.median(ts)
+        out[f"{name}_times_s"] = ts
     assert ray.is_initialized()
     nx_keys = keys[: args.nx_batches]
     nx_seeds = _seeds(loader, nx_keys)
@@ -195,10 +212,11 @@ def bench_graph(name: str, data: HeteroData, num_batches: int, args: argparse.Na
 
     out["networkx_seeds_per_s"], out["networkx_times_s"] = _median_rate(
         nx_run, nx_seeds, min(args.repeats, 3))
+    out["networkx_batches"] = len(nx_keys)
     out["ray_speedup_2v1"] = out["ray2_seeds_per_s"] / out["ray1_seeds_per_s"]
     out["ray2_vs_inprocess"] = out["ray2_seeds_per_s"] / out["inprocess_seeds_per_s"]
     out["speedup_vs_networkx"] = out["inprocess_seeds_per_s"] / out["networkx_seeds_per_s"]
-    _print(name, out)
+    _print(name_, out)
     return out
 
 
@@ -223,7 +241,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "sampling_scaling", "fanout": FANOUT, "batch_size": args.batch_size,
         "repeats": args.repeats, "prefetch": args.prefetch,
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "python": sys.version.split()[0]},
+                    "python": sys.version.split()[0], "load_avg_start": os.getloadavg()},
         "datasets": {},
     }
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -232,15 +250,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             t = time.perf_counter()
             data = ml1m_graph()
             print(f"ML-1M loaded in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-            result["datasets"]["ml-1m"] = bench_graph("ML-1M", data, args.batches, args)
+            result["datasets"]["ml-1m"] = bench_graph("ML-1M", data, args.batches,
+                                                       args.batches_per_task, args)
         if args.synthetic_interactions:
             t = time.perf_counter()
             data = synthetic(args.synthetic_interactions)
             name = f"synthetic-{data['user', 'interacts', 'item'].edge_index.size(1)}"
             print(f"{name} generated in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-            result["datasets"][name] = bench_graph(name, data, args.synthetic_batches, args)
+            result["datasets"][name] = bench_graph(name, data, args.synthetic_batches, 1, args)
     finally:
         ray.shutdown()
+    result["machine"]["load_avg_end"] = os.getloadavg()
     first = next(iter(result["datasets"].values()))
     for key in ("inprocess_seeds_per_s", "ray1_seeds_per_s", "ray2_seeds_per_s",
                 "ray_speedup_2v1", "speedup_vs_networkx"):

@@ -319,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_1m_during": load_before[0],
         "detail": {"c1": s1, "c8": s8, "inprocess": si, "feedback_visible": vis},
         "goals": {"p99_ms_c1<=25": s1["p99"] <= 25, "rps_c8>=300": len(c8) / c8_s >= 300,
-                  "p99_ms_c8<=60": s8["p99"] <= 60, "feedback_visible_ms<=100": vis["p99"] <= 100},
+                  "p99_ms_c8<=60": s8["p99"] <= 60, "feedback_visible_ms<=100": vis["p50"] <= 100,
+                  "feedback_visible_p99_ms<=100": vis["p99"] <= 100},
         "machine": machine(),
         "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
     }

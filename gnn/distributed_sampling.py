@@ -19,6 +19,7 @@ This is the only sampling module that imports ``ray``.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -40,6 +41,8 @@ class RaySamplingParams:
 
     Args:
         num_workers: sampler actors; prefetch: most batches in flight (>= 1);
+        batches_per_task: consecutive batches per worker call (amortises the per-call and
+        per-object cost of Ray when batches are small);
         cpus_per_worker: Ray CPUs reserved per actor; max_restarts / max_task_retries:
         how often a dead actor is restarted and its calls retried (-1 = forever);
         runtime_env: optional Ray runtime environment of the actors.
@@ -47,6 +50,7 @@ class RaySamplingParams:
 
     num_workers: int = 2
     prefetch: int = 4
+    batches_per_task: int = 1
     cpus_per_worker: float = 1.0
     max_restarts: int = 3
     max_task_retries: int = 3
@@ -62,12 +66,12 @@ class _SamplerWorker:
         graph, kwargs = ray.get(refs)
         self.sampler = cls(graph, **kwargs)
 
-    def batch_arrays(self, epoch: int, index: int) -> SampledArrays:
+    def batches(self, keys: list[tuple[int, int]]) -> list[SampledArrays]:
         marker = os.environ.get(FAIL_ONCE_ENV)
         if marker and not Path(marker).exists():
             Path(marker).touch()
             os._exit(1)
-        return self.sampler.batch_arrays(epoch, index)
+        return [self.sampler.ship_arrays(epoch, index) for epoch, index in keys]
 
     def ping(self) -> int:
         return os.getpid()
@@ -89,8 +93,9 @@ class RaySampledBatches:
     def __init__(self, sampler: BatchSampler, params: RaySamplingParams | None = None) -> None:
         self.sampler = sampler
         self.params = params or RaySamplingParams()
-        if self.params.num_workers < 1 or self.params.prefetch < 1:
-            raise SamplerError(f"num_workers and prefetch must be >= 1, got {self.params}")
+        if min(self.params.num_workers, self.params.prefetch, self.params.batches_per_task) < 1:
+            raise SamplerError(f"num_workers, prefetch and batches_per_task must be >= 1, "
+                               f"got {self.params}")
         if not ray.is_initialized():
             raise SamplerError("RaySampledBatches needs a running Ray (call ray.init() first)")
         self.epoch = 0
@@ -115,25 +120,35 @@ class RaySampledBatches:
         ray.get([w.ping.remote() for w in self.workers])
 
     def stream(self, keys: Iterable[tuple[int, int]]) -> Iterator[HeteroData]:
-        """Batches for ``(epoch, index)`` keys, in order, with at most ``prefetch`` in flight."""
+        """Batches for ``(epoch, index)`` keys, in order, with at most ``prefetch`` in flight.
+
+        Keys are cut into calls of ``batches_per_task``; call ``j`` goes to worker
+        ``j % num_workers``. A call is submitted as soon as one is taken off the queue,
+        before its batches are handed to the caller, so sampling overlaps training.
+        """
         todo = iter(keys)
+        per_call = self.params.batches_per_task
+        calls = max(1, self.params.prefetch // per_call)
         in_flight: deque[ray.ObjectRef] = deque()
 
-        def submit() -> None:
-            key = next(todo, None)
-            if key is not None:
-                worker = self.workers[self._next_worker % len(self.workers)]
-                self._next_worker += 1
-                in_flight.append(worker.batch_arrays.remote(*key))
-                self.max_in_flight = max(self.max_in_flight, len(in_flight))
+        def submit() -> bool:
+            chunk = list(itertools.islice(todo, per_call))
+            if not chunk:
+                return False
+            worker = self.workers[self._next_worker % len(self.workers)]
+            self._next_worker += 1
+            in_flight.append(worker.batches.remote(chunk))
+            self.max_in_flight = max(self.max_in_flight, len(in_flight) * per_call)
+            return True
 
-        for _ in range(self.params.prefetch):
-            submit()
+        while len(in_flight) < calls and submit():
+            pass
         try:
             while in_flight:
                 arrays = ray.get(in_flight.popleft())
-                submit()  # keep the workers busy while the caller trains on this batch
-                yield self.sampler.to_data(arrays)
+                submit()  # keep the workers busy while the caller trains on these batches
+                for a in arrays:
+                    yield self.sampler.to_data(a)
         finally:
             for ref in in_flight:  # an abandoned stream drops its queued batches
                 try:

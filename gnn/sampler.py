@@ -112,6 +112,12 @@ class HeteroCSR:
     def edge_types(self) -> list[EdgeType]:
         return sorted(self.csr)
 
+    @property
+    def int32_ids(self) -> bool:
+        """Whether every node id and edge id fits in Int32."""
+        return all(c.table.dtype == np.int32 for c in self.csr.values()) and all(
+            n < 2**31 for n in self.num_nodes.values())
+
     @classmethod
     def from_data(cls, data: HeteroData, *, train_only: bool = True) -> HeteroCSR:
         """CSR of every edge type of ``data`` (train edges only where ``split`` exists).
@@ -158,6 +164,17 @@ class SampledArrays:
     seed_local: dict[str, np.ndarray]
     weight: dict[EdgeType, np.ndarray] = field(default_factory=dict)
     meta: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def compact(self) -> SampledArrays:
+        """The same batch with Int32 id arrays (half the bytes to ship between processes).
+
+        Only for graphs whose node and edge ids fit in Int32 (:attr:`HeteroCSR.int32_ids`).
+        """
+        def small(d: dict[Any, np.ndarray]) -> dict[Any, np.ndarray]:
+            return {k: v.astype(np.int32) if v.dtype == np.int64 else v for k, v in d.items()}
+        return SampledArrays(small(self.n_id), small(self.edge_index), small(self.e_id),
+                             self.batch_size, self.num_sampled_nodes, self.num_sampled_edges,
+                             small(self.seed_local), self.weight, small(self.meta))
 
 
 def _as_graph(graph: HeteroData | HeteroCSR) -> HeteroCSR:
@@ -247,7 +264,7 @@ def sample_positions(indptr: np.ndarray, nodes: np.ndarray, k: int, replace: boo
             return row, pos
     big = np.flatnonzero(deg > k)
     row_b = np.repeat(big, k)  # row-major: a node's picks are read from its segment together
-    pos_b = (start[big][:, None] + np.sort(_distinct(deg[big], k, rng).T, axis=1)).ravel()
+    pos_b = (start[big][:, None] + _distinct(deg[big], k, rng).T).ravel()
     if not full.size:
         return row_b, pos_b
     return np.concatenate([row, row_b]), np.concatenate([pos, pos_b])
@@ -283,16 +300,25 @@ class NeighborSampler:
         return self.to_data(arrays)
 
     def _unique_seeds(self, nt: str, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(unique seeds in first-occurrence order, local index of every given seed)."""
+        """Give the distinct seeds local ids ``0..B-1`` in first-occurrence order.
+
+        Returns (unique seeds Int64[B], local id of every given seed Int64[len(s)]).
+        """
         s = s.reshape(-1)
         n = self.graph.num_nodes[nt]
         if s.size and (int(s.min()) < 0 or int(s.max()) >= n):
             bad = int(s[(s < 0) | (s >= n)][0])
             raise SamplerError(f"seed {bad} of node type {nt!r} is outside 0..{n - 1}")
+        local, ids = self._local[nt], np.arange(s.size)
+        local[s] = ids  # distinct seeds (the usual case) read their own position back
+        if (local[s] == ids).all():
+            return s, ids
+        local[s] = -1
         uniq, first, inv = np.unique(s, return_index=True, return_inverse=True)
         order = np.argsort(first, kind="stable")
         rank = np.empty_like(order)
         rank[order] = np.arange(order.size)
+        local[uniq[order]] = np.arange(order.size)
         return uniq[order], rank[inv]
 
     def _new_nodes(self, nt: str, cands: list[np.ndarray]) -> np.ndarray:
@@ -328,7 +354,6 @@ class NeighborSampler:
                 uniq = np.empty(0, np.int64)
                 if nt in seeds:
                     uniq, seed_local[nt] = self._unique_seeds(nt, np.asarray(seeds[nt], np.int64))
-                    self._local[nt][uniq] = np.arange(uniq.size)
                     frontier[nt] = (uniq, 0)
                 nodes[nt].append(uniq)
                 counts[nt].append(uniq.size)
@@ -407,7 +432,10 @@ class NeighborSampler:
 
 
 def _tensor(a: np.ndarray) -> Tensor:
-    """Long tensor sharing ``a``'s memory when writable (a copy for Ray's read-only views)."""
+    """Tensor of ``a`` (ids widened to Long), sharing memory when ``a`` is writable Int64
+    or float (a copy for Int32 arrays and for Ray's read-only views)."""
+    if a.dtype.kind in "iu" and a.dtype != np.int64:
+        return torch.from_numpy(a.astype(np.int64))
     return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
@@ -455,6 +483,11 @@ class _EpochBatches:
     def rebuild_kwargs(self) -> dict[str, Any]:  # pragma: no cover
         """Constructor arguments except ``graph`` (how Ray workers rebuild this sampler)."""
         raise NotImplementedError
+
+    def ship_arrays(self, epoch: int, index: int) -> SampledArrays:
+        """:meth:`batch_arrays`, compacted to Int32 ids when they fit (what workers send)."""
+        a = self.batch_arrays(epoch, index)
+        return a.compact() if self.sampler.graph.int32_ids else a
 
     def batch(self, epoch: int, index: int) -> HeteroData:
         """Batch ``index`` of ``epoch`` (the same wherever and whenever it is computed)."""

@@ -2,10 +2,11 @@
 
 Writes reuse the ingest path's statements (:mod:`gnnrec.graph.load`: ``MERGE_USERS``,
 ``MERGE_ITEMS``, ``MERGE_INTERACTIONS``, ``MERGE_FRIENDSHIPS``, :func:`load.forget_user`)
-so feedback lands exactly as an ingest of the same rows would. Each write of the service
-is ONE explicit transaction, without the driver's retry loop: when Neo4j is down the
-call fails at once, and either everything of a request is committed or nothing is (the
-service folds a write into memory only after the commit).
+or, on the latency-sensitive feedback path, the batched form of
+``load.RECORD_INTERACTION``, so feedback lands exactly as an ingest of the same rows
+would. Each write of the service is ONE explicit transaction, without the driver's retry
+loop: when Neo4j is down the call fails at once, and either everything of a request is
+committed or nothing is (the service folds a write into memory only after the commit).
 
 Explanation queries order their rows by the contribution formulas of
 ``gnnrec.serve.explain`` (friends: fewer items first; co-interacting users:
@@ -58,6 +59,19 @@ LIMIT $limit
 """
 
 
+# The batched form of load.RECORD_INTERACTION (same semantics as an ingest of the rows:
+# nodes MERGEd on their constrained key, weight and ts replaced). One statement, one
+# round trip: about half the latency of the three separate ingest statements in one
+# transaction, which matters on the feedback path.
+RECORD_INTERACTIONS = """
+UNWIND $rows AS row
+MERGE (u:User {id: row.user})
+MERGE (i:Item {id: row.item})
+MERGE (u)-[r:INTERACTED]->(i)
+SET r.weight = row.weight, r.ts = row.ts
+"""
+
+
 @dataclass(frozen=True)
 class ExplainRows:
     """What :func:`explain_paths` found (lists already ordered and cut to ``limit``)."""
@@ -105,13 +119,11 @@ def _in_one_transaction(client: GraphClient, statements: Sequence[tuple[str, lis
 def write_interactions(client: GraphClient, rows: Sequence[Record]) -> int:
     """MERGE users, items and ``INTERACTED {weight, ts}`` for ``{user, item, weight, ts}`` rows.
 
-    One transaction (all or nothing). Pass one row per (user, item) pair: weight and ts
-    replace earlier values, as in the ingest path. Returns the number of rows written.
+    One statement in one transaction (all or nothing). Pass one row per (user, item)
+    pair: weight and ts replace earlier values, as in the ingest path. Returns the
+    number of rows written.
     """
-    users = [{"id": u, "props": {}} for u in dict.fromkeys(r["user"] for r in rows)]
-    items = [{"id": i, "props": {}} for i in dict.fromkeys(r["item"] for r in rows)]
-    _in_one_transaction(client, [(load.MERGE_USERS, users), (load.MERGE_ITEMS, items),
-                                 (load.MERGE_INTERACTIONS, list(rows))])
+    _in_one_transaction(client, [(RECORD_INTERACTIONS, list(rows))])
     return len(rows)
 
 

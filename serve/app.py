@@ -150,10 +150,11 @@ class Recommender:
     """One replica: loads the run once, answers through :func:`create_app`."""
 
     def __init__(self, options: dict[str, Any] | ServeOptions,
-                 feedback_log: DeploymentHandle | None = None) -> None:
+                 feedback_log: DeploymentHandle | None = None, replicas: int = 1) -> None:
         opts = ServeOptions.model_validate(options)
         replica = serve.get_replica_context().replica_tag
-        self.service = RecommenderService(opts, feedback_log=feedback_log, replica=replica)
+        self.service = RecommenderService(opts, feedback_log=feedback_log, replicas=replicas,
+                                          replica=replica)
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         self.service.start_following()
@@ -183,7 +184,7 @@ def build(options: ServeOptions, resources: ResourceOptions | None = None) -> An
         from gnnrec.serve.feedback import FeedbackLog
 
         log = FeedbackLog.bind()
-    return deployment.bind(options, log)
+    return deployment.bind(options, log, resources.replicas)
 
 
 def app_builder(args: dict[str, Any]) -> Any:

@@ -7,7 +7,10 @@ one-replica Serve deployment holding an ordered list of events. Every replica fo
 the log with a long poll (:meth:`FeedbackLog.since` returns as soon as there is
 something new) and applies events in order, so the next request reaches the write on
 any replica within a poll round trip (milliseconds). The writing replica applies
-everything up to its own event before it answers.
+everything up to its own event, then waits (at most ``ack_timeout_s``) until every
+replica has acknowledged it, so the answer to a write means "visible everywhere": the
+next request sees it whichever replica serves it. A replica that starts later (a
+restart, a scale-up) replays the whole log from the beginning, reloads included.
 
 Limits (documented, not hidden): the log lives in memory, in one actor; if that actor
 restarts, replicas keep what they applied but a write committed to Neo4j between the
@@ -30,6 +33,7 @@ class FeedbackLog:
 
     def __init__(self) -> None:
         self._events: list[Any] = []
+        self._applied: dict[str, int] = {}
         self._changed: asyncio.Condition | None = None
 
     def _condition(self) -> asyncio.Condition:
@@ -56,6 +60,27 @@ class FeedbackLog:
                 except TimeoutError:
                     return []
             return [(n, e) for n, e in enumerate(self._events[seq:], start=seq + 1)]
+
+    async def ack(self, replica: str, seq: int) -> None:
+        """``replica`` has applied every event up to ``seq``."""
+        changed = self._condition()
+        async with changed:
+            self._applied[replica] = max(seq, self._applied.get(replica, 0))
+            changed.notify_all()
+
+    async def wait_applied(self, seq: int, replicas: int, timeout_s: float = 5.0) -> bool:
+        """Wait until ``replicas`` replicas have applied ``seq``; False on timeout."""
+        changed = self._condition()
+
+        def done() -> bool:
+            return sum(1 for s in self._applied.values() if s >= seq) >= replicas
+
+        async with changed:
+            try:
+                await asyncio.wait_for(changed.wait_for(done), timeout_s)
+            except TimeoutError:
+                return False
+            return True
 
     def head(self) -> int:
         return len(self._events)

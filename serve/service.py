@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import pandas as pd
 
@@ -52,7 +52,7 @@ from gnnrec.serve.schemas import (
 from gnnrec.serve.state import ExplainCounts, ServingState
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
+ACK_TIMEOUT_S = 10.0  # how long a write waits for the other replicas to apply it
 
 
 # -- events: what a write does to a state (also what the feedback log carries) ---------
@@ -127,7 +127,7 @@ class RecommenderService:
     """One replica's service. ``state`` skips loading ``options.run`` (tests, benchmarks)."""
 
     def __init__(self, options: ServeOptions, state: ServingState | None = None, *,
-                 feedback_log: Any | None = None, replica: str = "local",
+                 feedback_log: Any | None = None, replicas: int = 1, replica: str = "local",
                  state_loader: Callable[[str, str | None, ServeOptions], ServingState] = load_state,
                  ) -> None:
         self.options = options
@@ -136,6 +136,7 @@ class RecommenderService:
         self._state = state if state is not None else state_loader(options.run, options.graph,
                                                                   options)
         self._log = feedback_log
+        self._replicas = replicas
         self._applied = 0
         self._lock: asyncio.Lock | None = None
         self._follower: asyncio.Task[None] | None = None
@@ -334,7 +335,11 @@ class RecommenderService:
                 return await self._apply(event)
             seq = await self._log.append.remote(event)
             results = await self._catch_up(0.0)
-            return results[seq]
+        # outside the lock: other replicas may be waiting for ours to apply their writes
+        if not await self._log.wait_applied.remote(seq, self._replicas, ACK_TIMEOUT_S):
+            log.warning("replica %s: write %d not acknowledged by all %d replicas within "
+                        "%.0f s", self.replica, seq, self._replicas, ACK_TIMEOUT_S)
+        return results[seq]
 
     async def _load(self, event: ReloadEvent) -> ServingState:
         from gnnrec.errors import GnnrecError
@@ -382,6 +387,8 @@ class RecommenderService:
                 log.exception("replica %s could not apply feedback event %d", self.replica, seq)
                 results[seq] = None
             self._applied = seq
+        if results:
+            await self._log.ack.remote(self.replica, self._applied)
         return results
 
     async def _follow(self) -> None:

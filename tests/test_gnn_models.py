@@ -360,3 +360,21 @@ def test_bad_graph_fails_loudly(graph: HeteroData) -> None:
     bad[UI].edge_index[1, 0] = NI
     with pytest.raises(ValueError, match="outside"):
         LightGCN(bad)
+
+
+@pytest.mark.parametrize("cls", list(MODELS.values()))
+def test_deepcopy_and_dtype_move(cls: type[Recommender], graph: HeteroData) -> None:
+    """Sparse CSR buffers survive copy.deepcopy (torch cannot deepcopy them itself)
+    and module-wide conversions such as ``.double()`` / ``.to(device)``."""
+    import copy
+
+    model = cls(graph).eval()
+    users = torch.arange(4)
+    clone = copy.deepcopy(model)
+    assert torch.allclose(clone.score(users), model.score(users))
+    if model.trainable:
+        with torch.no_grad():
+            next(clone.parameters()).add_(1.0)
+        assert not torch.allclose(clone.score(users), model.score(users))
+    wide = copy.deepcopy(model).double()
+    assert torch.allclose(wide.score(users), model.score(users).double(), atol=1e-5)

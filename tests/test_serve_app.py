@@ -270,6 +270,10 @@ def test_writes_reach_every_replica(served: Served) -> None:
     for _ in range(20):  # requests land on both replicas; each must already know
         assert top not in {r["item"] for r in c.recommend("u4", 10)["items"]}
         assert c.recommend("multi-user", 3)["cold_start"] is None
+    c.forget("multi-user")
+    assert all(c.request("GET", "/recommend/multi-user")[0] == 404 for _ in range(10))
+    assert c.reload(str(served.run_b))["run"] == str(served.run_b)
+    assert {c.health()["run"] for _ in range(20)} == {str(served.run_b)}
 
 
 def test_cli_explain(served: Served, capsys: pytest.CaptureFixture[str]) -> None:

@@ -287,5 +287,17 @@ class Recommender(torch.nn.Module):
         self._cache = None
         return super()._apply(fn, recurse)
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Recommender:
+        # torch cannot deepcopy sparse CSR tensors (no storage): clone those buffers
+        # first so deepcopy finds them in ``memo``; drop the cached embeddings.
+        for buf in self.buffers():
+            if buf.layout != torch.strided and id(buf) not in memo:
+                memo[id(buf)] = buf.clone()
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            new.__dict__[key] = None if key == "_cache" else copy.deepcopy(value, memo)
+        return new
+
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self._hparams.items())

