@@ -75,10 +75,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(handler=_evaluate)
 
-    rc = sub.add_parser("recommend", help="top-k unseen items for one user of a run")
+    rc = sub.add_parser("recommend", help="top-k unseen items for one user of a run or server")
     rc.add_argument("user", help="external user id")
     rc.add_argument("-k", type=int, default=10)
-    rc.add_argument("--run", required=True, help="run directory")
+    where = rc.add_mutually_exclusive_group(required=True)
+    where.add_argument("--run", help="run directory: score in this process")
+    where.add_argument("--server", help="URL of a `gnnrec serve` application, e.g. "
+                       "http://127.0.0.1:8000 (sees online feedback and new users)")
     rc.add_argument("--graph", help="graph file (default: the one recorded in the run)")
     rc.add_argument("--device", default="cpu")
     rc.add_argument("--json", action="store_true")
@@ -217,6 +220,17 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _recommend(args: argparse.Namespace) -> int:
+    if args.server:
+        # The HTTP client is stdlib-only; imported here so gnn/ never needs serve/.
+        from gnnrec.serve.client import recommend_via_server
+
+        answer = recommend_via_server(args.server, args.user, args.k)
+        if args.json:
+            print(json.dumps(answer))
+        else:
+            for rank, r in enumerate(answer["items"], start=1):
+                print(f"{rank:>3}  {r['item']}  {r['score']:.4f}")
+        return 0
     from gnnrec.gnn.recommend import TopKRecommender
     from gnnrec.gnn.run import load_run
     from gnnrec.gnn.train import resolve_device

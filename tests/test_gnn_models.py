@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -70,6 +71,16 @@ def make_graph(seed: int = 0, features: bool = True) -> HeteroData:
     if features:
         data["item"].x = torch.randn(NI, 5, generator=g)
     return data
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits when the 2-core
+    machine is busy with other work (which made these tests 30x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +161,7 @@ def test_lightgcn_matches_pyg(graph: HeteroData) -> None:
     assert torch.allclose(torch.cat([user, item]), expected, atol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:There exist node types")
 def test_sage_matches_edge_index_heteroconv(graph: HeteroData) -> None:
     """The CSR mean aggregation equals PyG's SAGEConv(aggr='mean') on edge_index."""
     torch.manual_seed(0)
