@@ -1,26 +1,13 @@
-"""CSR adjacency of the train graph and the normalised sparse adjacency for propagation.
+"""CSR adjacency of the train graph (user -> items, item -> users) for samplers,
+evaluation exclusions and negative sampling.
 
-The contract with the models (``gnnrec.gnn.models``)::
-
-    normalized_adjacency(
-        num_users: int, num_items: int,
-        ui_edge_index: Long[2, E],                 # (user, item) train edges, unique pairs
-        social_edge_index: Long[2, S] | None = None,  # user pairs, either or both directions
-        social_weight: float = 1.0,
-        *, edge_weight: Float[E] | None = None, layout: "csr" | "coo" = "csr",
-    ) -> sparse Float[N, N], N = num_users + num_items
-
-Node order: users ``0..U-1`` then items ``U..U+I-1``. ``A`` holds ``A[u, U+i] = A[U+i, u] =
-w_ui`` (1 unless ``edge_weight``) and, for friends, ``A[u, v] = A[v, u] = social_weight``
-(each unordered pair once, self-links dropped). The result is ``D^-1/2 A D^-1/2`` with
-``D`` the row sums of ``A`` (isolated nodes get 0 rows), ready for
-``torch.sparse.mm(adj, emb)``; ``.to(device)`` moves it.
+The symmetric-normalised adjacency LightGCN propagates over is
+``gnnrec.gnn.models.lightgcn.normalized_adjacency``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
@@ -90,42 +77,3 @@ def interaction_csr(data: HeteroData, splits: tuple[int, ...] = (0,)) -> tuple[C
         ei = ei[:, :0]
     nu, ni = int(data["user"].num_nodes), int(data["item"].num_nodes)
     return build_csr(ei[0], ei[1], nu), build_csr(ei[1], ei[0], ni)
-
-
-def normalized_adjacency(
-    num_users: int,
-    num_items: int,
-    ui_edge_index: Tensor,
-    social_edge_index: Tensor | None = None,
-    social_weight: float = 1.0,
-    *,
-    edge_weight: Tensor | None = None,
-    layout: Literal["csr", "coo"] = "csr",
-) -> Tensor:
-    """Symmetric-normalised bipartite (+ optional social) adjacency, sparse Float[N, N].
-
-    See the module docstring for the exact matrix. ``ui_edge_index`` Long[2, E] must hold
-    train edges only (the caller filters ``split == 0``).
-    """
-    n = num_users + num_items
-    u, i = ui_edge_index[0].cpu(), ui_edge_index[1].cpu() + num_users
-    w = (torch.ones(u.numel()) if edge_weight is None
-         else edge_weight.detach().cpu().to(torch.float32))
-    rows, cols, vals = [u, i], [i, u], [w, w]
-    if social_edge_index is not None and social_edge_index.numel() and social_weight != 0:
-        a, b = social_edge_index[0].cpu(), social_edge_index[1].cpu()
-        keep = a != b
-        lo, hi = torch.minimum(a[keep], b[keep]), torch.maximum(a[keep], b[keep])
-        pairs = torch.unique(lo * num_users + hi)
-        lo, hi = pairs // num_users, pairs % num_users
-        sw = torch.full((lo.numel(),), float(social_weight))
-        rows += [lo, hi]
-        cols += [hi, lo]
-        vals += [sw, sw]
-    row, col, val = torch.cat(rows), torch.cat(cols), torch.cat(vals)
-    deg = torch.zeros(n).index_add_(0, row, val)
-    inv_sqrt = deg.pow(-0.5)
-    inv_sqrt[~torch.isfinite(inv_sqrt)] = 0.0
-    val = inv_sqrt[row] * val * inv_sqrt[col]
-    adj = torch.sparse_coo_tensor(torch.stack([row, col]), val, (n, n)).coalesce()
-    return adj.to_sparse_csr() if layout == "csr" else adj
