@@ -12,7 +12,7 @@ DEMO_GRAPH := .gnnrec/lastfm.pt
 # Short enough for a couple of minutes on 2 cores; see README for the tuned settings.
 DEMO_TRAIN_ARGS ?= --epochs 20 --lr 0.005 --patience 5 --no-progress
 
-.PHONY: install demo test test-fast lint clean-demo
+.PHONY: install demo demo-serve test lint
 
 $(STAMP): pyproject.toml graph/neo4j_server/pom.xml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,32 @@ demo: install
 	$(GNNREC) writeback --run $(DEMO_RUN) --k 20
 	@echo "--- user 2's recommendations, with how many friends and co-listeners play each"
 	$(GNNREC) cypher "MATCH (u:User {id: \$$user})-[r:RECOMMENDED {run: \$$run}]->(i:Item) OPTIONAL MATCH (u)-[:FRIEND]-(f:User)-[:INTERACTED]->(i) WITH u, r, i, count(DISTINCT f) AS friends OPTIONAL MATCH (u)-[:INTERACTED]->(:Item)<-[:INTERACTED]-(c:User)-[:INTERACTED]->(i) RETURN r.rank AS rank, i.id AS artist, round(r.score, 2) AS score, friends, count(DISTINCT c) AS co_listeners ORDER BY rank LIMIT 5" --param user=2 --param run=$(notdir $(DEMO_RUN))
+	@$(MAKE) --no-print-directory demo-serve
+
+# Serve the demo run with Ray Serve, post feedback for user 2 and show what changes.
+DEMO_PORT ?= 8000
+DEMO_TOKEN ?= demo-token
+DEMO_URL := http://127.0.0.1:$(DEMO_PORT)
+demo-serve: install
+	@set -e; $(GNNREC) forget demo-newcomer > /dev/null 2>&1 || true; \
+	$(GNNREC) serve --run $(DEMO_RUN) --port $(DEMO_PORT) --token $(DEMO_TOKEN) > .gnnrec/serve.log 2>&1 & pid=$$!; \
+	trap 'kill -TERM $$pid 2>/dev/null; wait $$pid 2>/dev/null || true' EXIT; \
+	for i in $$(seq 1 120); do curl -sf $(DEMO_URL)/health > /dev/null && break; \
+	  kill -0 $$pid 2>/dev/null || { cat .gnnrec/serve.log; exit 1; }; sleep 1; done; \
+	echo "--- serving on $(DEMO_URL) (OpenAPI: $(DEMO_URL)/docs)"; curl -s $(DEMO_URL)/health; echo; \
+	echo "--- user 2 before feedback"; $(GNNREC) recommend 2 -k 5 --server $(DEMO_URL); \
+	echo "--- POST /interactions: user 2 plays three artists from a neighbourhood of new taste"; \
+	curl -sf -X POST $(DEMO_URL)/interactions -H "Authorization: Bearer $(DEMO_TOKEN)" \
+	  -H 'Content-Type: application/json' \
+	  -d '[{"user": "2", "item": "289", "weight": 500}, {"user": "2", "item": "292", "weight": 400}, {"user": "2", "item": "300", "weight": 300}]'; echo; \
+	echo "--- user 2 after feedback (no retraining)"; $(GNNREC) recommend 2 -k 5 --server $(DEMO_URL); \
+	item=$$($(GNNREC) recommend 2 -k 1 --server $(DEMO_URL) --json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["items"][0]["item"])'); \
+	echo "--- why artist $$item for user 2"; $(GNNREC) explain 2 $$item --server $(DEMO_URL); \
+	echo "--- a new user who brings two artists (cold start)"; \
+	curl -sf -X POST $(DEMO_URL)/users -H "Authorization: Bearer $(DEMO_TOKEN)" \
+	  -H 'Content-Type: application/json' -d '{"user": "demo-newcomer", "items": ["289", "292"]}'; echo; \
+	echo "--- DELETE /users/demo-newcomer (forgotten in Neo4j and in the serving state)"; \
+	curl -sf -X DELETE $(DEMO_URL)/users/demo-newcomer -H "Authorization: Bearer $(DEMO_TOKEN)"; echo
 
 test: install
 	$(BIN)/pytest -m "not slow"
