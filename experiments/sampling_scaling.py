@@ -1,6 +1,6 @@
 """Neighbour-sampling throughput: in-process vs 1 vs 2 Ray workers vs a networkx sampler.
 
-    python -m experiments.sampling_scaling --json experiments/results/sampling_scaling.json \\
+    python -m experiments.sampling_scaling --json experiments/results/sampling_scaling.json \
         [--synthetic-interactions 10000000]
 
 Workload: 3-hop ``(15, 10, 5)`` hetero sampling (every edge type, train edges only, without
@@ -9,14 +9,19 @@ replacement) of shuffled 2,048-user seed batches (:class:`NodeBatchSampler`), on
 genres as tags, seeded 80/10/10 split) and optionally on a seeded synthetic graph of about
 ``--synthetic-interactions`` interactions (:func:`gnnrec.gnn.data.synthetic_graph`).
 
-For each graph, the same ``--batches`` batches (epochs follow each other when one epoch
-is shorter) are sampled ``--repeats`` times by: the in-process sampler; Ray with 1 and with
-2 worker actors (``RaySampledBatches``, prefetch ``--prefetch``, actors built and warm
-before timing, batches consumed by the driver as a trainer would); and, on the first
-``--nx-batches`` batches only, a plain networkx sampler (one ``nx.DiGraph`` per edge type,
-``G.neighbors`` + ``random.sample`` per node, dict relabelling). ``*_seeds_per_s`` are
-medians over the repeats. Top-level figures are ML-1M's; every graph is under
-``datasets``.
+For each graph the same ``--batches`` batches (epochs follow each other when one epoch is
+shorter) are sampled ``--repeats`` times, interleaved, by: the in-process sampler; Ray with
+1 and with 2 worker actors (``RaySampledBatches``; ``--batches-per-task`` batches per
+worker call on ML-1M, whose batches take ~2 ms, 1 on the synthetic graph; 3 calls in
+flight; actors built and warm before timing; batches turned into ``HeteroData`` on the
+driver as a trainer would get them); and, on the first ``--nx-batches`` batches, a plain
+networkx sampler (one ``nx.DiGraph`` per edge type, ``G.neighbors`` + ``random.sample``
+per node, dict relabelling). ``*_seeds_per_s`` are medians over the repeats.
+
+The machine is shared, so each run also records CPU milliseconds per batch of this
+process, the Ray workers, the rest of our Ray and every other process, and derives what
+2 otherwise idle cores would give from the 1-worker run (``*_idle_machine_model``).
+Top-level figures are the first graph's (ML-1M); every graph is under ``datasets``.
 """
 
 from __future__ import annotations
@@ -48,11 +53,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--synthetic-interactions", type=int, default=0,
                    help="also run a synthetic graph of about this many interactions")
     p.add_argument("--batch-size", type=int, default=2048)
-    p.add_argument("--batches", type=int, default=96, help="batches per timed run (ML-1M)")
+    p.add_argument("--batches", type=int, default=768, help="batches per timed run (ML-1M)")
     p.add_argument("--synthetic-batches", type=int, default=16)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--prefetch", type=int, default=8, help="batches in flight")
-    p.add_argument("--batches-per-task", type=int, default=4,
+    p.add_argument("--prefetch", type=int, default=0,
+                   help="batches in flight (default: 3 worker calls)")
+    p.add_argument("--batches-per-task", type=int, default=16,
                    help="batches per Ray worker call on ML-1M (1 on the synthetic graph)")
     p.add_argument("--nx-batches", type=int, default=2)
     p.add_argument("--skip-ml1m", action="store_true")
@@ -94,6 +100,32 @@ def _keys(loader: NodeBatchSampler, n: int) -> list[tuple[int, int]]:
 
 def _seeds(loader: NodeBatchSampler, keys: list[tuple[int, int]]) -> int:
     return sum(int(loader.input_nodes[loader._items(e, i)].size) for e, i in keys)
+
+
+class _CpuMeter:
+    """CPU seconds spent, per group: this process, the Ray workers, the rest of our Ray
+    (raylet, GCS, idle workers: this process's other descendants) and every other process
+    on the machine (busy CPU time of the whole machine minus ours)."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.psutil, self.me = psutil, psutil.Process()
+
+    def snapshot(self, workers: list[int]) -> dict[str, float]:
+        def cpu(p: Any) -> float:
+            try:
+                t = p.cpu_times()
+                return t.user + t.system
+            except self.psutil.Error:
+                return 0.0
+        kids = self.me.children(recursive=True)
+        w = sum(cpu(p) for p in kids if p.pid in workers)
+        ours = cpu(self.me) + sum(cpu(p) for p in kids)
+        t = self.psutil.cpu_times()
+        busy = sum(t) - t.idle - getattr(t, "iowait", 0.0)
+        return {"driver": cpu(self.me), "workers": w,
+                "ray_services": ours - cpu(self.me) - w, "other_processes": busy - ours}
 
 
 def _median_rate(run: Callable[[], None], seeds: int, repeats: int) -> tuple[float, list[float]]:
@@ -173,15 +205,17 @@ def bench_graph(name_: str, data: HeteroData, num_batches: int, per_task: int,
     # 2 CPUs; an idle actor uses none) and the repetitions interleave in-process, 1 and 2
     # workers in rotating order, so a change in machine load hits the three alike.
     runs: dict[str, Callable[[], None]] = {"inprocess": inprocess}
-    pools = []
+    pools, pids = [], []
+    meter = _CpuMeter()
+    cpu: dict[str, list[dict[str, float]]] = {"inprocess": [], "ray1": [], "ray2": []}
     try:
         for w in (1, 2):
             t = time.perf_counter()
             pool = RaySampledBatches(loader, RaySamplingParams(
-                num_workers=w, prefetch=args.prefetch, batches_per_task=per_task,
+                num_workers=w, prefetch=args.prefetch or 3 * per_task, batches_per_task=per_task,
                 cpus_per_worker=0.5))
             pools.append(pool)
-            pool.wait_ready()
+            pids += pool.wait_ready()
             out[f"ray{w}_startup_s"] = time.perf_counter() - t
             for _ in pool.stream(keys[: 2 * w * per_task]):  # warm the workers' code paths
                 pass
@@ -190,15 +224,24 @@ def bench_graph(name_: str, data: HeteroData, num_batches: int, per_task: int,
         names = list(runs)
         for rep in range(args.repeats):
             for name in names[rep % 3:] + names[: rep % 3]:
-                t = time.perf_counter()
+                before, t = meter.snapshot(pids), time.perf_counter()
                 runs[name]()
                 times[name].append(time.perf_counter() - t)
+                after = meter.snapshot(pids)
+                cpu[name].append({k: (after[k] - before[k]) * 1e3 / len(keys) for k in after})
     finally:
         for pool in pools:
             pool.close()
     for name, ts in times.items():
         out[f"{name}_seeds_per_s"] = seeds / statistics.median(ts)
         out[f"{name}_times_s"] = ts
+        out[f"{name}_cpu_ms_per_batch"] = {k: statistics.median(c[k] for c in cpu[name])
+                                           for k in cpu[name][0]}
+    # What 2 idle cores would give, from ray1's CPU per batch: workers W, driver + Ray
+    # services D; 1 worker takes max(W, D) per batch, 2 workers max((W + D) / 2, D).
+    c1 = out["ray1_cpu_ms_per_batch"]
+    w_, d_ = c1["workers"], c1["driver"] + c1["ray_services"]
+    out["ray_speedup_2v1_idle_machine_model"] = max(w_, d_) / max((w_ + d_) / 2, d_)
     assert ray.is_initialized()
     nx_keys = keys[: args.nx_batches]
     nx_seeds = _seeds(loader, nx_keys)
@@ -229,8 +272,12 @@ def _print(name: str, r: dict[str, Any]) -> None:
                        ("ray2", "ray 2 workers"), ("networkx", "networkx")):
         rate = r[f"{key}_seeds_per_s"]
         print(f"{label:<12}{rate:>12,.0f}{rate / r['inprocess_seeds_per_s']:>15.2f}")
-    print(f"ray speedup 2 vs 1 worker: {r['ray_speedup_2v1']:.2f}; "
-          f"in-process vs networkx: {r['speedup_vs_networkx']:.0f}x")
+    print(f"ray speedup 2 vs 1 worker: {r['ray_speedup_2v1']:.2f} (idle-machine model "
+          f"{r['ray_speedup_2v1_idle_machine_model']:.2f}); in-process vs networkx: "
+          f"{r['speedup_vs_networkx']:.0f}x")
+    for key in ("inprocess", "ray1", "ray2"):
+        c = r[f"{key}_cpu_ms_per_batch"]
+        print(f"  {key:<10} CPU ms per batch: " + ", ".join(f"{k} {v:.2f}" for k, v in c.items()))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -239,7 +286,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     result: dict[str, Any] = {
         "benchmark": "sampling_scaling", "fanout": FANOUT, "batch_size": args.batch_size,
-        "repeats": args.repeats, "prefetch": args.prefetch,
+        "repeats": args.repeats, "prefetch": args.prefetch or "3 worker calls",
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "python": sys.version.split()[0], "load_avg_start": os.getloadavg()},
         "datasets": {},

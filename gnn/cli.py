@@ -63,6 +63,25 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     tr.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     tr.add_argument("--threads", type=int, help="CPU threads for torch (1 = bit-reproducible)")
+    mb = tr.add_argument_group("mini-batch training (sampled subgraphs; graphsage, lightgcn)")
+    mb.add_argument("--minibatch", action="store_true",
+                    help="train on sampled link batches instead of the full graph")
+    mb.add_argument("--num-neighbors", type=int, nargs="+", metavar="K",
+                    help="fan-out per layer (default 10 then 5s; -1 = all neighbours)")
+    mb.add_argument("--sampler", choices=["inprocess", "ray"],
+                    help="who samples the batches (default inprocess)")
+    mb.add_argument("--sampler-workers", type=int, help="Ray sampler actors (default 2)")
+    dist = tr.add_argument_group("distributed training (Ray Train, DDP)")
+    dist.add_argument("--workers", type=int, help="Ray Train workers (default: one process)")
+    dist.add_argument("--gpus-per-worker", type=float, default=0.0,
+                      help="GPUs per worker (> 0: nccl, else CPU + gloo)")
+    dist.add_argument("--cpus-per-worker", type=float, help="default: cluster CPUs / workers")
+    dist.add_argument("--address", help="Ray cluster to join (auto, ray://HOST:10001; "
+                      "default RAY_ADDRESS, else a local Ray)")
+    dist.add_argument("--storage-path", help="Ray Train checkpoints (default RUN/ray_train; "
+                      "a shared path or s3:// on a multi-node cluster)")
+    dist.add_argument("--max-failures", type=int, default=2,
+                      help="worker-group restarts from the last checkpoint")
     tr.set_defaults(handler=_train)
 
     ev = sub.add_parser("evaluate", help="full-ranking metrics of a run on valid or test")
@@ -190,13 +209,51 @@ def _train(args: argparse.Namespace) -> int:
                          graph_path=graph_path, train_config=config.to_dict(),
                          overwrite=args.overwrite)
         run.update_meta(graph={**run.meta()["graph"], "split_applied": applied})
-    result = train(model, graph, config, run=run, resume=args.resume,
-                   progress=not args.no_progress)
+    result = _fit(args, model, graph, config, run, train)
     metric = result.best_valid.get(config.metric, float("nan"))
     print(f"{model_name}: best epoch {result.best_epoch} ({result.stopped}), valid "
           f"{config.metric} {metric:.4f}; run in {args.out}. Test it once with: "
           f"gnnrec evaluate {args.out} --split test")
     return 0
+
+
+def _fit(args: argparse.Namespace, model: Any, graph: Any, config: Any, run: Any,
+         train: Any) -> Any:
+    """Full-graph, mini-batch (``--minibatch``) or Ray Train (``--workers``) training."""
+    previous = run.meta().get("minibatch") if args.resume else None
+    mb = None
+    if args.minibatch or previous or args.num_neighbors or args.sampler:
+        from gnnrec.gnn.minibatch import MiniBatchConfig
+
+        given = {k: v for k, v in (("num_neighbors", args.num_neighbors),
+                                   ("sampler", args.sampler),
+                                   ("sampler_workers", args.sampler_workers)) if v is not None}
+        layers = int(getattr(model, "num_layers", 2))
+        mb = MiniBatchConfig(**{"num_neighbors": [10] + [5] * (layers - 1),
+                                **(previous or {}), **given})
+    if args.workers is not None:
+        from gnnrec.gnn.distributed import RayTrainParams, train_distributed
+
+        params = RayTrainParams(num_workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                                cpus_per_worker=args.cpus_per_worker, address=args.address,
+                                storage_path=args.storage_path, max_failures=args.max_failures)
+        return train_distributed(model, graph, config, params, run=run, minibatch=mb,
+                                 resume=args.resume)
+    if mb is None:
+        return train(model, graph, config, run=run, resume=args.resume,
+                     progress=not args.no_progress)
+    from gnnrec.gnn.minibatch import link_sampler, train_minibatch
+
+    if mb.sampler == "inprocess":
+        return train_minibatch(model, graph, config, mb, run=run, resume=args.resume,
+                               progress=not args.no_progress)
+    from gnnrec.gnn.distributed import ray_batches
+
+    mb.validate(model)
+    sampler = link_sampler(graph, model, config, mb)
+    with ray_batches(sampler, mb.sampler_workers, mb.prefetch, args.address) as batches:
+        return train_minibatch(model, graph, config, mb, run=run, resume=args.resume,
+                               progress=not args.no_progress, batches=batches)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

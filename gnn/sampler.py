@@ -11,21 +11,22 @@ Per hop and edge type all frontier nodes are sampled at once:
 - with replacement: ``indptr[v] + floor(rand * deg(v))``, ``k`` draws per node;
 - without replacement: every neighbour where ``deg(v) <= k``, else a uniform ``k``-subset
   by Floyd's algorithm, vectorised over the nodes (a Python loop over the ``k`` draws,
-  never over nodes; ``O(k^2)`` compares per node, no sort, no retry); fan-outs above 32
-  take the ``k`` smallest of random keys (one argsort of ``row + U(0, 1)``) instead.
+  never over nodes; ``O(k^2)`` compares per node, no sort, no retry).
 
-Batches are PyG-shaped ``HeteroData``: per node type ``n_id`` (global ids, seeds first,
-then the nodes of hop 1, 2, ...), ``num_nodes``, ``batch_size`` (seed types),
+As in PyG, hop ``h + 1`` expands only the nodes first reached at hop ``h``. Batches are
+PyG-shaped ``HeteroData``: per node type ``n_id`` (global ids: the seeds in the order
+given, then each hop's new nodes, ascending), ``num_nodes``, ``batch_size`` (seed types),
 ``num_sampled_nodes`` (per hop, seeds included) and ``x`` when the graph has features;
 per edge type a local ``edge_index`` Long[2, M] (row 0 indexes ``src`` n_id, row 1
 ``dst`` n_id), ``e_id`` (column in the full graph's ``edge_index``), ``num_sampled_edges``
-and ``weight`` when the graph has one. Every batch is a pure function of
-``(seed, epoch, index)``, so any process (a Ray worker) rebuilds it bit for bit.
+and ``weight`` when the graph has one. A batch of :class:`NodeBatchSampler` or
+:class:`LinkBatchSampler` is a pure function of ``(seed, epoch, index)``, so any process
+(a Ray worker) rebuilds it bit for bit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,13 +61,11 @@ class EdgeCSR:
     table: np.ndarray
 
     @property
-    def indices(self) -> np.ndarray:
-        """Int[nnz] source ids (a strided view)."""
+    def indices(self) -> np.ndarray:  # Int[nnz] source ids (a strided view)
         return self.table[:, 0]
 
     @property
-    def eid(self) -> np.ndarray:
-        """Int[nnz] edge ids (a strided view)."""
+    def eid(self) -> np.ndarray:  # Int[nnz] edge ids (a strided view)
         return self.table[:, 1]
 
     @property
@@ -111,12 +110,6 @@ class HeteroCSR:
     @property
     def edge_types(self) -> list[EdgeType]:
         return sorted(self.csr)
-
-    @property
-    def int32_ids(self) -> bool:
-        """Whether every node id and edge id fits in Int32."""
-        return all(c.table.dtype == np.int32 for c in self.csr.values()) and all(
-            n < 2**31 for n in self.num_nodes.values())
 
     @classmethod
     def from_data(cls, data: HeteroData, *, train_only: bool = True) -> HeteroCSR:
@@ -165,17 +158,6 @@ class SampledArrays:
     weight: dict[EdgeType, np.ndarray] = field(default_factory=dict)
     meta: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def compact(self) -> SampledArrays:
-        """The same batch with Int32 id arrays (half the bytes to ship between processes).
-
-        Only for graphs whose node and edge ids fit in Int32 (:attr:`HeteroCSR.int32_ids`).
-        """
-        def small(d: dict[Any, np.ndarray]) -> dict[Any, np.ndarray]:
-            return {k: v.astype(np.int32) if v.dtype == np.int64 else v for k, v in d.items()}
-        return SampledArrays(small(self.n_id), small(self.edge_index), small(self.e_id),
-                             self.batch_size, self.num_sampled_nodes, self.num_sampled_edges,
-                             small(self.seed_local), self.weight, small(self.meta))
-
 
 def _as_graph(graph: HeteroData | HeteroCSR) -> HeteroCSR:
     return graph if isinstance(graph, HeteroCSR) else HeteroCSR.from_data(graph)
@@ -202,41 +184,21 @@ def _fanouts(num_neighbors: NumNeighbors, edge_types: list[EdgeType]) -> dict[Ed
     return out
 
 
-def _by_keys(deg: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Int64[k, m]: per row the k offsets of ``0..deg-1`` with the smallest random keys.
-
-    One argsort of ``row + U(0, 1)`` over all ``sum(deg)`` entries orders each row's
-    entries by key (rows stay apart); the first ``k`` of each row are a uniform k-subset.
-    """
-    first = np.cumsum(deg) - deg
-    row = np.repeat(np.arange(deg.size, dtype=np.float64), deg)
-    order = np.argsort(row + rng.random(row.size))
-    return order[first + np.arange(k)[:, None]] - first
-
-
 def _floyd(deg: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Int64[k, m]: a uniform k-subset of ``0..deg-1`` per column (deg > k), Floyd's method.
+    """Int[k, m]: a uniform k-subset of ``0..deg[j]-1`` in column j (deg > k), by Floyd.
 
     Step ``s`` draws ``t`` in ``[0, deg - k + s]`` and takes ``deg - k + s`` instead when
     ``t`` was taken already; the loop runs over the k steps, vectorised over the rows.
     """
-    chosen = np.empty((k, deg.size), dtype=np.int64)
-    top = deg - k + np.arange(k)[:, None]
-    draw = np.minimum((rng.random((k, deg.size)) * (top + 1)).astype(np.int64), top)
+    it = np.int32 if int(deg.max(initial=0)) < 2**31 else np.int64  # int32: faster compares
+    chosen = np.empty((k, deg.size), dtype=it)
+    top = (deg - k).astype(it) + np.arange(k, dtype=it)[:, None]
+    draw = np.minimum((rng.random((k, deg.size)) * (top + 1)).astype(it), top)
     chosen[0] = draw[0]
     for s in range(1, k):
         taken = (chosen[:s] == draw[s]).any(axis=0)
         chosen[s] = np.where(taken, top[s], draw[s])
     return chosen
-
-
-def _distinct(deg: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Int64[k, m]: a uniform k-subset of ``0..deg-1`` per row (every deg > k).
-
-    Floyd (O(m k^2) work in k vectorised steps) for usual fan-outs; for k > 32 one sort
-    over the rows' entries instead.
-    """
-    return _floyd(deg, k, rng) if k <= 32 else _by_keys(deg, k, rng)
 
 
 def sample_positions(indptr: np.ndarray, nodes: np.ndarray, k: int, replace: bool,
@@ -264,7 +226,7 @@ def sample_positions(indptr: np.ndarray, nodes: np.ndarray, k: int, replace: boo
             return row, pos
     big = np.flatnonzero(deg > k)
     row_b = np.repeat(big, k)  # row-major: a node's picks are read from its segment together
-    pos_b = (start[big][:, None] + _distinct(deg[big], k, rng).T).ravel()
+    pos_b = (start[big][:, None] + _floyd(deg[big], k, rng).T).ravel()
     if not full.size:
         return row_b, pos_b
     return np.concatenate([row, row_b]), np.concatenate([pos, pos_b])
@@ -380,13 +342,10 @@ class NeighborSampler:
                     nodes[nt].append(new)
                     if new.size:
                         frontier[nt] = (new, first)
-                done = set()
+                for et in self.edge_types:  # one entry per hop, empty when not sampled
+                    edges[et].append((*(np.empty(0, np.int64),) * 3, None))
                 for et, src, dst, eid, w in hop_edges:
-                    edges[et].append((self._local[et[0]][src], dst, eid, w))
-                    done.add(et)
-                for et in self.edge_types:
-                    if et not in done:
-                        edges[et].append((*(np.empty(0, np.int64),) * 3, None))
+                    edges[et][-1] = (self._local[et[0]][src], dst, eid, w)
         finally:
             for nt, parts in nodes.items():
                 for part in parts:
@@ -394,18 +353,15 @@ class NeighborSampler:
         n_id = {nt: np.concatenate(p) for nt, p in nodes.items()}
         edge_index, e_id, num_edges, weight = {}, {}, {}, {}
         for et, parts in edges.items():
-            sizes = [p[0].size for p in parts]
-            ei = np.empty((2, sum(sizes)), dtype=np.int64)
+            num_edges[et] = [p[0].size for p in parts]
+            edge_index[et] = np.empty((2, sum(num_edges[et])), dtype=np.int64)
             if parts:
-                np.concatenate([p[0] for p in parts], out=ei[0])
-                np.concatenate([p[1] for p in parts], out=ei[1])
-            edge_index[et] = ei
-            e_id[et] = (np.concatenate([p[2] for p in parts]) if parts
-                        else np.empty(0, np.int64))
-            num_edges[et] = sizes
-            ws = [p[3] for p in parts if p[3] is not None]
+                np.concatenate([p[0] for p in parts], out=edge_index[et][0])
+                np.concatenate([p[1] for p in parts], out=edge_index[et][1])
+            e_id[et] = np.concatenate([p[2] for p in parts] or [np.empty(0, np.int64)])
             if self.graph.csr[et].has_weight:
-                weight[et] = np.concatenate(ws) if ws else np.empty(0, np.float32)
+                weight[et] = np.concatenate([p[3] for p in parts if p[3] is not None]
+                                            or [np.empty(0, np.float32)])
         return SampledArrays(n_id, edge_index, e_id, {nt: counts[nt][0] for nt in seeds},
                              counts, num_edges, seed_local, weight)
 
@@ -446,7 +402,12 @@ def _batch_rng(seed: int, epoch: int, index: int) -> tuple[np.random.Generator, 
 
 
 class _EpochBatches:
-    """Shared epoch logic: shuffled fixed-size batches over ``num_items`` items."""
+    """Shared epoch logic: shuffled fixed-size batches over ``num_items`` items.
+
+    Subclasses define ``batch_arrays(epoch, index) -> SampledArrays``, ``to_data(arrays)
+    -> HeteroData`` and ``rebuild_kwargs()`` (constructor arguments except ``graph``: how
+    Ray workers rebuild the same sampler).
+    """
 
     num_items: int
     batch_size: int
@@ -454,6 +415,8 @@ class _EpochBatches:
     drop_last: bool
     seed: int
     sampler: NeighborSampler
+    batch_arrays: Callable[[int, int], SampledArrays]
+    to_data: Callable[[SampledArrays], HeteroData]
 
     def _init_epochs(self) -> None:
         self.epoch = 0
@@ -473,21 +436,6 @@ class _EpochBatches:
                 self.num_items) if self.shuffle else np.arange(self.num_items))
             self._perm_epoch = epoch
         return self._perm[index * self.batch_size:(index + 1) * self.batch_size]
-
-    def batch_arrays(self, epoch: int, index: int) -> SampledArrays:  # pragma: no cover
-        raise NotImplementedError
-
-    def to_data(self, arrays: SampledArrays) -> HeteroData:  # pragma: no cover
-        raise NotImplementedError
-
-    def rebuild_kwargs(self) -> dict[str, Any]:  # pragma: no cover
-        """Constructor arguments except ``graph`` (how Ray workers rebuild this sampler)."""
-        raise NotImplementedError
-
-    def ship_arrays(self, epoch: int, index: int) -> SampledArrays:
-        """:meth:`batch_arrays`, compacted to Int32 ids when they fit (what workers send)."""
-        a = self.batch_arrays(epoch, index)
-        return a.compact() if self.sampler.graph.int32_ids else a
 
     def batch(self, epoch: int, index: int) -> HeteroData:
         """Batch ``index`` of ``epoch`` (the same wherever and whenever it is computed)."""

@@ -35,10 +35,11 @@ def test_link_batches_match_in_process(ray_session: None, graph: HeteroData) -> 
 
     local = LinkBatchSampler(graph, [4, 3], batch_size=128, num_negatives=2, seed=11)
     expected = [list(local.iter_epoch(e)) for e in range(2)]
-    with RaySampledBatches(local, RaySamplingParams(num_workers=2, prefetch=3)) as remote:
+    params = RaySamplingParams(num_workers=2, prefetch=4, batches_per_task=2)
+    with RaySampledBatches(local, params) as remote:
         got = list(remote.iter_epochs(2))
         again = list(remote.iter_epoch(1))
-        assert remote.max_in_flight == 3
+        assert remote.max_in_flight == 4  # batches requested and not yet handed over
     flat = expected[0] + expected[1]
     assert len(got) == len(flat) > 6
     for a, b in zip(flat, got, strict=True):

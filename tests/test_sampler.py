@@ -140,9 +140,9 @@ def test_seeded_determinism(graph: HeteroData) -> None:
     assert any(not torch.equal(a[et].e_id, c[et].e_id) for et in graph.edge_types)
 
 
-@pytest.mark.parametrize(("deg", "k"), [(5, 2), (40, 36)])
+@pytest.mark.parametrize(("deg", "k"), [(5, 2), (40, 36), (3000, 15)])
 def test_without_replacement_is_uniform(deg: int, k: int) -> None:
-    """Floyd's method (k <= 32) and random keys (k > 32): distinct, uniform inclusion."""
+    """Floyd's method: k distinct offsets per node, each offset equally likely."""
     n = 4000
     indptr = np.array([0, deg])
     row, pos = sample_positions(indptr, np.zeros(n, dtype=np.int64), k, False,

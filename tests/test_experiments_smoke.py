@@ -1,0 +1,80 @@
+"""Smoke test of the benchmark scripts (experiments/quality.py, epoch_time.py) on a tiny
+synthetic graph: the code paths run end to end in a few seconds, so they cannot rot."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `experiments` is a folder at the root, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from experiments import common, epoch_time, quality  # noqa: E402
+from gnnrec.gnn.data import synthetic_graph  # noqa: E402
+from gnnrec.gnn.split import apply_split  # noqa: E402
+
+
+def _tiny() -> object:
+    return apply_split(synthetic_graph(60, 40, num_tags=5, mean_interactions=8.0,
+                                       friends_per_user=3, seed=1), "random", seed=1)
+
+
+def _tiny_budget() -> quality.Budget:
+    return quality.Budget(
+        max_epochs=2, eval_every=1, patience=1, als_factors=(4,), als_regularization=(0.1, 10.0),
+        als_alpha=(1.0,), als_iterations=(1, 2),
+        stages={"mf": [], "lightgcn": [{"lr": [1e-2]}], "lightgcn_social": [],
+                "graphsage": []},
+        base={"mf": {"embedding_dim": 8, "lr": 5e-3},
+              "lightgcn": {"embedding_dim": 8, "num_layers": 2, "lr": 5e-3},
+              "graphsage": {"embedding_dim": 8, "num_layers": 1, "lr": 5e-3}})
+
+
+def test_quality_benchmark_runs_on_a_tiny_graph(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    graph = _tiny()
+    logged: list[str] = []
+    result = quality.run_benchmark(graph, _tiny_budget(), seed=0, log=logged.append)
+    models = result["models"]
+    assert set(models) == set(quality.FAMILIES)  # the tiny graph has friendships
+    for fam, r in models.items():
+        assert set(quality.TABLE_METRICS) <= set(r["test"]), fam
+        assert 0.0 <= r["test"]["recall@20"] <= 1.0
+        assert r["valid"]["recall@20"] == max((t["valid_recall@20"] for t in r["trials"]),
+                                              default=r["valid"]["recall@20"])
+    assert len(models["lightgcn"]["trials"]) == 2  # base + lr stage
+    assert len(models["als"]["trials"]) == 2
+    assert models["als"]["selected"]["iterations"] in (1, 2)
+    assert models["lightgcn_social"]["selected"]["social_weight"] == 1.0
+    assert result["best_graph_model"] in quality.GRAPH_FAMILIES
+    best = result["best_graph_model"]
+    assert result["ratio_recall@20"] == pytest.approx(
+        models[best]["test"]["recall@20"] / models["als"]["test"]["recall@20"])
+    assert "social_vs_plain" in result
+    print(quality.table(result))
+    png = tmp_path / "q.png"
+    quality.plot(png, result, "tiny")
+    assert png.stat().st_size > 0
+    out = common.write_json(tmp_path / "q.json", {**result, "machine": common.machine()})
+    assert json.loads(out.read_text())["machine"]["cpu_count"] >= 1
+
+
+def test_epoch_time_steps_agree_and_time_a_batch() -> None:
+    torch.set_num_threads(1)
+    graph = _tiny()
+    torch.manual_seed(0)
+    ours, ours_model = epoch_time.ours_step(graph)
+    pyg, pyg_model, edge_index = epoch_time.pyg_step(graph, ours_model)
+    with torch.no_grad():
+        a = torch.cat(ours_model.embeddings())
+        b = pyg_model.get_embedding(edge_index)
+    assert torch.allclose(a, b, atol=1e-6)
+    epochs = epoch_time.Epochs(graph, seed=0)
+    for step in (ours, pyg):
+        t = epochs.run(step, epoch=1, max_batches=1)
+        assert t["batches"] == 1 and t["wall_s"] >= 0 and t["loss"] > 0

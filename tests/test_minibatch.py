@@ -1,0 +1,143 @@
+"""Mini-batch training from sampled subgraphs: exactness, the training path, CLI, Ray sampler."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch_geometric.data import HeteroData
+
+from gnnrec.cli import main
+from gnnrec.gnn.data import save_graph, synthetic_graph, train_subgraph
+from gnnrec.gnn.minibatch import (
+    MiniBatchConfig,
+    SampledBPR,
+    lightgcn_forward,
+    link_sampler,
+    model_fanouts,
+    sage_forward,
+    train_minibatch,
+)
+from gnnrec.gnn.models import MF, HeteroGraphSAGE, LightGCN
+from gnnrec.gnn.run import load_run
+from gnnrec.gnn.split import apply_split
+from gnnrec.gnn.train import TrainConfig, TrainingError, seed_everything
+
+CFG = dict(epochs=3, batch_size=128, lr=0.01, l2=1e-4, patience=5, seed=1, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def graph() -> HeteroData:
+    return apply_split(synthetic_graph(120, 60, num_tags=6, mean_interactions=10.0,
+                                       friends_per_user=3.0, seed=0), "random", seed=0)
+
+
+def _models(g: HeteroData) -> list[torch.nn.Module]:
+    seed_everything(0)
+    t = train_subgraph(g)
+    return [HeteroGraphSAGE(t, embedding_dim=16, num_layers=2),
+            LightGCN(t, embedding_dim=16, num_layers=3, social_weight=0.5),
+            LightGCN(t, embedding_dim=16, num_layers=1)]
+
+
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["graphsage", "lightgcn-social", "lightgcn-1"])
+def test_all_neighbours_give_the_full_graph_embeddings_and_loss(graph: HeteroData,
+                                                                which: int) -> None:
+    model = _models(graph)[which].eval()
+    mb = MiniBatchConfig(num_neighbors=[-1] * model.num_layers)
+    batch = link_sampler(graph, model, TrainConfig(batch_size=64, num_negatives=2), mb).batch(0, 1)
+    step = SampledBPR(model, graph)
+    with torch.no_grad():
+        out, _ = (lightgcn_forward(model, step.sampling, batch) if isinstance(model, LightGCN)
+                  else sage_forward(model, batch))
+        full = model.propagate()
+        for nt, emb in (("user", full.user), ("item", full.item)):
+            seeds = batch[nt].batch_size
+            torch.testing.assert_close(out[nt][:seeds], emb[batch[nt].n_id[:seeds]],
+                                       atol=1e-5, rtol=1e-5)
+        u = batch["user"].n_id[batch["user"].src_index]
+        p = batch["item"].n_id[batch["item"].dst_pos_index]
+        n = batch["item"].n_id[batch["item"].dst_neg_index]
+        for got, want in zip(step(batch), model.bpr_loss(u, p, n), strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_sampled_batches_are_small_and_train_every_parameter() -> None:
+    g = apply_split(synthetic_graph(3000, 800, num_tags=20, mean_interactions=15.0, seed=1),
+                    seed=1)
+    model = HeteroGraphSAGE(train_subgraph(g), embedding_dim=8, num_layers=2)
+    mb = MiniBatchConfig(num_neighbors=[3, 2])
+    assert model_fanouts(model, mb.num_neighbors)[("user", "friend", "user")] == [3, 2]
+    batch = link_sampler(g, model, TrainConfig(batch_size=32), mb).batch(0, 0)
+    assert batch["user"].num_nodes < 3000 // 4 and batch["item"].num_nodes < 800 // 2
+    model.train()
+    bpr, l2 = SampledBPR(model, g)(batch)
+    (bpr + 1e-4 * l2).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not no_grad, no_grad
+
+
+def test_train_minibatch_learns(graph: HeteroData) -> None:
+    for model in _models(graph)[:2]:
+        cfg = TrainConfig(**{**CFG, "epochs": 4})
+        mb = MiniBatchConfig(num_neighbors=[4] * model.num_layers)
+        res = train_minibatch(model, graph, cfg, mb, progress=False)
+        losses = [r["loss"] for r in res.history]
+        assert losses[-1] < losses[0] and res.best_valid["recall@20"] > 0
+        n_train = int((graph["user", "interacts", "item"].split == 0).sum())
+        assert all(r["batches"] == -(-n_train // cfg.batch_size) for r in res.history)
+
+
+def test_bad_settings_are_refused(graph: HeteroData) -> None:
+    t = train_subgraph(graph)
+    with pytest.raises(TrainingError, match="supports graphsage and lightgcn"):
+        train_minibatch(MF(t), graph, TrainConfig(**CFG), MiniBatchConfig(), progress=False)
+    with pytest.raises(TrainingError, match="one fan-out per layer"):
+        train_minibatch(HeteroGraphSAGE(t, num_layers=2), graph, TrainConfig(**CFG),
+                        MiniBatchConfig(num_neighbors=[5]), progress=False)
+
+
+def _cli_train(gpath: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--model", "graphsage", "--graph", str(gpath), "--out", str(out),
+            "--batch-size", "128", "--lr", "0.01", "--embedding-dim", "8", "--seed", "1",
+            "--no-progress", "--minibatch", "--num-neighbors", "4", "3", *extra]
+
+
+def test_cli_minibatch_run_resume_and_evaluate(graph: HeteroData, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    gpath = save_graph(graph, tmp_path / "g.pt")
+    out = tmp_path / "runs" / "sage-mb"
+    assert main(_cli_train(gpath, out, "--epochs", "2")) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "finished" and meta["minibatch"]["num_neighbors"] == [4, 3]
+    assert len(meta["history"]) == 2 and all("batches" in r for r in meta["history"])
+    # --resume keeps the mini-batch settings recorded in the run.
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "3", "--no-progress"]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert [r["epoch"] for r in meta["history"]] == [1, 2, 3] and "batches" in meta["history"][2]
+    model, meta, _ = load_run(out)
+    assert isinstance(model, HeteroGraphSAGE)
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--json", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["recall@20"] == pytest.approx(
+        meta["best_valid"]["recall@20"], abs=1e-6)
+
+
+@pytest.mark.integration
+def test_ray_sampler_gives_the_in_process_run(ray_session: None, graph: HeteroData,
+                                              tmp_path: Path) -> None:
+    gpath = save_graph(graph, tmp_path / "g.pt")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bit-comparable losses
+    try:
+        histories = []
+        for name, extra in (("local", []), ("ray", ["--sampler", "ray", "--sampler-workers", "2"])):
+            assert main(_cli_train(gpath, tmp_path / name, "--epochs", "2", *extra)) == 0
+            meta = json.loads((tmp_path / name / "meta.json").read_text())
+            assert meta["minibatch"]["sampler"] == ("ray" if extra else "inprocess")
+            histories.append([(r["loss"], r["valid"]["recall@20"]) for r in meta["history"]])
+    finally:
+        torch.set_num_threads(threads)
+    assert histories[0] == histories[1]
