@@ -1,6 +1,6 @@
 """Serving benchmark: ``/recommend`` latency and throughput, feedback visibility.
 
-    python experiments/serve_bench.py --run runs/lastfm-serve --make-run lastfm \\
+    python -m experiments.serve_bench --run runs/lastfm-serve --make-run lastfm \\
         --json experiments/results/serve_bench.json --png experiments/results/serve_bench.png
 
 In one process, on one run: (1) the scorer called in-process (``ServingState.recommend``),
@@ -11,10 +11,10 @@ no longer lists it. Writes go memory-only, or also to a throw-away Neo4j started
 the run (``--neo4j temp``: the delay then includes the Neo4j commit).
 
 ``--make-run lastfm`` builds the run when it is missing: LastFM HetRec 2011 (1,892 users,
-17,632 artists, friendships, tags) read from the ``graphdatascience`` wheel's parquet
-files (``--lastfm-dir`` or the installed package), an untrained 64-d LightGCN (the
-latency does not depend on the weights). ``--make-run synthetic`` uses a seeded graph of
-the same size when that package is not at hand.
+18,022 artists, friendships, tags) read from the ``graphdatascience`` wheel by
+``gnnrec.ingest.datasets`` (the same graph an ingest + export gives), an untrained
+64-d LightGCN (the latency does not depend on the weights). ``--make-run synthetic``
+uses a seeded graph of the same size.
 """
 
 from __future__ import annotations
@@ -39,45 +39,16 @@ LASTFM_USERS, LASTFM_ITEMS = 1892, 17632
 
 
 # -- building a run ----------------------------------------------------------------------
-def _lastfm_dir(given: str | None) -> Path:
-    if given:
-        return Path(given)
-    try:
-        import graphdatascience  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise SystemExit("LastFM needs --lastfm-dir (the graphdatascience wheel's "
-                         "resources/lastfm folder) or the package installed") from exc
-    return Path(graphdatascience.__file__).parent / "resources" / "lastfm"
-
-
-def lastfm_graph(folder: Path) -> Any:
-    import pandas as pd
-
-    from gnnrec.gnn.data import graph_from_frames
-
-    listen = pd.read_parquet(folder / "user_listen_artist_rels.parquet.gzip")
-    friends = pd.read_parquet(folder / "user_friend_df_directed.parquet.gzip")
-    tagged = pd.read_parquet(folder / "user_tag_artist_rels.parquet.gzip")
-    inter = pd.DataFrame({"user": listen["sourceNodeId"].astype(str),
-                          "item": listen["targetNodeId"].astype(str),
-                          "weight": listen["weight"].astype(float)})
-    fr = pd.DataFrame({"user": friends["sourceNodeId"].astype(str),
-                       "friend": friends["targetNodeId"].astype(str)})
-    tags = (pd.DataFrame({"item": tagged["targetNodeId"].astype(str),
-                          "tag": tagged["tagID"].astype(str)})
-            .groupby(["item", "tag"]).size().rename("weight").reset_index())
-    tags = tags[tags["item"].isin(set(inter["item"]))]
-    return graph_from_frames(inter, friends=fr, item_tags=tags)
-
-
-def make_run(path: Path, source: str, lastfm_dir: str | None, dim: int = 64) -> None:
+def make_run(path: Path, source: str, dim: int = 64) -> None:
     from gnnrec.gnn.data import save_graph, synthetic_graph
     from gnnrec.gnn.models import LightGCN
     from gnnrec.gnn.run import Run
     from gnnrec.gnn.split import apply_split
 
     if source == "lastfm":
-        graph = lastfm_graph(_lastfm_dir(lastfm_dir))
+        from experiments.common import dataset_graph
+
+        graph, _ = dataset_graph("lastfm")  # read from the package wheel, as ingest does
     else:
         graph = synthetic_graph(LASTFM_USERS, LASTFM_ITEMS, num_tags=500,
                                 mean_interactions=49, friends_per_user=13, seed=0)
@@ -213,7 +184,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", required=True, help="run directory (runs/NAME)")
     p.add_argument("--make-run", choices=["lastfm", "synthetic"], default=None,
                    help="build the run first when --run has no meta.json")
-    p.add_argument("--lastfm-dir", default=None, help="folder of the LastFM parquet files")
     p.add_argument("--json", required=True, help="output JSON file")
     p.add_argument("--png", default=None, help="latency histogram (default: JSON name .png)")
     p.add_argument("--requests", type=int, default=2000, help="GETs at 1 client")
@@ -237,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.make_run:
             raise SystemExit(f"{run_dir} is not a run; pass --make-run lastfm|synthetic")
         t0 = time.perf_counter()
-        make_run(run_dir, args.make_run, args.lastfm_dir)
+        make_run(run_dir, args.make_run)
         print(f"built {run_dir} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
     from pydantic import SecretStr
