@@ -23,7 +23,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -143,17 +142,10 @@ def feedback_delays(port: int, token: str, users: list[str], rounds: int) -> dic
 
 def machine() -> dict[str, Any]:
     import ray
-    import torch
 
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in
-                   Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "ray": ray.__version__,
-            "torch": torch.__version__, "numpy": np.__version__}
+    from experiments.common import machine as common_machine
+
+    return {**common_machine(), "ray": ray.__version__}
 
 
 def plot(path: Path, series: dict[str, list[float]]) -> None:
