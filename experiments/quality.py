@@ -71,7 +71,7 @@ class Budget:
     als_factors: tuple[int, ...] = (32, 64, 128)
     als_regularization: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
     als_alpha: tuple[float, ...] = (1.0, 5.0, 10.0, 20.0, 40.0)
-    als_iterations: tuple[int, ...] = (5, 10, 15, 20, 30)  # checkpoints evaluated on valid
+    als_iterations: tuple[int, ...] = (5, 10, 15, 20, 30, 50)  # checkpoints evaluated on valid
     # Coordinate search: start from ``base``, then each stage tries its values with the
     # other settings at the best so far (the stages run in order).
     stages: dict[str, list[dict[str, list[Any]]]] = field(default_factory=lambda: {
@@ -208,59 +208,98 @@ def train_matrix(graph: HeteroData) -> Any:
     return mat
 
 
+def fit_als(mat: Any, evaluator: Any, factors: int, reg: float, alpha: float,
+            checkpoints: tuple[int, ...], seed: int) -> Trial:
+    """Fit ALS for ``max(checkpoints)`` iterations; keep the best valid checkpoint."""
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    model = AlternatingLeastSquares(factors=factors, regularization=reg, alpha=alpha,
+                                    iterations=max(checkpoints), random_state=seed,
+                                    num_threads=1, calculate_training_loss=False)
+    curve: list[tuple[int, float]] = []
+    keep: dict[str, Any] = {"metrics": None}
+
+    def checkpoint(iteration: int, _elapsed: float, _loss: Any) -> None:
+        it = iteration + 1
+        if it not in checkpoints:
+            return
+        metrics = evaluator(ALSScorer(model.user_factors, model.item_factors).score)
+        curve.append((it, metrics[METRIC]))
+        if keep["metrics"] is None or metrics[METRIC] > keep["metrics"][METRIC]:
+            keep.update(metrics=metrics, iteration=it,
+                        factors=(model.user_factors.copy(), model.item_factors.copy()))
+
+    t0 = time.perf_counter()
+    model.fit(mat, show_progress=False, callback=checkpoint)
+    config = {"factors": factors, "regularization": reg, "alpha": alpha,
+              "iterations": keep["iteration"]}
+    return Trial("als", config, keep["metrics"], keep["iteration"], max(checkpoints),
+                 "best_checkpoint", time.perf_counter() - t0, curve, ALSScorer(*keep["factors"]))
+
+
+def _outward(name: str, value: float, up: bool) -> float | None:
+    """The next grid value beyond an edge (None where the range ends)."""
+    if name == "factors":
+        nxt = value * 2 if up else value // 2
+        return nxt if 8 <= nxt <= 512 else None
+    if name == "alpha":  # confidence 1 + (alpha - 1): below 1 would down-weight positives
+        return value * 2 if up else None
+    return value * 10 if up else value / 10  # regularization
+
+
 def tune_als(graph: HeteroData, evaluator: Any, budget: Budget, seed: int,
              log: Callable[[str], None]) -> tuple[Trial, list[Trial]]:
-    """Full grid over factors x regularisation x alpha; iterations chosen among checkpoints."""
-    from implicit.cpu.als import AlternatingLeastSquares
+    """Full grid over factors x regularisation x alpha (iterations = best checkpoint); then,
+    while the best value of a setting lies on the edge of its grid, the grid is extended
+    outward along that setting (others at the best) as long as valid improves."""
+    import implicit.cpu.als  # noqa: F401  (load its BLAS before limiting the BLAS threads)
     from threadpoolctl import threadpool_limits
 
     mat = train_matrix(graph)
-    trials: list[Trial] = []
-    best: Trial | None = None
-    last_it = max(budget.als_iterations)
+    trials: dict[tuple[int, float, float], Trial] = {}
+    checkpoints = tuple(sorted(budget.als_iterations))
+
+    def attempt(factors: int, reg: float, alpha: float) -> Trial:
+        key = (int(factors), float(reg), float(alpha))
+        if key not in trials:
+            trials[key] = fit_als(mat, evaluator, *key, checkpoints, seed)
+            best = max(trials.values(), key=lambda t: t.valid[METRIC])
+            for t in trials.values():  # keep only the best factors in memory
+                if t is not best:
+                    t.model = None
+        return trials[key]
+
     with threadpool_limits(1, "blas"):
         for factors in budget.als_factors:
             for reg in budget.als_regularization:
                 for alpha in budget.als_alpha:
-                    model = AlternatingLeastSquares(
-                        factors=factors, regularization=reg, alpha=alpha, iterations=last_it,
-                        random_state=seed, num_threads=1, calculate_training_loss=False)
-                    curve: list[tuple[int, float]] = []
-                    keep: dict[str, Any] = {"metrics": None}
-
-                    def checkpoint(iteration: int, _elapsed: float, _loss: Any,
-                                   model: Any = model, curve: list = curve,
-                                   keep: dict = keep) -> None:
-                        it = iteration + 1
-                        if it not in budget.als_iterations:
-                            return
-                        metrics = evaluator(ALSScorer(model.user_factors,
-                                                      model.item_factors).score)
-                        curve.append((it, metrics[METRIC]))
-                        if keep["metrics"] is None or metrics[METRIC] > keep["metrics"][METRIC]:
-                            keep.update(metrics=metrics, iteration=it,
-                                        factors=(model.user_factors.copy(),
-                                                 model.item_factors.copy()))
-
-                    t0 = time.perf_counter()
-                    model.fit(mat, show_progress=False, callback=checkpoint)
-                    seconds = time.perf_counter() - t0
-                    config = {"factors": factors, "regularization": reg, "alpha": alpha,
-                              "iterations": keep["iteration"]}
-                    trial = Trial("als", config, keep["metrics"], keep["iteration"], last_it,
-                                  "best_checkpoint", seconds, curve, ALSScorer(*keep["factors"]))
-                    trials.append(trial)
-                    if best is None or trial.valid[METRIC] > best.valid[METRIC]:
-                        if best is not None:
-                            best.model = None
-                        best = trial
-                    else:
-                        trial.model = None
-                log(f"  als              factors={factors} regularization={reg:g}: best alpha "
-                    f"so far {best.config['alpha']:g}, best valid {METRIC} "
-                    f"{best.valid[METRIC]:.4f} ({best.config})")
-    assert best is not None
-    return best, trials
+                    attempt(factors, reg, alpha)
+                best = max(trials.values(), key=lambda t: t.valid[METRIC])
+                log(f"  als              factors={factors} regularization={reg:g} done; best "
+                    f"valid {METRIC} {best.valid[METRIC]:.4f} {best.config}")
+        grid = {"factors": budget.als_factors, "regularization": budget.als_regularization,
+                "alpha": budget.als_alpha}
+        extended = True
+        while extended:
+            extended = False
+            best = max(trials.values(), key=lambda t: t.valid[METRIC])
+            for name, values in grid.items():
+                for edge, up in ((max(values), True), (min(values), False)):
+                    value = best.config[name]
+                    if value != edge or (nxt := _outward(name, value, up)) is None:
+                        continue
+                    cfg = {k: best.config[k] for k in grid} | {name: nxt}
+                    trial = attempt(cfg["factors"], cfg["regularization"], cfg["alpha"])
+                    grid[name] = tuple(sorted({*values, nxt}))
+                    log(f"  als              edge of {name} grid: tried {name}={nxt:g}, valid "
+                        f"{METRIC} {trial.valid[METRIC]:.4f}")
+                    if trial.valid[METRIC] > best.valid[METRIC]:
+                        extended = True
+                    break
+                if extended:
+                    break
+    best = max(trials.values(), key=lambda t: t.valid[METRIC])
+    return best, list(trials.values())
 
 
 # -- the benchmark ------------------------------------------------------------------------------

@@ -183,11 +183,16 @@ def _load_dir(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, T
 
 def _maybe_fail(fault: dict[str, Any] | None, rank: int, epoch: int) -> None:
     """Test hook: SIGKILL this worker at ``fault['epoch']`` on ``fault['rank']``, once
-    (the first attempt creates ``fault['marker']``; a restarted worker finds it)."""
+    (the first attempt creates ``fault['marker']``; a restarted worker finds it). It first
+    waits until Ray Train has registered every checkpoint reported so far, so the job
+    deterministically resumes from the previous epoch's checkpoint."""
     if not fault or rank != fault["rank"] or epoch != fault["epoch"]:
         return
     marker = Path(fault["marker"])
     if not marker.exists():
+        import ray.train
+
+        ray.train.get_all_reported_checkpoints(timeout_s=60)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(f"killed rank {rank} at epoch {epoch}, pid {os.getpid()}\n")
         os.kill(os.getpid(), signal.SIGKILL)
@@ -222,10 +227,12 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
     if cfg["initial"] is not None:
         candidates.append(ray.get(cfg["initial"][0]))
     history: list[dict[str, Any]] = []
+    resumes: list[int] = []  # epochs the job (re)started from, across worker-group restarts
     best_metric, best_epoch, bad, start = -math.inf, 0, 0, 1
     best_state: dict[str, Tensor] | None = None
     if candidates:
         state, best_state = max(candidates, key=lambda c: int(c[0]["epoch"]))
+        resumes = [*state.get("resumes", []), int(state["epoch"])]
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history, start = list(state["history"]), int(state["epoch"]) + 1
@@ -290,7 +297,8 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
                 torch.save({"epoch": epoch, "model": model.state_dict(),
                             "optimizer": optimizer.state_dict(), "best_metric": best_metric,
                             "best_epoch": best_epoch, "bad": bad, "history": history,
-                            "stopped": stopped, "train_config": config.to_dict()},
+                            "stopped": stopped, "resumes": resumes,
+                            "train_config": config.to_dict()},
                            Path(tmp) / STATE_FILE)
                 if best_state is not None:
                     torch.save(best_state, Path(tmp) / BEST_FILE)
@@ -407,8 +415,9 @@ def _finish(run: Run, model: nn.Module, checkpoint: Any, initial: list[Any] | No
                    "bad": state["bad"], "history": history, "train_config": config.to_dict()})
     best_valid = valid_of(history, best_epoch)
     stopped = state.get("stopped", "max_epochs")
+    distributed = {**(run.meta().get("distributed") or {}), "resumes": state.get("resumes", [])}
     run.update_meta(status="finished", stopped=stopped, history=history, best_epoch=best_epoch,
-                    best_valid=best_valid, metrics={"valid": best_valid})
+                    best_valid=best_valid, metrics={"valid": best_valid}, distributed=distributed)
     model.load_state_dict(best)
     model.eval()
     return TrainResult(best_epoch, best_valid, history, stopped)

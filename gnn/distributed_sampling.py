@@ -45,9 +45,10 @@ class RaySamplingParams:
     """Resources of the sampling workers (kept apart from what is sampled).
 
     Args:
-        num_workers: sampler actors; prefetch: most batches in flight (>= 1);
+        num_workers: sampler actors; prefetch: most batches requested from the workers and
+        not yet received (whole calls, at least one call);
         batches_per_task: consecutive batches per worker call (amortises the per-call and
-        per-object cost of Ray when batches are small);
+        per-object cost of Ray when batches take a few milliseconds);
         cpus_per_worker: Ray CPUs reserved per actor; max_restarts / max_task_retries:
         how often a dead actor is restarted and its calls retried (-1 = forever);
         runtime_env: optional Ray runtime environment of the actors.

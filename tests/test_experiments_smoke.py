@@ -48,7 +48,7 @@ def test_quality_benchmark_runs_on_a_tiny_graph(tmp_path: Path) -> None:
         assert r["valid"]["recall@20"] == max((t["valid_recall@20"] for t in r["trials"]),
                                               default=r["valid"]["recall@20"])
     assert len(models["lightgcn"]["trials"]) == 2  # base + lr stage
-    assert len(models["als"]["trials"]) == 2
+    assert len(models["als"]["trials"]) >= 2  # the grid, then edge extensions
     assert models["als"]["selected"]["iterations"] in (1, 2)
     assert models["lightgcn_social"]["selected"]["social_weight"] == 1.0
     assert result["best_graph_model"] in quality.GRAPH_FAMILIES

@@ -13,6 +13,7 @@ from gnnrec.gnn.sampler import LinkBatchSampler, NodeBatchSampler
 from gnnrec.gnn.split import apply_split
 
 pytestmark = pytest.mark.integration
+CPUS = 0.25  # small reservations: the shared test Ray may hold CPUs for other tests
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,8 @@ def test_link_batches_match_in_process(ray_session: None, graph: HeteroData) -> 
 
     local = LinkBatchSampler(graph, [4, 3], batch_size=128, num_negatives=2, seed=11)
     expected = [list(local.iter_epoch(e)) for e in range(2)]
-    params = RaySamplingParams(num_workers=2, prefetch=4, batches_per_task=2)
+    params = RaySamplingParams(num_workers=2, prefetch=4, batches_per_task=2,
+                               cpus_per_worker=CPUS)
     with RaySampledBatches(local, params) as remote:
         got = list(remote.iter_epochs(2))
         again = list(remote.iter_epoch(1))
@@ -58,7 +60,7 @@ def test_crashed_worker_is_restarted_and_no_batch_lost(
 
     marker = tmp_path / "crashed"
     local = NodeBatchSampler(graph, "user", [5, 3, 2], batch_size=16, seed=3)
-    params = RaySamplingParams(num_workers=2, prefetch=2,
+    params = RaySamplingParams(num_workers=2, prefetch=2, cpus_per_worker=CPUS,
                                runtime_env={"env_vars": {FAIL_ONCE_ENV: str(marker)}})
     with RaySampledBatches(local, params) as remote:
         got = list(remote)
