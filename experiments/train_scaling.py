@@ -20,7 +20,7 @@ training time of one epoch (evaluation, Ray start-up and reports excluded: they 
 (``--num-neighbors``, :mod:`gnnrec.gnn.minibatch`) on the same split and settings, early
 stopping on valid recall@20, for each of ``--seeds`` seeds; means and the relative gap.
 
-**Scale** (``--scale-graph FILE``, e.g. from ``gnnrec synth-graph``): mini-batch GraphSAGE
+**Scale** (``--scale-graph FILE``, e.g. from ``gnnrec synth``): mini-batch GraphSAGE
 on the graph; ``--scale-batches`` link batches are timed (0 = a whole epoch) after one
 warm-up batch, the epoch time is extrapolated from the mean batch time when not all batches
 ran, and the process's peak RSS (graph, sampler, model, optimiser, batches) is recorded.

@@ -1,4 +1,4 @@
-"""``gnnrec split | train | evaluate | recommend | synth-graph``.
+"""``gnnrec split | train | evaluate | recommend | synth``.
 
 Heavy imports (torch, PyG) happen inside the handlers, never at import time.
 """
@@ -106,10 +106,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rc.add_argument("--json", action="store_true")
     rc.set_defaults(handler=_recommend)
 
-    sy = sub.add_parser("synth-graph", help="write a seeded synthetic graph file (no Neo4j)")
+    sy = sub.add_parser("synth", aliases=["synth-graph"],
+                        help="write a seeded synthetic graph file in the export format (no Neo4j)")
     sy.add_argument("--out", required=True)
-    sy.add_argument("--users", type=int, default=1000)
-    sy.add_argument("--items", type=int, default=500)
+    sy.add_argument("--num-users", "--users", dest="users", type=int, default=1000)
+    sy.add_argument("--num-items", "--items", dest="items", type=int, default=500)
     sy.add_argument("--tags", type=int, default=40)
     sy.add_argument("--communities", type=int, default=8)
     sy.add_argument("--mean-interactions", type=float, default=20.0)

@@ -1,4 +1,4 @@
-"""``gnnrec split | train | evaluate | recommend | synth-graph`` end to end (stand-in MF)."""
+"""``gnnrec split | train | evaluate | recommend | synth`` end to end (stand-in MF)."""
 
 from __future__ import annotations
 
@@ -92,9 +92,10 @@ def test_train_without_split_applies_default(tmp_path: Path,
     assert isinstance(model.score(torch.tensor([0])), torch.Tensor)
 
 
-def test_synth_graph_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["synth-graph", "--out", str(tmp_path / "s.pt"), "--users", "50",
-                 "--items", "30"]) == 0
+@pytest.mark.parametrize("argv", [["synth", "--num-users", "50", "--num-items", "30"],
+                                  ["synth-graph", "--users", "50", "--items", "30"]])
+def test_synth_command(argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main([*argv, "--out", str(tmp_path / "s.pt")]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["users"] == 50 and summary["split"]["kind"] == "random"
     assert load_graph(tmp_path / "s.pt")["item"].num_nodes == 30
