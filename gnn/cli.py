@@ -19,8 +19,8 @@ MODEL_NAMES = ("lightgcn", "graphsage", "mf", "pop")
 _HYPER_FLAGS = {"embedding_dim": "embedding_dim", "num_layers": "num_layers",
                 "social_weight": "social_weight"}
 # Training flags -> TrainConfig fields (None = keep the default / the resumed value).
-_TRAIN_FLAGS = ("epochs", "batch_size", "lr", "l2", "num_negatives", "negatives", "patience",
-                "eval_every", "seed", "device")
+_TRAIN_FLAGS = ("epochs", "batch_size", "lr", "l2", "num_negatives", "negatives", "loss",
+                "temperature", "patience", "eval_every", "seed", "device")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     tr.add_argument("--l2", type=float, help="L2 weight on the batch's ego embeddings")
     tr.add_argument("--num-negatives", type=int)
     tr.add_argument("--negatives", choices=["uniform", "popularity"])
+    tr.add_argument("--loss", choices=["bpr", "softmax"],
+                    help="bpr (default) or sampled softmax over the --num-negatives negatives")
+    tr.add_argument("--temperature", type=float, help="softmax temperature (default 1)")
     tr.add_argument("--patience", type=int, help="evaluations without improvement before stopping")
     tr.add_argument("--eval-every", type=int, help="epochs between valid evaluations")
     tr.add_argument("--seed", type=int)

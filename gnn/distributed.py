@@ -138,12 +138,13 @@ def _seed(*parts: int) -> int:
 class FullBPR(nn.Module):
     """``forward(users, pos, neg) -> model.bpr_loss(...)``: the DDP-wrapped full-graph step."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, loss: str = "bpr", temperature: float = 1.0) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.loss, self.temperature = model, loss, temperature
 
     def forward(self, users: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
-        return self.model.bpr_loss(users, pos, neg)  # type: ignore[operator]
+        return self.model.bpr_loss(users, pos, neg, self.loss,  # type: ignore[operator]
+                                   self.temperature)
 
 
 def _full_epoch(step: nn.Module, optimizer: torch.optim.Optimizer, users: Tensor, items: Tensor,
@@ -160,9 +161,7 @@ def _full_epoch(step: nn.Module, optimizer: torch.optim.Optimizer, users: Tensor
             continue
         local = idx[rank::world]
         u, p = users[local], items[local]
-        neg = negatives.sample(u, k).flatten()
-        if k > 1:
-            u, p = u.repeat_interleave(k), p.repeat_interleave(k)
+        neg = negatives.sample(u, k)  # [B, K]
         bpr, reg = step(u.to(device), p.to(device), neg.to(device))
         loss = bpr + config.l2 * reg
         optimizer.zero_grad(set_to_none=True)
@@ -213,7 +212,8 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
     seed_everything(config.seed)
     model = build_model(cfg["model_name"], graph, cfg["hyper"])
     device = ray.train.torch.get_device()
-    module: nn.Module = SampledBPR(model, graph) if mb else FullBPR(model)
+    module: nn.Module = (SampledBPR(model, graph, config.loss, config.temperature) if mb
+                         else FullBPR(model, config.loss, config.temperature))
     # Buffers are rebuilt from the graph on every worker: never broadcast them.
     module._ddp_params_and_buffers_to_ignore = [n for n, _ in module.named_buffers()]  # type: ignore[assignment]
     step = ray.train.torch.prepare_model(module)

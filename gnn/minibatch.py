@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from gnnrec.gnn.data import IT, IU, TI, UI, UU
 from gnnrec.gnn.evaluate import Evaluator
-from gnnrec.gnn.models.base import mean_adjacency, spmm, to_csr
+from gnnrec.gnn.models.base import mean_adjacency, ranking_loss, spmm, to_csr
 from gnnrec.gnn.models.lightgcn import LightGCN
 from gnnrec.gnn.models.sage import HeteroGraphSAGE
 from gnnrec.gnn.run import Run
@@ -222,17 +222,19 @@ def lightgcn_forward(model: LightGCN, sampling: _LightGCNSampling, batch: Hetero
 
 
 class SampledBPR(nn.Module):
-    """``forward(batch) -> (bpr, l2)`` of a model on one sampled link batch.
+    """``forward(batch) -> (loss, l2)`` of a model on one sampled link batch.
 
-    The same loss as ``Recommender.bpr_loss`` (mean BPR over the B*K pairs; L2 of the
-    ego embeddings / B), computed on the subgraph. Wrap THIS module in DDP (its only
+    The same loss as ``Recommender.bpr_loss`` (:func:`~gnnrec.gnn.models.base.ranking_loss`:
+    BPR or sampled softmax over the K negatives; L2 of the ego embeddings / B), computed on
+    the subgraph. Wrap THIS module in DDP (its only
     parameters are the model's): calling ``model.bpr_loss`` on a DDP-wrapped model would
     bypass DDP's forward and its gradient synchronisation.
     """
 
-    def __init__(self, model: nn.Module, graph: HeteroData) -> None:
+    def __init__(self, model: nn.Module, graph: HeteroData, loss: str = "bpr",
+                 temperature: float = 1.0) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.loss, self.temperature = model, loss, temperature
         self.sampling = (_LightGCNSampling(model, graph) if isinstance(model, LightGCN)
                          else None)
         if not isinstance(model, HeteroGraphSAGE | LightGCN):
@@ -245,16 +247,9 @@ class SampledBPR(nn.Module):
         else:
             out, ego = sage_forward(self.model, batch)  # type: ignore[arg-type]
         dev = out["user"].device
-        u = batch["user"].src_index.to(dev)
-        p = batch["item"].dst_pos_index.to(dev)
-        n = batch["item"].dst_neg_index.to(dev)  # [B, K]
-        eu = out["user"][u]
-        pos_score = (eu * out["item"][p]).sum(-1)
-        neg_score = (eu.unsqueeze(1) * out["item"][n]).sum(-1)
-        bpr = F.softplus(neg_score - pos_score.unsqueeze(1)).mean()
-        l2 = 0.5 * (ego["user"][u].pow(2).sum() + ego["item"][p].pow(2).sum()
-                    + ego["item"][n].pow(2).sum() / n.size(1)) / max(u.numel(), 1)
-        return bpr, l2
+        return ranking_loss(out["user"], out["item"], ego["user"], ego["item"],
+                            batch["user"].src_index.to(dev), batch["item"].dst_pos_index.to(dev),
+                            batch["item"].dst_neg_index.to(dev), self.loss, self.temperature)
 
 
 def run_epoch(step: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[HeteroData],
@@ -304,7 +299,7 @@ def train_minibatch(model: nn.Module, graph: HeteroData, config: TrainConfig,
     mb.validate(model)
     device = resolve_device(config.device)
     model.to(device)
-    step = SampledBPR(model, graph).to(device)
+    step = SampledBPR(model, graph, config.loss, config.temperature).to(device)
     if batches is None:
         sampler = link_sampler(graph, model, config, mb)
         batches = sampler.iter_epoch

@@ -4,7 +4,8 @@ One epoch visits every train ``(user, positive)`` edge once in a seeded random o
 mini-batches of ``batch_size``, with ``num_negatives`` sampled negatives per positive
 (never a train item of the user). The loss is ``bpr + l2 * reg`` where
 ``model.bpr_loss(users, pos, neg) -> (bpr, reg)`` returns the mean BPR loss and the
-unscaled L2 term of the batch's ego embeddings. Every ``eval_every`` epochs (and at the
+unscaled L2 term of the batch's ego embeddings (``loss="softmax"``: sampled softmax of each
+positive against its negatives instead of BPR, scores divided by ``temperature``). Every ``eval_every`` epochs (and at the
 last one) the model is scored on valid; the best epoch by ``metric`` is kept, and training
 stops after ``patience`` evaluations without improvement. All randomness after model
 construction comes from generators seeded by ``seed`` (the global torch RNG state, which
@@ -32,6 +33,7 @@ from tqdm.auto import tqdm
 from gnnrec.errors import GnnrecError
 from gnnrec.gnn.data import UI
 from gnnrec.gnn.evaluate import Evaluator
+from gnnrec.gnn.models.base import LOSSES
 from gnnrec.gnn.negative import NegativeSampler
 from gnnrec.gnn.run import Run, RunError
 
@@ -50,6 +52,8 @@ class TrainConfig:
     l2: float = 1e-4  # multiplies the model's L2 term on the batch's ego embeddings
     num_negatives: int = 1
     negatives: Literal["uniform", "popularity"] = "uniform"
+    loss: Literal["bpr", "softmax"] = "bpr"  # softmax: sampled softmax over the negatives
+    temperature: float = 1.0  # divides the scores in the softmax loss
     patience: int = 10  # evaluations without improvement before stopping
     eval_every: int = 1  # epochs between valid evaluations
     metric: str = "recall@20"
@@ -68,6 +72,10 @@ class TrainConfig:
             raise TrainingError(f"lr must be > 0 and l2 >= 0 (got lr={self.lr}, l2={self.l2})")
         if self.negatives not in ("uniform", "popularity"):
             raise TrainingError(f"negatives must be uniform or popularity, not {self.negatives!r}")
+        if self.loss not in LOSSES:
+            raise TrainingError(f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
+        if not self.temperature > 0:
+            raise TrainingError(f"temperature must be > 0, got {self.temperature}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -192,10 +200,9 @@ def train(model: nn.Module, graph: HeteroData, config: TrainConfig, *, run: Run 
         for b in range(0, n, bs):
             idx = perm[b : b + bs]
             u, p = users[idx], items[idx]
-            neg = sampler.sample(u, k).flatten()
-            if k > 1:
-                u, p = u.repeat_interleave(k), p.repeat_interleave(k)
-            bpr, reg = model.bpr_loss(u.to(device), p.to(device), neg.to(device))  # type: ignore[operator]
+            neg = sampler.sample(u, k)  # [B, K]
+            bpr, reg = model.bpr_loss(u.to(device), p.to(device), neg.to(device),  # type: ignore[operator]
+                                      config.loss, config.temperature)
             loss = bpr + config.l2 * reg
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

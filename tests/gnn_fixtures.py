@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 
 from gnnrec.gnn.data import build_graph, synthetic_graph
+from gnnrec.gnn.models.base import ranking_loss
 from gnnrec.gnn.split import apply_split
 
 
@@ -64,16 +64,17 @@ class TinyMF(nn.Module):
     def embeddings(self) -> tuple[Tensor, Tensor]:
         return self.user.weight, self.item.weight
 
-    def bpr_loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
+    def bpr_loss(self, users: Tensor, pos: Tensor, neg: Tensor, loss: str = "bpr",
+                 temperature: float = 1.0) -> tuple[Tensor, Tensor]:
         self.calls += 1
         if self.calls == self.interrupt_at:
             raise KeyboardInterrupt
-        u, p, n = self.user(users), self.item(pos), self.item(neg)
-        bpr = F.softplus((u * n).sum(1) - (u * p).sum(1)).mean()
+        u, i = self.embeddings()
+        value, reg = ranking_loss(u, i, u, i, users, pos, neg.view(neg.size(0), -1), loss,
+                                  temperature)
         if self.nan:
-            bpr = bpr * float("nan")
-        reg = (u.pow(2).sum() + p.pow(2).sum() + n.pow(2).sum()) / (2 * users.numel())
-        return bpr, reg
+            value = value * float("nan")
+        return value, reg
 
     def score(self, users: Tensor) -> Tensor:
         u, i = self.embeddings()

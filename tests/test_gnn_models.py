@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import json
 from collections.abc import Iterator
 
@@ -20,7 +22,7 @@ from gnnrec.gnn.models import (
     Recommender,
     normalized_adjacency,
 )
-from gnnrec.gnn.models.base import spmm, unique_edges
+from gnnrec.gnn.models.base import ranking_loss, spmm, unique_edges
 
 NU, NI, NT, GROUPS = 40, 60, 10, 2
 UI = ("user", "interacts", "item")
@@ -245,6 +247,22 @@ def test_bpr_loss_one_negative_equals_column(graph: HeteroData) -> None:
     assert torch.allclose(l2_1d, expected)
     with pytest.raises(ValueError):
         model.bpr_loss(users, pos[:3], neg)
+
+
+def test_sampled_softmax_loss_by_hand() -> None:
+    user = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    item = torch.tensor([[1.0, 1.0], [2.0, 0.0], [0.0, -1.0]])
+    users, pos, neg = torch.tensor([0, 1]), torch.tensor([0, 0]), torch.tensor([[1, 2], [1, 2]])
+    value, _ = ranking_loss(user, item, user, item, users, pos, neg, "softmax", temperature=0.5)
+    # user 0 scores (1, 2, 0), user 1 scores (2, 0, -2); positive first; divided by 0.5
+    expected = [math.log(sum(math.exp(s / 0.5) for s in row)) - row[0] / 0.5
+                for row in ((1.0, 2.0, 0.0), (2.0, 0.0, -2.0))]
+    assert value.item() == pytest.approx(sum(expected) / 2, rel=1e-6)
+    bpr, _ = ranking_loss(user, item, user, item, users, pos, neg, "bpr")
+    pairs = [1.0, -1.0, -2.0, -4.0]  # s_neg - s_pos
+    assert bpr.item() == pytest.approx(sum(math.log1p(math.exp(d)) for d in pairs) / 4)
+    with pytest.raises(ValueError, match="unknown loss"):
+        ranking_loss(user, item, user, item, users, pos, neg, "hinge")
 
 
 @pytest.mark.parametrize("cls", list(MODELS.values()))

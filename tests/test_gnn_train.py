@@ -57,6 +57,16 @@ def test_multiple_negatives_and_early_stopping() -> None:
     assert len(res.history) - res.best_epoch == 2
 
 
+def test_softmax_loss_trains() -> None:
+    g = small_graph()
+    cfg = TrainConfig(**{**CFG, "loss": "softmax", "temperature": 0.5, "num_negatives": 4})
+    res = train(_model(g), g, cfg, progress=False)
+    losses = [r["loss"] for r in res.history]
+    assert losses[-1] < losses[0]
+    bpr = train(_model(g), g, TrainConfig(**{**CFG, "num_negatives": 4}), progress=False)
+    assert [r["loss"] for r in bpr.history] != losses
+
+
 def test_nan_loss_stops_with_the_epoch() -> None:
     g = small_graph()
     with pytest.raises(TrainingError, match="diverged at epoch 1"):
@@ -139,6 +149,10 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(tmp_path: Path) -> N
 def test_bad_config_is_refused() -> None:
     with pytest.raises(TrainingError, match="batch_size"):
         TrainConfig(batch_size=0).validate()
+    with pytest.raises(TrainingError, match="loss must be"):
+        TrainConfig(loss="hinge").validate()  # type: ignore[arg-type]
+    with pytest.raises(TrainingError, match="temperature"):
+        TrainConfig(temperature=0).validate()
     with pytest.raises(TrainingError, match="no CUDA") if not torch.cuda.is_available() else \
             pytest.raises(Exception):
         g = small_graph()

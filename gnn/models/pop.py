@@ -45,7 +45,8 @@ class Popularity(Recommender):
         item = self.item_counts.unsqueeze(1)
         return Propagation(user, item, user, item)
 
-    def bpr_loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
+    def bpr_loss(self, users: Tensor, pos: Tensor, neg: Tensor, loss: str = "bpr",
+                 temperature: float = 1.0) -> tuple[Tensor, Tensor]:
         raise TypeError(
             "Popularity has no trainable parameters (trainable=False); skip optimisation"
         )
