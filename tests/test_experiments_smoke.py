@@ -28,7 +28,9 @@ def _tiny_budget() -> quality.Budget:
     return quality.Budget(
         max_epochs=2, eval_every=1, patience=1, als_factors=(4,), als_regularization=(0.1, 10.0),
         als_alpha=(1.0,), als_iterations=(1, 2),
-        stages={"mf": [], "lightgcn": [{"lr": [1e-2]}], "lightgcn_social": [],
+        stages={"mf": [], "lightgcn": [{"lr": [1e-2]},
+                                       {"objective": [{"loss": "softmax", "num_negatives": 4}]}],
+                "lightgcn_social": [],
                 "graphsage": []},
         base={"mf": {"embedding_dim": 8, "lr": 5e-3},
               "lightgcn": {"embedding_dim": 8, "num_layers": 2, "lr": 5e-3},
@@ -47,7 +49,9 @@ def test_quality_benchmark_runs_on_a_tiny_graph(tmp_path: Path) -> None:
         assert 0.0 <= r["test"]["recall@20"] <= 1.0
         assert r["valid"]["recall@20"] == max((t["valid_recall@20"] for t in r["trials"]),
                                               default=r["valid"]["recall@20"])
-    assert len(models["lightgcn"]["trials"]) == 2  # base + lr stage
+    trials = models["lightgcn"]["trials"]
+    assert len(trials) == 3  # base, lr stage, objective stage (two settings at once)
+    assert trials[2]["config"]["loss"] == "softmax" and trials[2]["config"]["num_negatives"] == 4
     assert len(models["als"]["trials"]) >= 2  # the grid, then edge extensions
     assert models["als"]["selected"]["iterations"] in (1, 2)
     assert models["lightgcn_social"]["selected"]["social_weight"] == 1.0
