@@ -63,11 +63,16 @@ from gnnrec.gnn.minibatch import (
     link_sampler,
     rng_checkpoint,
     run_epoch,
-    valid_of,
 )
 from gnnrec.gnn.negative import NegativeSampler
 from gnnrec.gnn.run import Run, build_model
-from gnnrec.gnn.train import TrainConfig, TrainingError, TrainResult, seed_everything
+from gnnrec.gnn.train import (
+    TrainConfig,
+    TrainingError,
+    TrainResult,
+    seed_everything,
+    valid_of,
+)
 
 STATE_FILE, BEST_FILE = "state.pt", "best.pt"
 

@@ -45,7 +45,14 @@ from gnnrec.gnn.models.lightgcn import LightGCN
 from gnnrec.gnn.models.sage import HeteroGraphSAGE
 from gnnrec.gnn.run import Run
 from gnnrec.gnn.sampler import EdgeType, LinkBatchSampler
-from gnnrec.gnn.train import TrainConfig, TrainingError, TrainResult, resolve_device
+from gnnrec.gnn.train import (
+    EarlyStopping,
+    TrainConfig,
+    TrainingError,
+    TrainResult,
+    cpu_state,
+    resolve_device,
+)
 
 BatchSource = Callable[[int], Iterable[HeteroData]]  # epoch -> that epoch's batches
 
@@ -273,10 +280,6 @@ def run_epoch(step: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterab
             "batches": seen, "positives": count}
 
 
-def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
 def rng_checkpoint(seed: int) -> dict[str, Any]:
     """RNG states in the layout of ``train.py``'s ``last.pt`` (fresh generators), so a
     mini-batch or distributed run can also be resumed by the full-graph loop."""
@@ -305,9 +308,7 @@ def train_minibatch(model: nn.Module, graph: HeteroData, config: TrainConfig,
         batches = sampler.iter_epoch
     evaluator = Evaluator(graph, "valid", batch_size=config.eval_batch_size)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
-    history: list[dict[str, Any]] = []
-    best_metric, best_epoch, bad, start = -math.inf, 0, 0, 1
-    best_state: dict[str, Tensor] | None = None
+    stopping, start = EarlyStopping(config), 1
     if resume:
         ckpt = run.load_last() if run is not None else None
         if ckpt is None:
@@ -315,11 +316,7 @@ def train_minibatch(model: nn.Module, graph: HeteroData, config: TrainConfig,
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"]["torch"])
-        history, start = list(ckpt["history"]), int(ckpt["epoch"]) + 1
-        best_metric, best_epoch, bad = ckpt["best_metric"], ckpt["best_epoch"], ckpt["bad"]
-        best_state = run.load_model_state() if best_epoch else None  # type: ignore[union-attr]
-        if bad >= config.patience:
-            start = config.epochs + 1
+        start = stopping.restore(ckpt, run)  # type: ignore[arg-type]
     if run is not None:
         run.update_meta(status="running", train_config=config.to_dict(), minibatch=mb.to_dict())
     stopped = "max_epochs"
@@ -335,44 +332,24 @@ def train_minibatch(model: nn.Module, graph: HeteroData, config: TrainConfig,
         record: dict[str, Any] = {"epoch": epoch, "loss": stats["loss"], "bpr": stats["bpr"],
                                   "reg": stats["reg"], "batches": stats["batches"],
                                   "seconds": round(time.perf_counter() - t0, 4)}
-        history.append(record)
+        stopping.history.append(record)
         if epoch % config.eval_every and epoch != config.epochs:
             bar.set_postfix(loss=f"{stats['loss']:.4f}")
             continue
         model.eval()
         record["valid"] = metrics = evaluator(model.score, device=device)  # type: ignore[arg-type]
         model.train()
-        if metrics[config.metric] > best_metric:
-            best_metric, best_epoch, bad = metrics[config.metric], epoch, 0
-            best_state = _cpu_state(model)
-            if run is not None:
-                run.save_model(best_state)
-        else:
-            bad += 1
+        stopping.evaluated(epoch, metrics, model, run)
         if run is not None:
-            run.save_last({"epoch": epoch, "model": _cpu_state(model),
-                           "optimizer": optimizer.state_dict(), "rng": rng_checkpoint(config.seed),
-                           "best_metric": best_metric, "best_epoch": best_epoch, "bad": bad,
-                           "history": history, "train_config": config.to_dict()})
-            run.update_meta(history=history, best_epoch=best_epoch,
-                            best_valid=valid_of(history, best_epoch))
+            stopping.save(run, {"epoch": epoch, "model": cpu_state(model),
+                                "optimizer": optimizer.state_dict(),
+                                "rng": rng_checkpoint(config.seed)})
         bar.set_postfix({"loss": f"{stats['loss']:.4f}",
                          config.metric: f"{metrics[config.metric]:.4f}"})
-        if bad >= config.patience:
+        if stopping.should_stop:
             stopped = "early_stopping"
             break
     bar.close()
-    if best_state is None:
-        raise TrainingError("no evaluation happened: no best model to keep")
-    model.load_state_dict(best_state)
-    model.eval()
-    best_valid = valid_of(history, best_epoch)
-    if run is not None:
-        run.update_meta(status="finished", stopped=stopped, history=history, best_epoch=best_epoch,
-                        best_valid=best_valid, metrics={"valid": best_valid})
-    return TrainResult(best_epoch, best_valid, history, stopped)
+    return stopping.finish(model, run, stopped)
 
 
-def valid_of(history: list[dict[str, Any]], epoch: int) -> dict[str, float]:
-    """The valid metrics recorded for ``epoch`` ({} when it was not evaluated)."""
-    return next((r["valid"] for r in history if r["epoch"] == epoch and "valid" in r), {})

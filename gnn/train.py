@@ -5,8 +5,9 @@ mini-batches of ``batch_size``, with ``num_negatives`` sampled negatives per pos
 (never a train item of the user). The loss is ``bpr + l2 * reg`` where
 ``model.bpr_loss(users, pos, neg) -> (bpr, reg)`` returns the mean BPR loss and the
 unscaled L2 term of the batch's ego embeddings (``loss="softmax"``: sampled softmax of each
-positive against its negatives instead of BPR, scores divided by ``temperature``). Every ``eval_every`` epochs (and at the
-last one) the model is scored on valid; the best epoch by ``metric`` is kept, and training
+positive against its negatives instead of BPR, scores divided by ``temperature``). Every
+``eval_every`` epochs (and at the last one) the model is scored on valid; the best epoch by
+``metric`` is kept (:class:`EarlyStopping`, shared with the mini-batch loop), and training
 stops after ``patience`` evaluations without improvement. All randomness after model
 construction comes from generators seeded by ``seed`` (the global torch RNG state, which
 dropout uses, is checkpointed too), so a run is reproducible on CPU and a resumed run
@@ -124,8 +125,69 @@ def _restore_rng(state: dict[str, Any], shuffle: torch.Generator, sampler: Negat
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
+def cpu_state(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+class EarlyStopping:
+    """Best-epoch bookkeeping shared by the training loops (full-graph and mini-batch).
+
+    Holds the per-epoch ``history``, the best ``metric`` so far, its epoch and weights, and
+    the evaluations without improvement (``bad``). :meth:`evaluated` records a valid
+    evaluation (saving ``model.pt`` on improvement), :meth:`checkpoint` gives the fields
+    ``last.pt`` stores, :meth:`restore` reads them back, :meth:`finish` loads the best
+    weights and writes the final meta.
+    """
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.history: list[dict[str, Any]] = []
+        self.best_metric, self.best_epoch, self.bad = -math.inf, 0, 0
+        self.best_state: dict[str, Tensor] | None = None
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad >= self.config.patience
+
+    def restore(self, ckpt: dict[str, Any], run: Run) -> int:
+        """Restore from a ``last.pt`` checkpoint; returns the epoch to start from."""
+        self.history = list(ckpt["history"])
+        self.best_metric, self.best_epoch = ckpt["best_metric"], ckpt["best_epoch"]
+        self.bad = ckpt["bad"]
+        self.best_state = run.load_model_state() if self.best_epoch else None
+        return self.config.epochs + 1 if self.should_stop else int(ckpt["epoch"]) + 1
+
+    def evaluated(self, epoch: int, metrics: dict[str, float], model: nn.Module,
+                  run: Run | None) -> None:
+        if metrics[self.config.metric] > self.best_metric:
+            self.best_metric, self.best_epoch, self.bad = metrics[self.config.metric], epoch, 0
+            self.best_state = cpu_state(model)
+            if run is not None:
+                run.save_model(self.best_state)
+        else:
+            self.bad += 1
+
+    def checkpoint(self) -> dict[str, Any]:
+        return {"best_metric": self.best_metric, "best_epoch": self.best_epoch, "bad": self.bad,
+                "history": self.history, "train_config": self.config.to_dict()}
+
+    def save(self, run: Run, last: dict[str, Any]) -> None:
+        """Write ``last.pt`` (``last`` + :meth:`checkpoint`) and the progress meta."""
+        run.save_last({**last, **self.checkpoint()})
+        run.update_meta(history=self.history, best_epoch=self.best_epoch,
+                        best_valid=valid_of(self.history, self.best_epoch))
+
+    def finish(self, model: nn.Module, run: Run | None, stopped: str) -> TrainResult:
+        if self.best_state is None:
+            raise TrainingError("no evaluation happened: no best model to keep")
+        model.load_state_dict(self.best_state)
+        model.eval()
+        best_valid = valid_of(self.history, self.best_epoch)
+        if run is not None:
+            run.update_meta(status="finished", stopped=stopped, history=self.history,
+                            best_epoch=self.best_epoch, best_valid=best_valid,
+                            metrics={"valid": best_valid})
+        return TrainResult(self.best_epoch, best_valid, self.history, stopped)
 
 
 def train(model: nn.Module, graph: HeteroData, config: TrainConfig, *, run: Run | None = None,
@@ -159,7 +221,7 @@ def train(model: nn.Module, graph: HeteroData, config: TrainConfig, *, run: Run 
         model.eval()
         history = [{"epoch": 0, "valid": metrics}]
         if run is not None:
-            run.save_model(_cpu_state(model))
+            run.save_model(cpu_state(model))
             run.update_meta(status="finished", history=history, best_epoch=0, best_valid=metrics,
                             metrics={"valid": metrics})
         return TrainResult(0, metrics, history, "no_parameters")
@@ -170,9 +232,7 @@ def train(model: nn.Module, graph: HeteroData, config: TrainConfig, *, run: Run 
     sampler = NegativeSampler(users, items, num_users, num_items, seed=config.seed + 1,
                               popularity=config.negatives == "popularity")
     shuffle = torch.Generator().manual_seed(config.seed)
-    history: list[dict[str, Any]] = []
-    best_metric, best_epoch, bad, start = -math.inf, 0, 0, 1
-    best_state: dict[str, Tensor] | None = None
+    stopping, start = EarlyStopping(config), 1
     if resume:
         ckpt = run.load_last() if run is not None else None
         if ckpt is None:
@@ -180,11 +240,7 @@ def train(model: nn.Module, graph: HeteroData, config: TrainConfig, *, run: Run 
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         _restore_rng(ckpt["rng"], shuffle, sampler)
-        history, start = list(ckpt["history"]), int(ckpt["epoch"]) + 1
-        best_metric, best_epoch, bad = ckpt["best_metric"], ckpt["best_epoch"], ckpt["bad"]
-        best_state = run.load_model_state() if best_epoch else None  # type: ignore[union-attr]
-        if bad >= config.patience:
-            start = config.epochs + 1  # already stopped early
+        start = stopping.restore(ckpt, run)  # type: ignore[arg-type]
     if run is not None:
         run.update_meta(status="running", train_config=config.to_dict())
 
@@ -217,49 +273,28 @@ def train(model: nn.Module, graph: HeteroData, config: TrainConfig, *, run: Run 
                 f"reg {reg_mean}); lower --lr or check the model")
         record: dict[str, Any] = {"epoch": epoch, "loss": loss_mean, "bpr": bpr_mean,
                                   "reg": reg_mean, "seconds": round(time.perf_counter() - t0, 4)}
-        if epoch % config.eval_every == 0 or epoch == config.epochs:
-            record["valid"] = metrics = validate_model()
-            if metrics[config.metric] > best_metric:
-                best_metric, best_epoch, bad = metrics[config.metric], epoch, 0
-                best_state = _cpu_state(model)
-                if run is not None:
-                    run.save_model(best_state)
-            else:
-                bad += 1
-            history.append(record)
-            if run is not None:
-                run.save_last({
-                    "epoch": epoch, "model": _cpu_state(model),
-                    "optimizer": optimizer.state_dict(), "rng": _rng_state(shuffle, sampler),
-                    "best_metric": best_metric, "best_epoch": best_epoch, "bad": bad,
-                    "history": history, "train_config": config.to_dict()})
-                run.update_meta(history=history, best_epoch=best_epoch,
-                                best_valid=_valid_of(history, best_epoch))
-            bar.set_postfix({"loss": f"{loss_mean:.4f}",
-                             config.metric: f"{metrics[config.metric]:.4f}"})
-            if bad >= config.patience:
-                stopped = "early_stopping"
-                break
-        else:
-            history.append(record)
+        stopping.history.append(record)
+        if epoch % config.eval_every and epoch != config.epochs:
             bar.set_postfix(loss=f"{loss_mean:.4f}")
+            continue
+        record["valid"] = metrics = validate_model()
+        stopping.evaluated(epoch, metrics, model, run)
+        if run is not None:
+            stopping.save(run, {"epoch": epoch, "model": cpu_state(model),
+                                "optimizer": optimizer.state_dict(),
+                                "rng": _rng_state(shuffle, sampler)})
+        bar.set_postfix({"loss": f"{loss_mean:.4f}",
+                         config.metric: f"{metrics[config.metric]:.4f}"})
+        if stopping.should_stop:
+            stopped = "early_stopping"
+            break
     bar.close()
-    if best_state is None:
-        raise TrainingError("no evaluation happened: no best model to keep")
-    model.load_state_dict(best_state)
-    model.eval()
-    best_valid = _valid_of(history, best_epoch)
-    if run is not None:
-        run.update_meta(status="finished", stopped=stopped, history=history, best_epoch=best_epoch,
-                        best_valid=best_valid, metrics={"valid": best_valid})
-    return TrainResult(best_epoch, best_valid, history, stopped)
+    return stopping.finish(model, run, stopped)
 
 
-def _valid_of(history: list[dict[str, Any]], epoch: int) -> dict[str, float]:
-    for record in history:
-        if record["epoch"] == epoch and "valid" in record:
-            return record["valid"]
-    return {}
+def valid_of(history: list[dict[str, Any]], epoch: int) -> dict[str, float]:
+    """The valid metrics recorded for ``epoch`` ({} when it was not evaluated)."""
+    return next((r["valid"] for r in history if r["epoch"] == epoch and "valid" in r), {})
 
 
 def validate_metric_keys(evaluator: Evaluator) -> set[str]:
