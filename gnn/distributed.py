@@ -67,6 +67,7 @@ from gnnrec.gnn.minibatch import (
 from gnnrec.gnn.negative import NegativeSampler
 from gnnrec.gnn.run import Run, build_model
 from gnnrec.gnn.train import (
+    EarlyStopping,
     TrainConfig,
     TrainingError,
     TrainResult,
@@ -231,19 +232,14 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
             candidates.append(_load_dir(d))
     if cfg["initial"] is not None:
         candidates.append(ray.get(cfg["initial"][0]))
-    history: list[dict[str, Any]] = []
+    stopping, start = EarlyStopping(config), 1
     resumes: list[int] = []  # epochs the job (re)started from, across worker-group restarts
-    best_metric, best_epoch, bad, start = -math.inf, 0, 0, 1
-    best_state: dict[str, Tensor] | None = None
     if candidates:
         state, best_state = max(candidates, key=lambda c: int(c[0]["epoch"]))
         resumes = [*state.get("resumes", []), int(state["epoch"])]
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        history, start = list(state["history"]), int(state["epoch"]) + 1
-        best_metric, best_epoch, bad = state["best_metric"], state["best_epoch"], state["bad"]
-        if bad >= config.patience:
-            start = config.epochs + 1
+        start = stopping.load_state(state, best_state)
 
     users = items = sampler = negatives = None
     if mb:
@@ -274,7 +270,7 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
         record: dict[str, Any] = {"epoch": epoch, "loss": stats["loss"], "bpr": stats["bpr"],
                                   "reg": stats["reg"], "workers": world,
                                   "seconds": round(time.perf_counter() - t0, 4)}
-        history.append(record)
+        stopping.history.append(record)
         if epoch % config.eval_every and epoch != config.epochs:
             continue
         value = torch.zeros(1, dtype=torch.float64)
@@ -286,13 +282,8 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
         if world > 1:  # every rank takes rank 0's early-stopping decision
             value = value.to(device)
             torch.distributed.broadcast(value, 0)
-        if float(value[0]) > best_metric:
-            best_metric, best_epoch, bad = float(value[0]), epoch, 0
-            if rank == 0:
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        else:
-            bad += 1
-        if bad >= config.patience:
+        stopping.observe(epoch, float(value[0]), model if rank == 0 else None, None)
+        if stopping.should_stop:
             stopped = "early_stopping"
         report = {"epoch": epoch, "loss": stats["loss"], "seconds": record["seconds"]}
         with tempfile.TemporaryDirectory() as tmp:
@@ -300,13 +291,11 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
             if rank == 0:
                 report.update(record["valid"])
                 torch.save({"epoch": epoch, "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(), "best_metric": best_metric,
-                            "best_epoch": best_epoch, "bad": bad, "history": history,
-                            "stopped": stopped, "resumes": resumes,
-                            "train_config": config.to_dict()},
+                            "optimizer": optimizer.state_dict(), **stopping.state(),
+                            "stopped": stopped, "resumes": resumes},
                            Path(tmp) / STATE_FILE)
-                if best_state is not None:
-                    torch.save(best_state, Path(tmp) / BEST_FILE)
+                if stopping.best_state is not None:
+                    torch.save(stopping.best_state, Path(tmp) / BEST_FILE)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(report, checkpoint=checkpoint)
         if stopped == "early_stopping":

@@ -50,7 +50,6 @@ from gnnrec.gnn.train import (
     TrainConfig,
     TrainingError,
     TrainResult,
-    cpu_state,
     resolve_device,
 )
 
@@ -307,16 +306,18 @@ def train_minibatch(model: nn.Module, graph: HeteroData, config: TrainConfig,
         sampler = link_sampler(graph, model, config, mb)
         batches = sampler.iter_epoch
     evaluator = Evaluator(graph, "valid", batch_size=config.eval_batch_size)
+
+    def validate_model() -> dict[str, float]:
+        model.eval()
+        metrics = evaluator(model.score, device=device)  # type: ignore[arg-type]
+        model.train()
+        return metrics
+
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     stopping, start = EarlyStopping(config), 1
     if resume:
-        ckpt = run.load_last() if run is not None else None
-        if ckpt is None:
-            raise TrainingError("nothing to resume: the run has no last.pt yet")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        ckpt, start = stopping.resume(run, model, optimizer)
         torch.set_rng_state(ckpt["rng"]["torch"])
-        start = stopping.restore(ckpt, run)  # type: ignore[arg-type]
     if run is not None:
         run.update_meta(status="running", train_config=config.to_dict(), minibatch=mb.to_dict())
     stopped = "max_epochs"
@@ -332,21 +333,8 @@ def train_minibatch(model: nn.Module, graph: HeteroData, config: TrainConfig,
         record: dict[str, Any] = {"epoch": epoch, "loss": stats["loss"], "bpr": stats["bpr"],
                                   "reg": stats["reg"], "batches": stats["batches"],
                                   "seconds": round(time.perf_counter() - t0, 4)}
-        stopping.history.append(record)
-        if epoch % config.eval_every and epoch != config.epochs:
-            bar.set_postfix(loss=f"{stats['loss']:.4f}")
-            continue
-        model.eval()
-        record["valid"] = metrics = evaluator(model.score, device=device)  # type: ignore[arg-type]
-        model.train()
-        stopping.evaluated(epoch, metrics, model, run)
-        if run is not None:
-            stopping.save(run, {"epoch": epoch, "model": cpu_state(model),
-                                "optimizer": optimizer.state_dict(),
-                                "rng": rng_checkpoint(config.seed)})
-        bar.set_postfix({"loss": f"{stats['loss']:.4f}",
-                         config.metric: f"{metrics[config.metric]:.4f}"})
-        if stopping.should_stop:
+        if stopping.end_epoch(record, validate_model, model, optimizer,
+                              lambda: rng_checkpoint(config.seed), run, bar):
             stopped = "early_stopping"
             break
     bar.close()

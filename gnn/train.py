@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -133,10 +134,12 @@ class EarlyStopping:
     """Best-epoch bookkeeping shared by the training loops (full-graph and mini-batch).
 
     Holds the per-epoch ``history``, the best ``metric`` so far, its epoch and weights, and
-    the evaluations without improvement (``bad``). :meth:`evaluated` records a valid
-    evaluation (saving ``model.pt`` on improvement), :meth:`checkpoint` gives the fields
-    ``last.pt`` stores, :meth:`restore` reads them back, :meth:`finish` loads the best
-    weights and writes the final meta.
+    the evaluations without improvement (``bad``). :meth:`resume` continues from a run's
+    ``last.pt``; :meth:`end_epoch` records an epoch and, on evaluation epochs, scores
+    valid, keeps the best weights (``model.pt``) and writes ``last.pt``; :meth:`finish`
+    loads the best weights and writes the final meta. The Ray Train loop, which keeps its
+    checkpoints in Ray Train, uses the lower-level :meth:`observe`, :meth:`state` and
+    :meth:`load_state`.
     """
 
     def __init__(self, config: TrainConfig) -> None:
@@ -149,33 +152,70 @@ class EarlyStopping:
     def should_stop(self) -> bool:
         return self.bad >= self.config.patience
 
-    def restore(self, ckpt: dict[str, Any], run: Run) -> int:
-        """Restore from a ``last.pt`` checkpoint; returns the epoch to start from."""
+    def resume(self, run: Run | None, model: nn.Module,
+               optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], int]:
+        """Load ``run``'s ``last.pt`` into ``model``, ``optimizer`` and this bookkeeping.
+
+        Returns the checkpoint (its ``rng`` entry is the caller's to restore) and the epoch
+        to start from (past the last one when the run had already stopped early).
+        """
+        ckpt = run.load_last() if run is not None else None
+        if ckpt is None:
+            raise TrainingError("nothing to resume: the run has no last.pt yet")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        best = run.load_model_state() if ckpt["best_epoch"] else None  # type: ignore[union-attr]
+        return ckpt, self.load_state(ckpt, best)
+
+    def load_state(self, ckpt: dict[str, Any], best_state: dict[str, Tensor] | None) -> int:
+        """Take the bookkeeping fields of a checkpoint (see :meth:`state`) and the best
+        weights; returns the epoch to start from (past the last one when the run had
+        already stopped early)."""
         self.history = list(ckpt["history"])
         self.best_metric, self.best_epoch = ckpt["best_metric"], ckpt["best_epoch"]
-        self.bad = ckpt["bad"]
-        self.best_state = run.load_model_state() if self.best_epoch else None
+        self.bad, self.best_state = ckpt["bad"], best_state
         return self.config.epochs + 1 if self.should_stop else int(ckpt["epoch"]) + 1
 
-    def evaluated(self, epoch: int, metrics: dict[str, float], model: nn.Module,
-                  run: Run | None) -> None:
-        if metrics[self.config.metric] > self.best_metric:
-            self.best_metric, self.best_epoch, self.bad = metrics[self.config.metric], epoch, 0
-            self.best_state = cpu_state(model)
-            if run is not None:
-                run.save_model(self.best_state)
-        else:
-            self.bad += 1
-
-    def checkpoint(self) -> dict[str, Any]:
+    def state(self) -> dict[str, Any]:
+        """The bookkeeping fields a checkpoint stores (:meth:`load_state` reads them)."""
         return {"best_metric": self.best_metric, "best_epoch": self.best_epoch, "bad": self.bad,
                 "history": self.history, "train_config": self.config.to_dict()}
 
-    def save(self, run: Run, last: dict[str, Any]) -> None:
-        """Write ``last.pt`` (``last`` + :meth:`checkpoint`) and the progress meta."""
-        run.save_last({**last, **self.checkpoint()})
-        run.update_meta(history=self.history, best_epoch=self.best_epoch,
-                        best_valid=valid_of(self.history, self.best_epoch))
+    def observe(self, epoch: int, value: float, model: nn.Module | None,
+                run: Run | None) -> None:
+        """A valid evaluation of ``metric`` at ``epoch``: on improvement keep ``model``'s
+        weights (when given) and save them as ``run``'s ``model.pt``."""
+        if value > self.best_metric:
+            self.best_metric, self.best_epoch, self.bad = value, epoch, 0
+            if model is not None:
+                self.best_state = cpu_state(model)
+                if run is not None:
+                    run.save_model(self.best_state)
+        else:
+            self.bad += 1
+
+    def end_epoch(self, record: dict[str, Any], evaluate: Callable[[], dict[str, float]],
+                  model: nn.Module, optimizer: torch.optim.Optimizer,
+                  rng_state: Callable[[], dict[str, Any]], run: Run | None, bar: Any) -> bool:
+        """Record an epoch (``record`` has ``epoch`` and ``loss``); on an evaluation epoch,
+        score valid with ``evaluate()``, keep the best weights and write ``last.pt`` (with
+        ``rng_state()``) and the progress meta. Returns True when training should stop."""
+        epoch, loss = record["epoch"], record["loss"]
+        self.history.append(record)
+        if epoch % self.config.eval_every and epoch != self.config.epochs:
+            bar.set_postfix(loss=f"{loss:.4f}")
+            return False
+        metric = self.config.metric
+        record["valid"] = metrics = evaluate()
+        self.observe(epoch, metrics[metric], model, run)
+        if run is not None:
+            run.save_last({"epoch": epoch, "model": cpu_state(model),
+                           "optimizer": optimizer.state_dict(), "rng": rng_state(),
+                           **self.state()})
+            run.update_meta(history=self.history, best_epoch=self.best_epoch,
+                            best_valid=valid_of(self.history, self.best_epoch))
+        bar.set_postfix({"loss": f"{loss:.4f}", metric: f"{metrics[metric]:.4f}"})
+        return self.should_stop
 
     def finish(self, model: nn.Module, run: Run | None, stopped: str) -> TrainResult:
         if self.best_state is None:
@@ -234,13 +274,8 @@ def train(model: nn.Module, graph: HeteroData, config: TrainConfig, *, run: Run 
     shuffle = torch.Generator().manual_seed(config.seed)
     stopping, start = EarlyStopping(config), 1
     if resume:
-        ckpt = run.load_last() if run is not None else None
-        if ckpt is None:
-            raise TrainingError("nothing to resume: the run has no last.pt yet")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        ckpt, start = stopping.resume(run, model, optimizer)
         _restore_rng(ckpt["rng"], shuffle, sampler)
-        start = stopping.restore(ckpt, run)  # type: ignore[arg-type]
     if run is not None:
         run.update_meta(status="running", train_config=config.to_dict())
 
@@ -273,19 +308,8 @@ def train(model: nn.Module, graph: HeteroData, config: TrainConfig, *, run: Run 
                 f"reg {reg_mean}); lower --lr or check the model")
         record: dict[str, Any] = {"epoch": epoch, "loss": loss_mean, "bpr": bpr_mean,
                                   "reg": reg_mean, "seconds": round(time.perf_counter() - t0, 4)}
-        stopping.history.append(record)
-        if epoch % config.eval_every and epoch != config.epochs:
-            bar.set_postfix(loss=f"{loss_mean:.4f}")
-            continue
-        record["valid"] = metrics = validate_model()
-        stopping.evaluated(epoch, metrics, model, run)
-        if run is not None:
-            stopping.save(run, {"epoch": epoch, "model": cpu_state(model),
-                                "optimizer": optimizer.state_dict(),
-                                "rng": _rng_state(shuffle, sampler)})
-        bar.set_postfix({"loss": f"{loss_mean:.4f}",
-                         config.metric: f"{metrics[config.metric]:.4f}"})
-        if stopping.should_stop:
+        if stopping.end_epoch(record, validate_model, model, optimizer,
+                              lambda: _rng_state(shuffle, sampler), run, bar):
             stopped = "early_stopping"
             break
     bar.close()
