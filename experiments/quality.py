@@ -424,7 +424,8 @@ def grids(budget: Budget, families: tuple[str, ...]) -> dict[str, Any]:
                       "regularization": list(budget.als_regularization),
                       "alpha": list(budget.als_alpha),
                       "iterations_checkpoints": list(budget.als_iterations),
-                      "search": "full grid; iterations = best valid checkpoint"}
+                      "search": "full grid, then extended outward while the best sits on an "
+                                "edge and valid improves; iterations = best valid checkpoint"}
     for fam in ("mf", "lightgcn", "lightgcn_social", "graphsage"):
         if fam in families:
             out[fam] = {"base": budget.base.get(fam, "selected lightgcn + social_weight"),
