@@ -22,14 +22,17 @@ each family, after all tuning is done. Families:
   full grid over factors, regularisation (several orders of magnitude), confidence alpha,
   iterations (checkpoints), scored through the same full-ranking evaluator;
 * ``lightgcn``: coordinate search over the objective (sampled softmax over 16 negatives,
-  or BPR with one), lr, l2, layers (embedding 64);
+  or BPR with one), lr, l2, layers at embedding 64, then the embedding size (128, 256; ALS
+  searches its factors too);
 * ``lightgcn_social`` (graphs with friendships): the selected LightGCN settings plus
   friend edges, ``social_weight`` tuned;
 * ``graphsage``: heterogeneous GraphSAGE (friends and tags where the graph has them),
   coordinate search over the objective, lr, l2.
 
 The best graph model is the one of lightgcn / lightgcn_social / graphsage with the best
-VALID recall@20; ``ratio_*`` are its TEST metrics over tuned ALS's.
+VALID recall@20; ``ratio_*`` are its TEST metrics over tuned ALS's, and ``ratio_ci95``
+their 95 % paired bootstrap intervals over the test users (how much of a ratio is the
+particular sample of test users).
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ class Budget:
     stages: dict[str, list[dict[str, list[Any]]]] = field(default_factory=lambda: {
         "mf": [{"lr": [1e-3, 1e-2]}, {"l2": [1e-5, 1e-3]}],
         "lightgcn": [{"objective": [BPR_1]}, {"lr": [2e-3, 1e-2]}, {"l2": [1e-4, 3e-3]},
-                     {"num_layers": [2]}],
+                     {"num_layers": [2]}, {"embedding_dim": [128, 256]}],
         "lightgcn_social": [{"social_weight": [0.25, 0.5, 1.0]}],
         "graphsage": [{"objective": [BPR_1]}, {"lr": [2e-3, 1e-2]}, {"l2": [1e-4, 1e-2]}],
     })
@@ -376,8 +379,9 @@ def run_benchmark(graph: HeteroData, budget: Budget, *, families: tuple[str, ...
     # Test, read once per selected configuration, after all tuning.
     test_eval = Evaluator(graph, "test")
     test: dict[str, dict[str, float]] = {}
+    per_user: dict[str, dict[str, Tensor]] = {}
     for family, best in selected.items():
-        test[family] = test_eval(best.model.score)
+        test[family], _, per_user[family] = test_eval.per_user(best.model.score)
 
     graph_fams = [f for f in GRAPH_FAMILIES if f in selected]
     result: dict[str, Any] = {
@@ -401,6 +405,8 @@ def run_benchmark(graph: HeteroData, budget: Budget, *, families: tuple[str, ...
             "als_recall@20": als["recall@20"], "als_ndcg@20": als["ndcg@20"],
             "ratio_recall@20": test[bg]["recall@20"] / als["recall@20"],
             "ratio_ndcg@20": test[bg]["ndcg@20"] / als["ndcg@20"],
+            "ratio_ci95": {m: paired_bootstrap(per_user[bg][m], per_user["als"][m], seed=seed)
+                           for m in ("recall@20", "ndcg@20")},
         })
         result["goal_ratios_ge_1.03"] = bool(result["ratio_recall@20"] >= 1.03
                                               and result["ratio_ndcg@20"] >= 1.03)
@@ -414,6 +420,26 @@ def run_benchmark(graph: HeteroData, budget: Budget, *, families: tuple[str, ...
                                 selected["lightgcn"].valid[METRIC]],
         }
     return result
+
+
+def paired_bootstrap(ours: Tensor, baseline: Tensor, *, resamples: int = 2000,
+                     seed: int = 0) -> dict[str, float]:
+    """95 % interval of ``mean(ours) / mean(baseline)`` over the test users.
+
+    ``ours`` and ``baseline`` Float64[U] hold the two models' values for the same users in
+    the same order; each resample draws U users with replacement and takes the ratio of
+    the two means on that draw (paired: both models see the same users). The interval says
+    how much of a test ratio is the particular sample of test users.
+    """
+    if ours.shape != baseline.shape or ours.numel() == 0:
+        raise ValueError(f"need two equal non-empty per-user vectors, got {list(ours.shape)} "
+                         f"and {list(baseline.shape)}")
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, ours.numel(), (resamples, ours.numel()), generator=gen)
+    ratios = ours[idx].mean(1) / baseline[idx].mean(1).clamp(min=1e-12)
+    lo, hi = torch.quantile(ratios, torch.tensor([0.025, 0.975], dtype=ratios.dtype)).tolist()
+    return {"low": lo, "high": hi, "resamples": resamples,
+            "share_ge_1.03": float((ratios >= 1.03).double().mean())}
 
 
 def grids(budget: Budget, families: tuple[str, ...]) -> dict[str, Any]:
@@ -445,6 +471,9 @@ def table(result: dict[str, Any]) -> str:
             f"best graph model (by valid): {result['best_graph_model']}; vs tuned ALS on test: "
             f"recall@20 x{result['ratio_recall@20']:.3f}, ndcg@20 x{result['ratio_ndcg@20']:.3f} "
             f"(goal >= 1.03: {'met' if result['goal_ratios_ge_1.03'] else 'MISSED'})")
+        ci = result["ratio_ci95"]
+        lines.append("  95% paired bootstrap over test users: " + ", ".join(
+            f"{m} [{c['low']:.3f}, {c['high']:.3f}]" for m, c in ci.items()))
     if "social_vs_plain" in result:
         s = result["social_vs_plain"]
         lines.append(f"LightGCN + social vs plain (test): recall@20 x{s['ratio_recall@20']:.3f}, "

@@ -90,17 +90,32 @@ class Evaluator:
         self.users = (self.target.degree() > 0).nonzero().flatten()
         self.batch_size = batch_size or default_batch_size(self.num_items)
 
-    @torch.no_grad()
     def __call__(self, score: ScoreFn, *, device: torch.device | str | None = None,
                  users: Tensor | None = None) -> dict[str, float]:
         """Metrics dict (``recall@10`` ... ``novelty@20`` and ``users``) for ``score``.
 
         ``users`` restricts evaluation to a subset (default: all users with relevant items).
         """
+        return self._accumulate(score, device, users, keep_per_user=False).compute()
+
+    def per_user(self, score: ScoreFn, *, device: torch.device | str | None = None,
+                 users: Tensor | None = None) -> tuple[dict[str, float], Tensor,
+                                                       dict[str, Tensor]]:
+        """``(metrics, users Long[U], {name@K: Float64[U]})``: the means of ``__call__``
+        plus every evaluated user's value of each user metric (recall, ndcg, precision,
+        hit, mrr), e.g. for paired comparisons of two models on the same users."""
+        users = self.users if users is None else users.cpu()
+        acc = self._accumulate(score, device, users, keep_per_user=True)
+        return acc.compute(), users, acc.per_user()
+
+    @torch.no_grad()
+    def _accumulate(self, score: ScoreFn, device: torch.device | str | None,
+                    users: Tensor | None, keep_per_user: bool) -> MetricAccumulator:
         users = self.users if users is None else users.cpu()
         if users.numel() == 0:
             raise EvaluationError(f"no user has {self.split} interactions to evaluate")
-        acc = MetricAccumulator(self.num_items, self.item_count, self.num_users, self.ks)
+        acc = MetricAccumulator(self.num_items, self.item_count, self.num_users, self.ks,
+                                keep_per_user=keep_per_user)
         kmax = self.ks[-1]
         for start in range(0, users.numel(), self.batch_size):
             batch = users[start : start + self.batch_size]
@@ -119,7 +134,7 @@ class Evaluator:
             items, values = items.cpu(), values.cpu()
             hits = _member(self.target_keys, batch[:, None] * self.num_items + items)
             acc.update(items, hits, self.target.degree()[batch], valid=values > -torch.inf)
-        return acc.compute()
+        return acc
 
 
 def evaluate(score: ScoreFn, data: HeteroData, split: SplitName = "valid", *,

@@ -69,10 +69,12 @@ class MetricAccumulator:
         item_count: Long[I] train interactions per item (novelty).
         num_users: users in the graph (novelty's popularity denominator).
         ks: the cut-offs, e.g. (10, 20).
+        keep_per_user: also keep every user's values (:meth:`per_user`), e.g. for
+            bootstrap confidence intervals.
     """
 
     def __init__(self, num_items: int, item_count: Tensor, num_users: int,
-                 ks: Sequence[int] = (10, 20)) -> None:
+                 ks: Sequence[int] = (10, 20), keep_per_user: bool = False) -> None:
         self.ks = tuple(sorted(ks))
         self.num_items = num_items
         self.self_info = -torch.log2(item_count.to(torch.float64).clamp(min=1) / max(num_users, 1))
@@ -81,6 +83,8 @@ class MetricAccumulator:
         self.novelty = dict.fromkeys(self.ks, 0.0)
         self.recommended = dict.fromkeys(self.ks, 0)
         self.users = 0
+        self._per_user: dict[str, list[Tensor]] | None = (
+            {key: [] for key in self.sums} if keep_per_user else None)
 
     def update(self, topk: Tensor, hits: Tensor, num_relevant: Tensor,
                valid: Tensor | None = None) -> None:
@@ -95,6 +99,8 @@ class MetricAccumulator:
         for k in self.ks:
             for name, values in user_metrics(hits, num_relevant, k).items():
                 self.sums[f"{name}@{k}"] += float(values.sum())
+                if self._per_user is not None:
+                    self._per_user[f"{name}@{k}"].append(values)
             items = topk[:, :k][valid[:, :k]]
             self.seen[k][items] = True
             self.novelty[k] += float(self.self_info[items].sum())
@@ -108,3 +114,10 @@ class MetricAccumulator:
             out[f"novelty@{k}"] = self.novelty[k] / max(self.recommended[k], 1)
         out["users"] = float(self.users)
         return out
+
+    def per_user(self) -> dict[str, Tensor]:
+        """``{name@K: Float64[users]}`` in update order (needs ``keep_per_user=True``)."""
+        if self._per_user is None:
+            raise ValueError("per-user values were not kept: pass keep_per_user=True")
+        return {key: torch.cat(v) if v else torch.zeros(0, dtype=torch.float64)
+                for key, v in self._per_user.items()}

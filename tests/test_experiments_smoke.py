@@ -60,6 +60,8 @@ def test_quality_benchmark_runs_on_a_tiny_graph(tmp_path: Path) -> None:
     assert result["ratio_recall@20"] == pytest.approx(
         models[best]["test"]["recall@20"] / models["als"]["test"]["recall@20"])
     assert "social_vs_plain" in result
+    for ci in result["ratio_ci95"].values():
+        assert ci["low"] <= ci["high"] and ci["resamples"] == 2000
     print(quality.table(result))
     png = tmp_path / "q.png"
     quality.plot(png, result, "tiny")
@@ -82,3 +84,19 @@ def test_epoch_time_steps_agree_and_time_a_batch() -> None:
     for step in (ours, pyg):
         t = epochs.run(step, epoch=1, max_batches=1)
         assert t["batches"] == 1 and t["wall_s"] >= 0 and t["loss"] > 0
+
+
+def test_paired_bootstrap_interval() -> None:
+    ours = torch.tensor([0.2, 0.4, 0.6, 0.8], dtype=torch.float64)
+    same = quality.paired_bootstrap(ours, ours.clone(), resamples=200)
+    assert same["low"] == pytest.approx(1.0) and same["high"] == pytest.approx(1.0)
+    assert same["share_ge_1.03"] == 0.0
+    better = quality.paired_bootstrap(ours * 1.1, ours, resamples=200)  # paired: exactly 1.1
+    assert better["low"] == pytest.approx(1.1) and better["high"] == pytest.approx(1.1)
+    assert better["share_ge_1.03"] == 1.0
+    noisy = quality.paired_bootstrap(torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64),
+                                     torch.tensor([0.0, 1.0, 1.0, 0.0], dtype=torch.float64),
+                                     resamples=500, seed=3)
+    assert noisy["low"] < 1.0 < noisy["high"]  # a tie on 4 users: the interval spans 1
+    with pytest.raises(ValueError):
+        quality.paired_bootstrap(ours, ours[:2])

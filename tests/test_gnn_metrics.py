@@ -78,6 +78,21 @@ def test_valid_excludes_train_items() -> None:
     assert ev.users.tolist() == [0, 1]
 
 
+def test_per_user_values_are_the_users_own_and_average_to_the_means() -> None:
+    g = hand_graph()
+    score = _scores({0: [0, 1, 2, 5, 3], 1: [5, 0, 1, 4, 2]})
+    ev = Evaluator(g, "valid", ks=(1, 2))
+    means, users, values = ev.per_user(score)
+    assert means == ev(score)
+    assert users.tolist() == [0, 1]
+    # user 0: top2 5, 3 with 3 relevant (rank 2); user 1: top2 4, 2 with 2 relevant
+    assert values["hit@1"].tolist() == [0.0, 0.0] and values["mrr@2"].tolist() == [0.5, 0.5]
+    for key, v in values.items():
+        assert v.shape == (2,) and float(v.mean()) == pytest.approx(means[key]), key
+    with pytest.raises(ValueError, match="keep_per_user"):
+        MetricAccumulator(6, torch.ones(6), 4).per_user()
+
+
 def test_test_excludes_train_and_valid_items() -> None:
     g = hand_graph()
     score = _scores({0: [3, 4], 1: [2, 3]})  # valid item first, then the test item
