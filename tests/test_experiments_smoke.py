@@ -62,6 +62,12 @@ def test_quality_benchmark_runs_on_a_tiny_graph(tmp_path: Path) -> None:
     assert "social_vs_plain" in result
     for ci in result["ratio_ci95"].values():
         assert ci["low"] <= ci["high"] and ci["resamples"] == 2000
+    # refitting the selected configs without search reproduces the recorded test metrics
+    again = quality.refit(graph, result, _tiny_budget(), seed=0, log=logged.append)
+    assert set(again["models"]) == {"als", best}
+    assert all(m["reproduced"] for m in again["models"].values()), again["models"]
+    assert again["ratio_recall@20"] == pytest.approx(result["ratio_recall@20"])
+    assert again["ratio_ci95"] == result["ratio_ci95"]
     print(quality.table(result))
     png = tmp_path / "q.png"
     quality.plot(png, result, "tiny")
