@@ -351,10 +351,14 @@ def refit(graph: HeteroData, previous: dict[str, Any], budget: Budget, seed: int
     for family in ("als", bg):
         config = previous["models"][family]["selected"]
         t0 = time.perf_counter()
-        if family == "als":
-            trial = fit_als(train_matrix(graph), valid_eval, config["factors"],
-                            config["regularization"], config["alpha"],
-                            (config["iterations"],), seed)
+        if family == "als":  # as tune_als: one BLAS thread (the summation order matters)
+            import implicit.cpu.als  # noqa: F401  (load its BLAS before limiting it)
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(1, "blas"):
+                trial = fit_als(train_matrix(graph), valid_eval, config["factors"],
+                                config["regularization"], config["alpha"],
+                                (config["iterations"],), seed)
         else:
             trial = train_bpr(family, graph, config, budget, seed)
         test, _, per_user[family] = test_eval.per_user(trial.model.score)
