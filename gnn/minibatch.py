@@ -77,9 +77,6 @@ class MiniBatchConfig:
         if not isinstance(model, HeteroGraphSAGE | LightGCN):
             raise TrainingError(f"mini-batch training supports graphsage and lightgcn, not "
                                 f"{type(model).__name__} (train it full-graph)")
-        if isinstance(model, LightGCN) and model.cl_weight > 0:
-            raise TrainingError("LightGCN's contrastive term (cl_weight > 0) needs full-graph "
-                                "training: drop --minibatch or set cl_weight to 0")
         layers = int(model.num_layers)
         if len(self.num_neighbors) != layers:
             raise TrainingError(f"--num-neighbors needs one fan-out per layer: the model has "

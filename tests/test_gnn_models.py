@@ -22,7 +22,6 @@ from gnnrec.gnn.models import (
     normalized_adjacency,
 )
 from gnnrec.gnn.models.base import ranking_loss, spmm, unique_edges
-from gnnrec.gnn.models.lightgcn import info_nce
 
 NU, NI, NT, GROUPS = 40, 60, 10, 2
 UI = ("user", "interacts", "item")
@@ -306,50 +305,6 @@ def test_lightgcn_options(graph: HeteroData) -> None:
     assert torch.allclose(drop.embeddings()[0], drop.embeddings()[0])
     with pytest.raises(ValueError):
         LightGCN(graph, num_layers=2, layer_weights=[0.5, 0.5])
-
-
-def test_info_nce_by_hand() -> None:
-    a = torch.tensor([[1.0, 0.0], [0.0, 3.0]])  # unit after normalising
-    b = torch.tensor([[2.0, 0.0], [1.0, 1.0]])
-    # cosines: row 0 (1, 1/sqrt2), row 1 (0, 1/sqrt2); divided by 0.5; targets the diagonal
-    c = 1 / math.sqrt(2)
-    expected = [math.log(math.exp(2.0) + math.exp(2 * c)) - 2.0,
-                math.log(math.exp(0.0) + math.exp(2 * c)) - 2 * c]
-    assert info_nce(a, b, 0.5).item() == pytest.approx(sum(expected) / 2, rel=1e-6)
-
-
-def test_lightgcn_contrastive_term(graph: HeteroData) -> None:
-    torch.manual_seed(0)
-    plain = LightGCN(graph, embedding_dim=8)
-    cl = LightGCN(graph, embedding_dim=8, cl_weight=0.5, cl_noise=0.1, cl_layer=2)
-    cl.load_state_dict(plain.state_dict())
-    users, pos, neg = fixed_batch(graph)
-    plain.eval(), cl.eval()  # evaluation: no noise, no extra term, the same scores
-    assert torch.equal(plain.score(users), cl.score(users))
-    assert torch.equal(plain.bpr_loss(users, pos, neg)[0], cl.bpr_loss(users, pos, neg)[0])
-    plain.train(), cl.train()
-    out = cl.propagate()
-    assert out.view is not None and out.view.shape == (NU + NI, 8)
-    assert plain.propagate().view is None
-    extra = cl.auxiliary_loss(out, users, pos)
-    assert float(extra) > 0
-    noiseless = LightGCN(graph, embedding_dim=8, cl_weight=0.5, cl_noise=0.0, cl_layer=2)
-    noiseless.load_state_dict(plain.state_dict())
-    n_out = noiseless.train().propagate()
-    u, i = users.unique(), pos.unique()
-    view = n_out.view[torch.cat([u, i + NU])]
-    expected = 0.5 * (info_nce(n_out.user[u], view[: u.numel()], 0.2)
-                      + info_nce(n_out.item[i], view[u.numel():], 0.2))
-    assert torch.allclose(noiseless.auxiliary_loss(n_out, users, pos), expected)
-    ranking, _ = plain.bpr_loss(users, pos, neg)
-    total, _ = noiseless.bpr_loss(users, pos, neg)
-    assert torch.allclose(total, ranking + expected)  # no noise: same propagation
-    total.backward()
-    assert noiseless.user_embedding.weight.grad is not None
-    for bad in ({"cl_weight": -1.0}, {"cl_temperature": 0.0},
-                {"cl_weight": 0.1, "cl_layer": 4}):
-        with pytest.raises(ValueError):
-            LightGCN(graph, num_layers=3, **bad)
 
 
 def test_sage_inductive_user_is_near_its_community() -> None:

@@ -39,16 +39,13 @@ class Propagation(NamedTuple):
 
     ``user`` [U, d] and ``item`` [I, d] are the final (scoring) embeddings;
     ``user_ego`` [U, d0] and ``item_ego`` [I, d0] the layer-0 inputs that the L2
-    regulariser of :meth:`Recommender.bpr_loss` is applied to; ``view`` [U + I, d] an
-    optional second view of every node (users first) for a contrastive term (LightGCN's
-    ``cl_weight``), None otherwise.
+    regulariser of :meth:`Recommender.bpr_loss` is applied to.
     """
 
     user: Tensor
     item: Tensor
     user_ego: Tensor
     item_ego: Tensor
-    view: Tensor | None = None
 
 
 def num_nodes(graph: HeteroData, node_type: str) -> int:
@@ -265,14 +262,8 @@ class Recommender(torch.nn.Module):
                 f"{list(neg.shape)} must be [B], [B] and [B] or [B, K]"
             )
         out = self.propagate()
-        value, l2 = ranking_loss(out.user, out.item, out.user_ego, out.item_ego, users, pos,
-                                 neg.view(neg.size(0), -1), loss, temperature)
-        return value + self.auxiliary_loss(out, users, pos), l2
-
-    def auxiliary_loss(self, out: Propagation, users: Tensor, pos: Tensor) -> Tensor | float:
-        """Extra training term added to the ranking loss (0 here; LightGCN's contrastive
-        term when ``cl_weight > 0``)."""
-        return 0.0
+        return ranking_loss(out.user, out.item, out.user_ego, out.item_ego, users, pos,
+                            neg.view(neg.size(0), -1), loss, temperature)
 
     def score(self, users: Tensor) -> Tensor:
         """Float [B, I]: score of every item for each of the B ``users``.

@@ -108,14 +108,6 @@ class LightGCN(Recommender):
         dropout: edge dropout probability on the adjacency during training (0 = off).
         init_std: std of the normal initialisation (0.1 as in the authors' PyTorch
             code); ``None`` uses Xavier uniform (their TensorFlow code).
-        cl_weight: weight of a contrastive term in the style of XSimGCL (Yu et al.,
-            TKDE 2023); 0 = off. While training, every layer's output gets random noise
-            of norm ``cl_noise`` in the direction of its signs, and an InfoNCE loss
-            (temperature ``cl_temperature``) pulls each batch user's and positive item's
-            final embedding towards its own layer-``cl_layer`` embedding and away from
-            the other batch nodes'. It spreads embeddings more uniformly, which helps
-            long-tail items. Full-graph training only; evaluation never adds noise.
-        cl_noise, cl_temperature, cl_layer: see ``cl_weight``.
 
     Shapes: ``embeddings()`` -> ([U, d], [I, d]); ``score(users [B])`` -> [B, I].
     """
@@ -131,10 +123,6 @@ class LightGCN(Recommender):
         social_weight: float = 0.0,
         dropout: float = 0.0,
         init_std: float | None = 0.1,
-        cl_weight: float = 0.0,
-        cl_noise: float = 0.1,
-        cl_temperature: float = 0.2,
-        cl_layer: int = 1,
     ) -> None:
         super().__init__(graph)
         if num_layers < 0:
@@ -144,11 +132,6 @@ class LightGCN(Recommender):
         if layer_weights is None:
             layer_weights = [1.0 / (num_layers + 1)] * (num_layers + 1)
         layer_weights = [float(w) for w in layer_weights]
-        if cl_weight < 0 or cl_noise < 0 or cl_temperature <= 0:
-            raise ValueError(f"need cl_weight >= 0, cl_noise >= 0 and cl_temperature > 0, got "
-                             f"{cl_weight}, {cl_noise}, {cl_temperature}")
-        if cl_weight > 0 and not 1 <= cl_layer <= num_layers:
-            raise ValueError(f"cl_layer must be in 1..num_layers={num_layers}, got {cl_layer}")
         if len(layer_weights) != num_layers + 1:
             raise ValueError(
                 f"layer_weights needs num_layers + 1 = {num_layers + 1} values, "
@@ -161,16 +144,10 @@ class LightGCN(Recommender):
             "social_weight": float(social_weight),
             "dropout": float(dropout),
             "init_std": None if init_std is None else float(init_std),
-            "cl_weight": float(cl_weight),
-            "cl_noise": float(cl_noise),
-            "cl_temperature": float(cl_temperature),
-            "cl_layer": int(cl_layer),
         }
         self.embedding_dim = embedding_dim
         self.num_layers = num_layers
         self.dropout = dropout
-        self.cl_weight, self.cl_noise = float(cl_weight), float(cl_noise)
-        self.cl_temperature, self.cl_layer = float(cl_temperature), int(cl_layer)
         self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
         self.item_embedding = torch.nn.Embedding(self.num_items, embedding_dim)
         for emb in (self.user_embedding, self.item_embedding):
@@ -192,39 +169,10 @@ class LightGCN(Recommender):
         adj, symmetric = self.adj, True
         if self.training and self.dropout > 0:
             adj, symmetric = _edge_dropout(adj, self.dropout), False
-        contrast = self.training and self.cl_weight > 0
         out = ego * self.layer_weights[0]
-        x, view = ego, None
+        x = ego
         for layer in range(1, self.num_layers + 1):
             x = spmm(adj, x, symmetric)
-            if contrast and self.cl_noise > 0:
-                noise = torch.nn.functional.normalize(torch.rand_like(x), dim=-1)
-                x = x + torch.sign(x) * noise * self.cl_noise
-            if contrast and layer == self.cl_layer:
-                view = x
             out = out + x * self.layer_weights[layer]
         user, item = out.split([self.num_users, self.num_items])
-        return Propagation(user, item, self.user_embedding.weight, self.item_embedding.weight,
-                           view)
-
-    def auxiliary_loss(self, out: Propagation, users: Tensor, pos: Tensor) -> Tensor | float:
-        """``cl_weight`` x (InfoNCE over the batch's distinct users + over its distinct
-        positive items) between final embeddings and the layer-``cl_layer`` view."""
-        if out.view is None:
-            return 0.0
-        u, i = users.unique(), pos.unique()
-        final = torch.cat([out.user[u], out.item[i]])
-        view = out.view[torch.cat([u, i + self.num_users])]
-        return self.cl_weight * (info_nce(final[: u.numel()], view[: u.numel()],
-                                          self.cl_temperature)
-                                 + info_nce(final[u.numel():], view[u.numel():],
-                                            self.cl_temperature))
-
-
-def info_nce(a: Tensor, b: Tensor, temperature: float) -> Tensor:
-    """Mean InfoNCE of rows ``a`` [N, d] against ``b`` [N, d]: row ``n`` of ``a`` should be
-    most similar (cosine / temperature) to row ``n`` of ``b`` among all rows of ``b``."""
-    a = torch.nn.functional.normalize(a, dim=-1)
-    b = torch.nn.functional.normalize(b, dim=-1)
-    logits = a @ b.t() / temperature
-    return torch.nn.functional.cross_entropy(logits, torch.arange(a.size(0), device=a.device))
+        return Propagation(user, item, self.user_embedding.weight, self.item_embedding.weight)
