@@ -96,7 +96,7 @@ class Evaluator:
 
         ``users`` restricts evaluation to a subset (default: all users with relevant items).
         """
-        return self._accumulate(score, device, users, keep_per_user=False).compute()
+        return self._accumulate(score, device, users, keep_per_user=False)[0].compute()
 
     def per_user(self, score: ScoreFn, *, device: torch.device | str | None = None,
                  users: Tensor | None = None) -> tuple[dict[str, float], Tensor,
@@ -104,13 +104,14 @@ class Evaluator:
         """``(metrics, users Long[U], {name@K: Float64[U]})``: the means of ``__call__``
         plus every evaluated user's value of each user metric (recall, ndcg, precision,
         hit, mrr), e.g. for paired comparisons of two models on the same users."""
-        users = self.users if users is None else users.cpu()
-        acc = self._accumulate(score, device, users, keep_per_user=True)
+        acc, users = self._accumulate(score, device, users, keep_per_user=True)
         return acc.compute(), users, acc.per_user()
 
     @torch.no_grad()
     def _accumulate(self, score: ScoreFn, device: torch.device | str | None,
-                    users: Tensor | None, keep_per_user: bool) -> MetricAccumulator:
+                    users: Tensor | None,
+                    keep_per_user: bool) -> tuple[MetricAccumulator, Tensor]:
+        """The filled accumulator and the evaluated users (default: all with targets)."""
         users = self.users if users is None else users.cpu()
         if users.numel() == 0:
             raise EvaluationError(f"no user has {self.split} interactions to evaluate")
@@ -134,7 +135,7 @@ class Evaluator:
             items, values = items.cpu(), values.cpu()
             hits = _member(self.target_keys, batch[:, None] * self.num_items + items)
             acc.update(items, hits, self.target.degree()[batch], valid=values > -torch.inf)
-        return acc
+        return acc, users
 
 
 def evaluate(score: ScoreFn, data: HeteroData, split: SplitName = "valid", *,
