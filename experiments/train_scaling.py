@@ -234,8 +234,8 @@ def scale(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": config.batch_size, "batches_per_epoch": total, "batches_timed": timed,
         "seconds_timed": round(seconds, 2), "seconds_per_batch": round(per_batch, 4),
         "epoch_s": round(per_batch * total, 1),
-        "epoch_extrapolated": timed < total,  # epoch_s = s/batch x batches either way
-        "batches_run": timed + 1, "whole_epoch_run": timed + 1 >= total,  # + the warm-up
+        # epoch_s is s/batch x batches either way; extrapolated = not every batch ran
+        "batches_run": timed + 1, "epoch_extrapolated": timed + 1 < total,  # + the warm-up
         "load_s": round(t_load, 1), "build_s": round(t_build, 1),
         "peak_rss_gb_after_build": round(rss_built, 2), "peak_rss_gb": round(peak_rss_gb(), 2),
         "loss": stats["loss"], "torch_threads": torch.get_num_threads(), "loadavg": loadavg(),
