@@ -72,7 +72,6 @@ from gnnrec.gnn.train import (
     TrainingError,
     TrainResult,
     seed_everything,
-    valid_of,
 )
 
 STATE_FILE, BEST_FILE = "state.pt", "best.pt"
@@ -401,17 +400,12 @@ def _finish(run: Run, model: nn.Module, checkpoint: Any, initial: list[Any] | No
         raise DistributedError("the Ray Train job reported no checkpoint")
     if best is None:
         raise TrainingError("no evaluation happened: no best model to keep")
-    history, best_epoch = list(state["history"]), int(state["best_epoch"])
+    stopping = EarlyStopping(config)
+    stopping.load_state(state, best)
     run.save_model(best)
     run.save_last({"epoch": state["epoch"], "model": state["model"],
                    "optimizer": state["optimizer"], "rng": rng_checkpoint(config.seed),
-                   "best_metric": state["best_metric"], "best_epoch": best_epoch,
-                   "bad": state["bad"], "history": history, "train_config": config.to_dict()})
-    best_valid = valid_of(history, best_epoch)
-    stopped = state.get("stopped", "max_epochs")
-    distributed = {**(run.meta().get("distributed") or {}), "resumes": state.get("resumes", [])}
-    run.update_meta(status="finished", stopped=stopped, history=history, best_epoch=best_epoch,
-                    best_valid=best_valid, metrics={"valid": best_valid}, distributed=distributed)
-    model.load_state_dict(best)
-    model.eval()
-    return TrainResult(best_epoch, best_valid, history, stopped)
+                   **stopping.state()})
+    run.update_meta(distributed={**(run.meta().get("distributed") or {}),
+                                 "resumes": state.get("resumes", [])})
+    return stopping.finish(model, run, state.get("stopped", "max_epochs"))
