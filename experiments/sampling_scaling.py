@@ -14,10 +14,11 @@ shorter) are sampled ``--repeats`` times, interleaved, by: the in-process sample
 1 and with 2 worker actors (``RaySampledBatches``; ``--batches-per-task`` batches per
 worker call on ML-1M, whose batches take ~2 ms, 1 on the synthetic graph; 3 calls in
 flight; actors built and warm before timing; batches turned into ``HeteroData`` on the
-driver as a trainer would get them); and, on the first ``--nx-batches`` batches, a plain
-networkx sampler (one ``nx.DiGraph`` per edge type, ``G.neighbors`` + ``random.sample``
-per node, dict relabelling). ``*_seeds_per_s`` are medians over the repeats;
-``ray_speedup_2v1_per_round`` the 1-worker / 2-worker time of each round.
+driver as a trainer would get them); and, on the first ``--nx-batches`` batches
+(``--synthetic-nx-batches`` on the synthetic graph), a plain networkx sampler (one
+``nx.DiGraph`` per edge type, ``G.neighbors`` + ``random.sample`` per node, dict
+relabelling). ``*_seeds_per_s`` are medians over the repeats; ``*_per_round`` the ratios
+within each round (the samplers timed next to each other).
 
 The machine is shared, so each run also records CPU milliseconds per batch of this
 process, the Ray workers, the rest of our Ray and every other process, and derives what
@@ -61,7 +62,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="batches in flight (default: 3 worker calls)")
     p.add_argument("--batches-per-task", type=int, default=16,
                    help="batches per Ray worker call on ML-1M (1 on the synthetic graph)")
-    p.add_argument("--nx-batches", type=int, default=2)
+    p.add_argument("--nx-batches", type=int, default=8, help="networkx batches per round")
+    p.add_argument("--synthetic-nx-batches", type=int, default=1)
     p.add_argument("--skip-ml1m", action="store_true")
     p.add_argument("--wait-idle", type=float, default=0.0,
                    help="before each timed run, wait up to this many seconds for the other "
@@ -142,17 +144,6 @@ def _wait_idle(meter: _CpuMeter, pids: list[int], limit_s: float) -> None:
             return
 
 
-def _median_rate(run: Callable[[], None], seeds: int, repeats: int,
-                 before: Callable[[], None] = lambda: None) -> tuple[float, list[float]]:
-    times = []
-    for _ in range(repeats):
-        before()
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
-    return seeds / statistics.median(times), times
-
-
 class NetworkxSampler:
     """The plain baseline: per edge type a DiGraph dst -> src, per node ``random.sample``."""
 
@@ -192,7 +183,7 @@ class NetworkxSampler:
 
 
 def bench_graph(name_: str, data: HeteroData, num_batches: int, per_task: int,
-                args: argparse.Namespace) -> dict[str, Any]:
+                nx_batches: int, args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
     from gnnrec.gnn.distributed_sampling import RaySampledBatches, RaySamplingParams
@@ -217,10 +208,21 @@ def bench_graph(name_: str, data: HeteroData, num_batches: int, per_task: int,
         for k in keys:
             loader.batch(*k)
 
+    nx_keys = keys[:nx_batches]
+    t = time.perf_counter()
+    nxs = NetworkxSampler(data, FANOUT)
+    out["networkx_build_s"] = time.perf_counter() - t
+    out["networkx_batches"] = len(nx_keys)
+
+    def nx_run() -> None:
+        for e, i in nx_keys:
+            nxs.sample("user", loader.input_nodes[loader._items(e, i)].tolist())
+
     # Both Ray pools live side by side (half a CPU reserved per actor, so 3 actors fit in
     # 2 CPUs; an idle actor uses none) and the repetitions interleave in-process, 1 and 2
-    # workers in rotating order, so a change in machine load hits the three alike.
+    # workers and networkx in rotating order, so a change in machine load hits all alike.
     runs: dict[str, Callable[[], None]] = {"inprocess": inprocess}
+    run_keys = {"inprocess": keys, "ray1": keys, "ray2": keys, "networkx": nx_keys}
     pools, pids = [], []
     meter = _CpuMeter()
     cpu: dict[str, list[dict[str, float]]] = {"inprocess": [], "ray1": [], "ray2": []}
@@ -236,22 +238,26 @@ def bench_graph(name_: str, data: HeteroData, num_batches: int, per_task: int,
             for _ in pool.stream(keys[: 2 * w * per_task]):  # warm the workers' code paths
                 pass
             runs[f"ray{w}"] = lambda p=pool: [None for _ in p.stream(keys)]
+        runs["networkx"] = nx_run
         times: dict[str, list[float]] = {name: [] for name in runs}
         names = list(runs)
         for rep in range(args.repeats):
-            for name in names[rep % 3:] + names[: rep % 3]:
+            for name in names[rep % len(names):] + names[: rep % len(names)]:
                 _wait_idle(meter, pids, args.wait_idle)
                 before, t = meter.snapshot(pids), time.perf_counter()
                 runs[name]()
                 times[name].append(time.perf_counter() - t)
                 after = meter.snapshot(pids)
-                cpu[name].append({k: (after[k] - before[k]) * 1e3 / len(keys) for k in after})
+                if name in cpu:
+                    cpu[name].append({k: (after[k] - before[k]) * 1e3 / len(keys)
+                                      for k in after})
     finally:
         for pool in pools:
             pool.close()
     for name, ts in times.items():
-        out[f"{name}_seeds_per_s"] = seeds / statistics.median(ts)
+        out[f"{name}_seeds_per_s"] = _seeds(loader, run_keys[name]) / statistics.median(ts)
         out[f"{name}_times_s"] = ts
+    for name in cpu:
         out[f"{name}_cpu_ms_per_batch"] = {k: statistics.median(c[k] for c in cpu[name])
                                            for k in cpu[name][0]}
     # What 2 idle cores would give, from ray1's CPU per batch: workers W, driver + Ray
@@ -260,19 +266,6 @@ def bench_graph(name_: str, data: HeteroData, num_batches: int, per_task: int,
     w_, d_ = c1["workers"], c1["driver"] + c1["ray_services"]
     out["ray_speedup_2v1_idle_machine_model"] = max(w_, d_) / max((w_ + d_) / 2, d_)
     assert ray.is_initialized()
-    nx_keys = keys[: args.nx_batches]
-    nx_seeds = _seeds(loader, nx_keys)
-    t = time.perf_counter()
-    nxs = NetworkxSampler(data, FANOUT)
-    out["networkx_build_s"] = time.perf_counter() - t
-
-    def nx_run() -> None:
-        for e, i in nx_keys:
-            nxs.sample("user", loader.input_nodes[loader._items(e, i)].tolist())
-
-    out["networkx_seeds_per_s"], out["networkx_times_s"] = _median_rate(
-        nx_run, nx_seeds, min(args.repeats, 3), lambda: _wait_idle(meter, [], args.wait_idle))
-    out["networkx_batches"] = len(nx_keys)
     out["ray_speedup_2v1"] = out["ray2_seeds_per_s"] / out["ray1_seeds_per_s"]
     # The same ratio within each round (1 and 2 workers timed next to each other): its
     # spread shows how much of the figure is the machine's noise.
@@ -280,6 +273,10 @@ def bench_graph(name_: str, data: HeteroData, num_batches: int, per_task: int,
                                                                strict=True)]
     out["ray2_vs_inprocess"] = out["ray2_seeds_per_s"] / out["inprocess_seeds_per_s"]
     out["speedup_vs_networkx"] = out["inprocess_seeds_per_s"] / out["networkx_seeds_per_s"]
+    nx_seeds = _seeds(loader, nx_keys)  # the two rates of each round, from its own times
+    out["speedup_vs_networkx_per_round"] = [
+        (seeds / i) / (nx_seeds / n)
+        for i, n in zip(times["inprocess"], times["networkx"], strict=True)]
     _print(name_, out)
     return out
 
@@ -298,6 +295,9 @@ def _print(name: str, r: dict[str, Any]) -> None:
           f"{min(rounds):.2f}-{max(rounds):.2f}, median {statistics.median(rounds):.2f}; "
           f"idle-machine model {r['ray_speedup_2v1_idle_machine_model']:.2f}); in-process vs "
           f"networkx: {r['speedup_vs_networkx']:.0f}x")
+    nx_rounds = r["speedup_vs_networkx_per_round"]
+    print(f"in-process vs networkx per round: {min(nx_rounds):.0f}-{max(nx_rounds):.0f}x, "
+          f"median {statistics.median(nx_rounds):.0f}x")
     for key in ("inprocess", "ray1", "ray2"):
         c = r[f"{key}_cpu_ms_per_batch"]
         print(f"  {key:<10} CPU ms per batch: " + ", ".join(f"{k} {v:.2f}" for k, v in c.items()))
@@ -322,13 +322,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             data = ml1m_graph()
             print(f"ML-1M loaded in {time.perf_counter() - t:.1f} s", file=sys.stderr)
             result["datasets"]["ml-1m"] = bench_graph("ML-1M", data, args.batches,
-                                                       args.batches_per_task, args)
+                                                       args.batches_per_task, args.nx_batches,
+                                                       args)
         if args.synthetic_interactions:
             t = time.perf_counter()
             data = synthetic(args.synthetic_interactions)
             name = f"synthetic-{data['user', 'interacts', 'item'].edge_index.size(1)}"
             print(f"{name} generated in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-            result["datasets"][name] = bench_graph(name, data, args.synthetic_batches, 1, args)
+            result["datasets"][name] = bench_graph(name, data, args.synthetic_batches, 1,
+                                                   args.synthetic_nx_batches, args)
     finally:
         ray.shutdown()
     result["machine"]["load_avg_end"] = os.getloadavg()
