@@ -56,7 +56,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="also run a synthetic graph of about this many interactions")
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--batches", type=int, default=768, help="batches per timed run (ML-1M)")
-    p.add_argument("--synthetic-batches", type=int, default=16)
+    p.add_argument("--synthetic-batches", type=int, default=48,
+                   help="batches per timed run on the synthetic graph (16 left 2 workers a "
+                        "long ramp and tail: 1 batch in 8)")
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--prefetch", type=int, default=0,
                    help="batches in flight (default: 3 worker calls)")
