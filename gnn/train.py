@@ -21,6 +21,7 @@ evaluated, not trained.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -117,6 +118,8 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     """
     torch.manual_seed(seed)
     np.random.seed(seed)
+    if deterministic:  # cuBLAS needs this before CUDA starts to be deterministic
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
