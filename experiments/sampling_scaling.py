@@ -224,7 +224,6 @@ def bench_graph(name_: str, data: HeteroData, num_batches: int, per_task: int,
     # 2 CPUs; an idle actor uses none) and the repetitions interleave in-process, 1 and 2
     # workers and networkx in rotating order, so a change in machine load hits all alike.
     runs: dict[str, Callable[[], None]] = {"inprocess": inprocess}
-    run_keys = {"inprocess": keys, "ray1": keys, "ray2": keys, "networkx": nx_keys}
     pools, pids = [], []
     meter = _CpuMeter()
     cpu: dict[str, list[dict[str, float]]] = {"inprocess": [], "ray1": [], "ray2": []}
@@ -256,8 +255,9 @@ def bench_graph(name_: str, data: HeteroData, num_batches: int, per_task: int,
     finally:
         for pool in pools:
             pool.close()
+    run_seeds = {name: seeds for name in times} | {"networkx": _seeds(loader, nx_keys)}
     for name, ts in times.items():
-        out[f"{name}_seeds_per_s"] = _seeds(loader, run_keys[name]) / statistics.median(ts)
+        out[f"{name}_seeds_per_s"] = run_seeds[name] / statistics.median(ts)
         out[f"{name}_times_s"] = ts
     for name in cpu:
         out[f"{name}_cpu_ms_per_batch"] = {k: statistics.median(c[k] for c in cpu[name])
@@ -275,9 +275,8 @@ def bench_graph(name_: str, data: HeteroData, num_batches: int, per_task: int,
                                                                strict=True)]
     out["ray2_vs_inprocess"] = out["ray2_seeds_per_s"] / out["inprocess_seeds_per_s"]
     out["speedup_vs_networkx"] = out["inprocess_seeds_per_s"] / out["networkx_seeds_per_s"]
-    nx_seeds = _seeds(loader, nx_keys)  # the two rates of each round, from its own times
-    out["speedup_vs_networkx_per_round"] = [
-        (seeds / i) / (nx_seeds / n)
+    out["speedup_vs_networkx_per_round"] = [  # the two rates of each round, from its times
+        (run_seeds["inprocess"] / i) / (run_seeds["networkx"] / n)
         for i, n in zip(times["inprocess"], times["networkx"], strict=True)]
     _print(name_, out)
     return out

@@ -270,7 +270,7 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
                                   "reg": stats["reg"], "workers": world,
                                   "seconds": round(time.perf_counter() - t0, 4)}
         stopping.history.append(record)
-        if epoch % config.eval_every and epoch != config.epochs:
+        if not stopping.evaluates(epoch):
             continue
         value = torch.zeros(1, dtype=torch.float64)
         if evaluator is not None:

@@ -165,6 +165,10 @@ class EarlyStopping:
     def should_stop(self) -> bool:
         return self.bad >= self.config.patience
 
+    def evaluates(self, epoch: int) -> bool:
+        """Whether ``epoch`` scores valid: every ``eval_every`` epochs and the last one."""
+        return epoch % self.config.eval_every == 0 or epoch == self.config.epochs
+
     def resume(self, run: Run | None, model: nn.Module,
                optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], int]:
         """Load ``run``'s ``last.pt`` into ``model``, ``optimizer`` and this bookkeeping.
@@ -215,7 +219,7 @@ class EarlyStopping:
         ``rng_state()``) and the progress meta. Returns True when training should stop."""
         epoch, loss = record["epoch"], record["loss"]
         self.history.append(record)
-        if epoch % self.config.eval_every and epoch != self.config.epochs:
+        if not self.evaluates(epoch):
             bar.set_postfix(loss=f"{loss:.4f}")
             return False
         metric = self.config.metric
