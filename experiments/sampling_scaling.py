@@ -20,6 +20,11 @@ driver as a trainer would get them); and, on the first ``--nx-batches`` batches
 relabelling). ``*_seeds_per_s`` are medians over the repeats; ``*_per_round`` the ratios
 within each round (the samplers timed next to each other).
 
+The machine's own ceiling for two workers: the same batches sampled in-process by one,
+then by two plain child processes (no Ray, no driver work; each builds its batches'
+``HeteroData`` itself), timed in the same rounds: ``plain_speedup_2v1`` is the most any
+2-worker scheme can get from these two cores.
+
 The machine is shared, so each run also records CPU milliseconds per batch of this
 process, the Ray workers, the rest of our Ray and every other process, and derives what
 2 otherwise idle cores would give from the 1-worker run (``*_idle_machine_model``).
@@ -184,6 +189,56 @@ class NetworkxSampler:
         return local, edges
 
 
+def _plain_worker(graph: Any, kwargs: dict[str, Any], conn: Any) -> None:
+    """Child process of :class:`_PlainProcesses`: sample the batches it is sent."""
+    import torch
+
+    torch.set_num_threads(1)
+    loader = NodeBatchSampler(graph, **kwargs)
+    conn.send(None)  # ready
+    while (keys := conn.recv()) is not None:
+        for e, i in keys:
+            loader.batch(e, i)
+        conn.send(None)
+
+
+class _PlainProcesses:
+    """Two child processes holding the same sampler (spawned once, warm before timing)."""
+
+    def __init__(self, loader: NodeBatchSampler) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.conns, self.procs = [], []
+        for _ in range(2):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_plain_worker, daemon=True,
+                               args=(loader.sampler.graph, loader.rebuild_kwargs(), child))
+            proc.start()
+            self.conns.append(parent)
+            self.procs.append(proc)
+        for conn in self.conns:
+            conn.recv()
+
+    @property
+    def pids(self) -> list[int]:
+        return [int(p.pid) for p in self.procs if p.pid is not None]
+
+    def run(self, keys: list[tuple[int, int]], workers: int) -> None:
+        """Sample ``keys`` split round-robin over the first ``workers`` processes."""
+        for w in range(workers):
+            self.conns[w].send(keys[w::workers])
+        for w in range(workers):
+            self.conns[w].recv()
+
+    def close(self) -> None:
+        for conn, proc in zip(self.conns, self.procs, strict=True):
+            conn.send(None)
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+
+
 def bench_graph(name_: str, data: HeteroData, num_batches: int, per_task: int,
                 nx_batches: int, args: argparse.Namespace) -> dict[str, Any]:
     import ray
@@ -227,7 +282,11 @@ def bench_graph(name_: str, data: HeteroData, num_batches: int, per_task: int,
     pools, pids = [], []
     meter = _CpuMeter()
     cpu: dict[str, list[dict[str, float]]] = {"inprocess": [], "ray1": [], "ray2": []}
+    plain = _PlainProcesses(loader)
     try:
+        for w in (1, 2):
+            plain.run(keys[:4], w)  # warm the children's code paths
+            runs[f"plain{w}"] = lambda w=w: plain.run(keys, w)
         for w in (1, 2):
             t = time.perf_counter()
             pool = RaySampledBatches(loader, RaySamplingParams(
@@ -253,6 +312,7 @@ def bench_graph(name_: str, data: HeteroData, num_batches: int, per_task: int,
                     cpu[name].append({k: (after[k] - before[k]) * 1e3 / len(keys)
                                       for k in after})
     finally:
+        plain.close()
         for pool in pools:
             pool.close()
     run_seeds = {name: seeds for name in times} | {"networkx": _seeds(loader, nx_keys)}
@@ -273,6 +333,9 @@ def bench_graph(name_: str, data: HeteroData, num_batches: int, per_task: int,
     # spread shows how much of the figure is the machine's noise.
     out["ray_speedup_2v1_per_round"] = [a / b for a, b in zip(times["ray1"], times["ray2"],
                                                                strict=True)]
+    out["plain_speedup_2v1"] = out["plain2_seeds_per_s"] / out["plain1_seeds_per_s"]
+    out["plain_speedup_2v1_per_round"] = [a / b for a, b in zip(times["plain1"],
+                                                                 times["plain2"], strict=True)]
     out["ray2_vs_inprocess"] = out["ray2_seeds_per_s"] / out["inprocess_seeds_per_s"]
     out["speedup_vs_networkx"] = out["inprocess_seeds_per_s"] / out["networkx_seeds_per_s"]
     out["speedup_vs_networkx_per_round"] = [  # the two rates of each round, from its times
@@ -286,16 +349,20 @@ def _print(name: str, r: dict[str, Any]) -> None:
     print(f"\n{name}: {r['users']} users, {r['items']} items, {r['train_interactions']} train "
           f"interactions; {r['batches']} batches, ~{r['sampled_edges_per_batch']} sampled "
           "edges per batch")
-    print(f"{'sampler':<12}{'seeds/s':>12}{'vs in-process':>15}")
+    print(f"{'sampler':<18}{'seeds/s':>12}{'vs in-process':>15}")
     for key, label in (("inprocess", "in-process"), ("ray1", "ray 1 worker"),
-                       ("ray2", "ray 2 workers"), ("networkx", "networkx")):
+                       ("ray2", "ray 2 workers"), ("plain1", "1 plain process"),
+                       ("plain2", "2 plain processes"), ("networkx", "networkx")):
         rate = r[f"{key}_seeds_per_s"]
-        print(f"{label:<12}{rate:>12,.0f}{rate / r['inprocess_seeds_per_s']:>15.2f}")
+        print(f"{label:<18}{rate:>12,.0f}{rate / r['inprocess_seeds_per_s']:>15.2f}")
     rounds = r["ray_speedup_2v1_per_round"]
     print(f"ray speedup 2 vs 1 worker: {r['ray_speedup_2v1']:.2f} (per round "
           f"{min(rounds):.2f}-{max(rounds):.2f}, median {statistics.median(rounds):.2f}; "
           f"idle-machine model {r['ray_speedup_2v1_idle_machine_model']:.2f}); in-process vs "
           f"networkx: {r['speedup_vs_networkx']:.0f}x")
+    plain = r["plain_speedup_2v1_per_round"]
+    print(f"the machine's ceiling, 2 vs 1 plain processes (no Ray): "
+          f"{r['plain_speedup_2v1']:.2f} (per round {min(plain):.2f}-{max(plain):.2f})")
     nx_rounds = r["speedup_vs_networkx_per_round"]
     print(f"in-process vs networkx per round: {min(nx_rounds):.0f}-{max(nx_rounds):.0f}x, "
           f"median {statistics.median(nx_rounds):.0f}x")
@@ -337,7 +404,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["machine"]["load_avg_end"] = os.getloadavg()
     first = next(iter(result["datasets"].values()))
     for key in ("inprocess_seeds_per_s", "ray1_seeds_per_s", "ray2_seeds_per_s",
-                "ray_speedup_2v1", "speedup_vs_networkx"):
+                "ray_speedup_2v1", "plain_speedup_2v1", "speedup_vs_networkx"):
         result[key] = first[key]
     return result
 

@@ -117,10 +117,11 @@ def test_sampling_benchmark_runs_on_a_tiny_graph(ray_session: None) -> None:
     g = _tiny()
     args = sampling_scaling._parse(["--repeats", "2", "--batch-size", "16"])
     out = sampling_scaling.bench_graph("tiny", g, 6, 2, 2, args)
-    for key in ("inprocess", "ray1", "ray2", "networkx"):
+    for key in ("inprocess", "ray1", "ray2", "plain1", "plain2", "networkx"):
         assert out[f"{key}_seeds_per_s"] > 0 and len(out[f"{key}_times_s"]) == 2
     assert len(out["speedup_vs_networkx_per_round"]) == 2
     assert len(out["ray_speedup_2v1_per_round"]) == 2
+    assert len(out["plain_speedup_2v1_per_round"]) == 2
 
     nxs = sampling_scaling.NetworkxSampler(g, [3, 2])
     local, edges = nxs.sample("user", list(range(10)))
