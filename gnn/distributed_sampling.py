@@ -78,7 +78,7 @@ def _ship(sampler: BatchSampler, epoch: int, index: int) -> SampledArrays:
                          a.weight, small(a.meta))
 
 
-def _keep_freed_memory() -> None:
+def keep_freed_memory() -> None:
     """Let glibc keep freed blocks up to 32 MiB instead of unmapping them (Linux only).
 
     Measured: in a Ray worker process every temporary above 128 KiB went back to the OS on
@@ -97,7 +97,7 @@ class _SamplerWorker:
     """One sampler actor: the batch sampler rebuilt around the shared CSR arrays."""
 
     def __init__(self, refs: list[ray.ObjectRef], cls: type[BatchSampler]) -> None:
-        _keep_freed_memory()
+        keep_freed_memory()
         # The refs come wrapped in a list so Ray passes them unresolved; the driver keeps
         # them alive, so a restarted actor fetches the same objects again (zero-copy).
         graph, kwargs = ray.get(refs)
