@@ -20,7 +20,7 @@ _HYPER_FLAGS = {"embedding_dim": "embedding_dim", "num_layers": "num_layers",
                 "social_weight": "social_weight"}
 # Training flags -> TrainConfig fields (None = keep the default / the resumed value).
 _TRAIN_FLAGS = ("epochs", "batch_size", "lr", "l2", "num_negatives", "negatives", "loss",
-                "temperature", "patience", "eval_every", "seed", "device")
+                "temperature", "patience", "eval_every", "seed", "device", "deterministic")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     tr.add_argument("--eval-every", type=int, help="epochs between valid evaluations")
     tr.add_argument("--seed", type=int)
     tr.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
+    tr.add_argument("--nondeterministic", dest="deterministic", action="store_false",
+                    default=None, help="allow torch's non-deterministic kernels (faster on a "
+                    "GPU; runs are then not bit-reproducible)")
     tr.add_argument("--embedding-dim", type=int)
     tr.add_argument("--num-layers", type=int)
     tr.add_argument("--social-weight", type=float, help="weight of friend edges (social LightGCN)")
@@ -204,7 +207,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"{graph_path} has no split: using the default random split (seed 0, 80/10/10); "
               "make it explicit with `gnnrec split`", file=sys.stderr)
     config.validate()
-    seed_everything(config.seed)
+    seed_everything(config.seed, config.deterministic)
     model = build_model(model_name, graph, hyper)
     if args.resume:
         check_resumable(run, model_name, model.config(), config, fingerprint(graph))  # type: ignore[operator]

@@ -214,7 +214,7 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
     graph: HeteroData = ray.get(cfg["graph"][0])
     config = TrainConfig.from_dict(cfg["train_config"])
     mb = MiniBatchConfig(**cfg["minibatch"]) if cfg["minibatch"] else None
-    seed_everything(config.seed)
+    seed_everything(config.seed, config.deterministic)
     model = build_model(cfg["model_name"], graph, cfg["hyper"])
     device = ray.train.torch.get_device()
     module: nn.Module = (SampledBPR(model, graph, config.loss, config.temperature) if mb

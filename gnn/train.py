@@ -63,9 +63,13 @@ class TrainConfig:
     eval_batch_size: int | None = None
     seed: int = 0
     device: str = "auto"  # "auto" = cuda when available, else cpu
+    # torch's deterministic kernels (see seed_everything); False trades reproducibility
+    # for the faster non-deterministic scatter / index-add kernels of a GPU.
+    deterministic: bool = True
 
     # Settings that may change when resuming a run (the rest must match).
-    RESUMABLE = ("epochs", "patience", "eval_every", "device", "eval_batch_size")
+    RESUMABLE = ("epochs", "patience", "eval_every", "device", "eval_batch_size",
+                 "deterministic")
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "num_negatives", "patience", "eval_every"):

@@ -89,6 +89,14 @@ def test_train_without_split_applies_default(tmp_path: Path,
         assert "default random split (seed 0" in capsys.readouterr().err
         model, meta, graph = load_run(out)  # re-applies the same split: fingerprint matches
         assert meta["graph"]["split_applied"] is True and "split" in graph[UI]
+        assert meta["train_config"]["deterministic"] is True
+        assert torch.are_deterministic_algorithms_enabled()
+        # --nondeterministic is recorded, applied, and may change on resume
+        assert main(["train", "--out", str(out), "--resume", "--epochs", "2",
+                     "--nondeterministic", "--no-progress"]) == 0
+        assert not torch.are_deterministic_algorithms_enabled()
+        assert json.loads((out / "meta.json").read_text())["train_config"]["deterministic"] is False
+    torch.use_deterministic_algorithms(False)
     assert isinstance(model.score(torch.tensor([0])), torch.Tensor)
 
 
