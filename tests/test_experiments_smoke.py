@@ -69,6 +69,13 @@ def test_quality_benchmark_runs_on_a_tiny_graph(tmp_path: Path) -> None:
     assert all(m["reproduced"] for m in again["models"].values()), again["models"]
     assert again["ratio_recall@20"] == pytest.approx(result["ratio_recall@20"])
     assert again["ratio_ci95"] == result["ratio_ci95"]
+    # a what-if refit changes the best graph model's setting and claims no reproduction
+    dim = models[best]["selected"].get("embedding_dim", 64) * 2
+    whatif = quality.refit(graph, result, _tiny_budget(), seed=0, log=logged.append,
+                           changes={"embedding_dim": dim})
+    assert whatif["models"][best]["selected"]["embedding_dim"] == dim
+    assert whatif["models"][best]["reproduced"] is None
+    assert whatif["models"]["als"]["reproduced"] is True
     print(quality.table(result))
     png = tmp_path / "q.png"
     quality.plot(png, result, "tiny")
