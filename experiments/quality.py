@@ -593,6 +593,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.dataset}: {info['num_users']} users, {info['num_items']} items, "
           f"{info['num_interactions']} interactions, {info['num_friendships']} friendships; "
           f"split {graph.split_info['counts']}")
+    if args.refit_set and args.refit is None:
+        raise SystemExit("--refit-set changes a refit: give --refit RESULT.json too")
     if args.refit is not None:
         previous = json.loads(args.refit.read_text())
         if (previous["dataset"], previous["seed"]) != (args.dataset, args.seed):
