@@ -131,12 +131,47 @@ class Trial:
     seconds: float
     curve: list[tuple[int, float]]
     model: Any = None  # the fitted model (kept for the selected trial only)
+    recorded: bool = False  # taken from an earlier run's JSON (``--reuse``), not trained here
 
     def record(self) -> dict[str, Any]:
         return {"config": self.config, "valid_" + METRIC: self.valid.get(METRIC),
                 "valid_ndcg@20": self.valid.get("ndcg@20"), "best_epoch": self.best_epoch,
                 "epochs_run": self.epochs_run, "stopped": self.stopped,
-                "seconds": round(self.seconds, 2)}
+                "seconds": round(self.seconds, 2), **({"recorded": True} if self.recorded else {})}
+
+
+# -- trials recorded by an earlier run ----------------------------------------------------------
+def trial_key(family: str, config: dict[str, Any]) -> str:
+    """What identifies a trial: its whole config (ALS: without the iteration count, which the
+    trial itself picks among its checkpoints)."""
+    if family == "als":
+        config = {k: float(v) if k != "factors" else int(v)
+                  for k, v in config.items() if k != "iterations"}
+    return json.dumps(config, sort_keys=True)
+
+
+def recorded_trials(previous: dict[str, Any] | None, family: str) -> dict[str, Trial]:
+    """The trials ``previous`` (an earlier result JSON of the same dataset, seed, split and
+    epoch budget) ran for ``family``, by :func:`trial_key`, without fitted models."""
+    if previous is None or family not in previous["models"]:
+        return {}
+    out = {}
+    for r in previous["models"][family]["trials"]:
+        valid = {METRIC: r["valid_" + METRIC], "ndcg@20": r["valid_ndcg@20"]}
+        out[trial_key(family, r["config"])] = Trial(
+            family, r["config"], valid, r["best_epoch"], r["epochs_run"], r["stopped"],
+            r["seconds"], [], recorded=True)
+    return out
+
+
+def check_reusable(previous: dict[str, Any], dataset: str, seed: int, split: dict[str, Any],
+                   budget: Budget) -> None:
+    """Refuse an earlier result whose trials were not run on the same data and budget."""
+    same = {"dataset": (previous["dataset"], dataset), "seed": (previous["seed"], seed),
+            "split": (previous["split"], json.loads(json.dumps(split))),
+            "epoch budget": (previous["grids"]["epochs"], grids(budget, ())["epochs"])}
+    if differ := [name for name, (a, b) in same.items() if a != b]:
+        raise SystemExit(f"cannot reuse its trials: different {', '.join(differ)}")
 
 
 def train_bpr(family: str, graph: HeteroData, config: dict[str, Any], budget: Budget,
@@ -163,16 +198,21 @@ def train_bpr(family: str, graph: HeteroData, config: dict[str, Any], budget: Bu
 
 def coordinate_search(family: str, base: dict[str, Any], stages: list[dict[str, list[Any]]],
                       run_trial: Callable[[dict[str, Any]], Trial],
-                      log: Callable[[str], None]) -> tuple[Trial, list[Trial]]:
-    """Tune one setting at a time on valid; returns ``(best trial, all trials)``."""
+                      log: Callable[[str], None],
+                      recorded: dict[str, Trial] | None = None) -> tuple[Trial, list[Trial]]:
+    """Tune one setting at a time on valid; returns ``(best trial, all trials)``. A config
+    found in ``recorded`` takes its recorded result instead of being trained again (the
+    best trial may then come without a fitted model: see :func:`fitted`)."""
     done: dict[str, Trial] = {}
+    recorded = recorded or {}
 
     def attempt(config: dict[str, Any]) -> Trial:
-        key = json.dumps(config, sort_keys=True)
+        key = trial_key(family, config)
         if key not in done:
-            trial = run_trial(config)
+            trial = recorded.get(key) or run_trial(config)
             log(f"  {family:16s} {_fmt(config)}  valid {METRIC} {trial.valid[METRIC]:.4f} "
-                f"(epoch {trial.best_epoch}/{trial.epochs_run}, {trial.seconds:.0f}s)")
+                f"(epoch {trial.best_epoch}/{trial.epochs_run}, {trial.seconds:.0f}s"
+                f"{', recorded' if trial.recorded else ''})")
             done[key] = trial
             best = max(done.values(), key=lambda t: t.valid[METRIC])
             for t in done.values():  # keep only the best fitted model in memory
@@ -189,6 +229,26 @@ def coordinate_search(family: str, base: dict[str, Any], stages: list[dict[str, 
                 if trial.valid[METRIC] > best.valid[METRIC]:
                     best = trial
     return best, list(done.values())
+
+
+def fitted(trial: Trial, graph: HeteroData, evaluator: Any, budget: Budget, seed: int,
+           log: Callable[[str], None]) -> tuple[Trial, bool | None]:
+    """``(trial with a fitted model, reproduced)``: a selected trial taken from the record
+    is trained again (seeded, so valid must come out as recorded; ``reproduced`` says
+    whether it did, None when nothing was refit)."""
+    if trial.model is not None:
+        return trial, None
+    if trial.family == "als":
+        c = trial.config
+        again = fit_als(train_matrix(graph), evaluator, c["factors"], c["regularization"],
+                        c["alpha"], (c["iterations"],), seed)
+    else:
+        again = train_bpr(trial.family, graph, trial.config, budget, seed)
+    same = abs(again.valid[METRIC] - trial.valid[METRIC]) < 1e-6
+    note = "as recorded" if same else f"RECORDED {trial.valid[METRIC]:.4f}"
+    log(f"[{trial.family}] refit the recorded selection: valid {METRIC} "
+        f"{again.valid[METRIC]:.4f} ({note})")
+    return again, same
 
 
 def _fmt(config: dict[str, Any]) -> str:
@@ -269,18 +329,23 @@ def _outward(name: str, value: float, up: bool) -> float | None:
 
 
 def tune_als(graph: HeteroData, evaluator: Any, budget: Budget, seed: int,
-             log: Callable[[str], None]) -> tuple[Trial, list[Trial]]:
+             log: Callable[[str], None],
+             recorded: dict[str, Trial] | None = None) -> tuple[Trial, list[Trial]]:
     """Full grid over factors x regularisation x alpha (iterations = best checkpoint); then,
     while the best value of a setting lies on the edge of its grid, the grid is extended
-    outward along that setting (others at the best) as long as valid improves."""
+    outward along that setting (others at the best) as long as valid improves. Grid points
+    found in ``recorded`` take their recorded result."""
     mat = train_matrix(graph)
     trials: dict[tuple[int, float, float], Trial] = {}
     checkpoints = tuple(sorted(budget.als_iterations))
+    recorded = recorded or {}
 
     def attempt(factors: int, reg: float, alpha: float) -> Trial:
         key = (int(factors), float(reg), float(alpha))
         if key not in trials:
-            trials[key] = fit_als(mat, evaluator, *key, checkpoints, seed)
+            cfg = {"factors": key[0], "regularization": key[1], "alpha": key[2]}
+            trials[key] = (recorded.get(trial_key("als", cfg))
+                           or fit_als(mat, evaluator, *key, checkpoints, seed))
             best = max(trials.values(), key=lambda t: t.valid[METRIC])
             for t in trials.values():  # keep only the best factors in memory
                 if t is not best:
@@ -333,6 +398,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-epochs", type=int, default=None, help="override the epoch budget")
     p.add_argument("--models", default=",".join(FAMILIES),
                    help=f"comma-separated subset of {','.join(FAMILIES)}")
+    p.add_argument("--reuse", type=Path, default=None,
+                   help="a full search, but every trial an earlier result JSON of the same "
+                        "dataset, seed, split and epoch budget ran is taken as recorded "
+                        "(marked so in the JSON) instead of trained again; selected recorded "
+                        "trials are refit and checked against their record")
     p.add_argument("--refit", type=Path, default=None,
                    help="no tuning: refit the selected ALS and best graph model of this "
                         "earlier result JSON (same dataset and seed), read test again and "
@@ -399,10 +469,13 @@ def versus_als(family: str, test: dict[str, dict[str, float]],
 
 
 def run_benchmark(graph: HeteroData, budget: Budget, *, families: tuple[str, ...] = FAMILIES,
-                  seed: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
+                  seed: int = 0, log: Callable[[str], None] = print,
+                  reuse: dict[str, Any] | None = None) -> dict[str, Any]:
     """Tune every family on valid, then read test once per selected model.
 
-    ``graph`` must carry a split. Returns the result dict (without ``machine``).
+    ``graph`` must carry a split. ``reuse``: an earlier result of the same data and epoch
+    budget (:func:`check_reusable`) whose trials are taken as recorded instead of being
+    trained again; the selected ones are refit. Returns the result dict (without ``machine``).
     """
     from gnnrec.gnn.data import UU
     from gnnrec.gnn.evaluate import Evaluator
@@ -415,6 +488,7 @@ def run_benchmark(graph: HeteroData, budget: Budget, *, families: tuple[str, ...
     selected: dict[str, Trial] = {}
     trials: dict[str, list[Trial]] = {}
     seconds: dict[str, float] = {}
+    reproduced: dict[str, bool | None] = {}
     for family in families:
         t0 = time.perf_counter()
         log(f"[{family}] tuning on valid {METRIC}")
@@ -426,7 +500,8 @@ def run_benchmark(graph: HeteroData, budget: Budget, *, families: tuple[str, ...
             best = Trial("pop", {}, metrics, 0, 0, "no_parameters", 0.0, [], model)
             found = [best]
         elif family == "als":
-            best, found = tune_als(graph, valid_eval, budget, seed, log)
+            best, found = tune_als(graph, valid_eval, budget, seed, log,
+                                   recorded_trials(reuse, family))
         else:
             stages = budget.stages.get(family, [])
             if family == "lightgcn_social":
@@ -435,7 +510,9 @@ def run_benchmark(graph: HeteroData, budget: Budget, *, families: tuple[str, ...
                 base = budget.base[family]
             best, found = coordinate_search(
                 family, base, stages,
-                lambda cfg, fam=family: train_bpr(fam, graph, cfg, budget, seed), log)
+                lambda cfg, fam=family: train_bpr(fam, graph, cfg, budget, seed), log,
+                recorded_trials(reuse, family))
+        best, reproduced[family] = fitted(best, graph, valid_eval, budget, seed, log)
         selected[family], trials[family] = best, found
         seconds[family] = time.perf_counter() - t0
         log(f"[{family}] selected {best.config}: valid {METRIC} {best.valid[METRIC]:.4f} "
@@ -456,6 +533,8 @@ def run_benchmark(graph: HeteroData, budget: Budget, *, families: tuple[str, ...
             "stopped": selected[f].stopped, "valid": selected[f].valid, "test": test[f],
             "valid_curve": selected[f].curve, "tuning_seconds": round(seconds[f], 1),
             "trials": [t.record() for t in trials[f]],
+            **({"refit_reproduced_recorded_valid": reproduced[f]}
+               if reproduced.get(f) is not None else {}),
         } for f in selected},
         "grids": grids(budget, families),
     }
@@ -617,9 +696,14 @@ def main(argv: list[str] | None = None) -> int:
             write_json(args.json, result)
             print(f"wrote {args.json}")
         return 0
-    result = run_benchmark(graph, budget, families=families, seed=args.seed)
+    reuse = None
+    if args.reuse is not None:
+        reuse = json.loads(args.reuse.read_text())
+        check_reusable(reuse, args.dataset, args.seed, graph.split_info, budget)
+    result = run_benchmark(graph, budget, families=families, seed=args.seed, reuse=reuse)
     result = {
         "benchmark": "quality", "dataset": args.dataset, "quick": args.quick,
+        **({"reused_trials_from": str(args.reuse)} if reuse else {}),
         **{k: v for k, v in result.items() if k not in ("models", "grids")},
         "protocol": ("implicit feedback: every interaction is a positive (MovieLens ratings "
                      "and LastFM play counts ignored); one seeded per-user random 80/10/10 "

@@ -76,6 +76,24 @@ def test_quality_benchmark_runs_on_a_tiny_graph(tmp_path: Path) -> None:
     assert whatif["models"][best]["selected"]["embedding_dim"] == dim
     assert whatif["models"][best]["reproduced"] is None
     assert whatif["models"]["als"]["reproduced"] is True
+    # a search that reuses this run's trials trains only the new ones, refits the recorded
+    # selections (which reproduce), and reads the same test figures
+    budget = _tiny_budget()
+    budget.stages["lightgcn"].append({"embedding_dim": [16]})
+    logged.clear()
+    reran = quality.run_benchmark(graph, budget, seed=0, log=logged.append, reuse=result)
+    lgcn = reran["models"]["lightgcn"]["trials"]
+    assert [t.get("recorded", False) for t in lgcn] == [True, True, True, False]
+    assert lgcn[3]["config"]["embedding_dim"] == 16
+    assert all(t.get("recorded") for t in reran["models"]["als"]["trials"])
+    for fam, r in reran["models"].items():
+        assert r.get("refit_reproduced_recorded_valid", True), fam
+        if fam not in ("lightgcn", "lightgcn_social"):  # unchanged selections
+            assert r["test"] == models[fam]["test"], fam
+    info = {"dataset": "tiny", "seed": 0, "split": {"n": 1}, "grids": quality.grids(budget, ())}
+    quality.check_reusable(info, "tiny", 0, {"n": 1}, budget)
+    with pytest.raises(SystemExit, match="seed, epoch budget"):
+        quality.check_reusable(info, "tiny", 1, {"n": 1}, quality.Budget())
     print(quality.table(result))
     png = tmp_path / "q.png"
     quality.plot(png, result, "tiny")
