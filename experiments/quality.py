@@ -23,7 +23,7 @@ each family, after all tuning is done. Families:
   iterations (checkpoints), scored through the same full-ranking evaluator;
 * ``lightgcn``: coordinate search over the objective (sampled softmax over 16 negatives,
   or BPR with one), lr, l2, layers at embedding 64, then the embedding size (128, 256; ALS
-  searches its factors too);
+  searches its factors too), then l2 again at that size;
 * ``lightgcn_social`` (graphs with friendships): the selected LightGCN settings plus
   friend edges, ``social_weight`` tuned;
 * ``graphsage``: heterogeneous GraphSAGE (friends and tags where the graph has them),
@@ -85,8 +85,11 @@ class Budget:
     # sets several settings together (e.g. a loss with its number of negatives).
     stages: dict[str, list[dict[str, list[Any]]]] = field(default_factory=lambda: {
         "mf": [{"lr": [1e-3, 1e-2]}, {"l2": [1e-5, 1e-3]}],
+        # l2 again after the embedding size: the weight decay a model needs grows with its
+        # capacity (a trial already run is not run again).
         "lightgcn": [{"objective": [BPR_1]}, {"lr": [2e-3, 1e-2]}, {"l2": [1e-4, 3e-3]},
-                     {"num_layers": [2]}, {"embedding_dim": [128, 256]}],
+                     {"num_layers": [2]}, {"embedding_dim": [128, 256]},
+                     {"l2": [1e-4, 1e-3, 3e-3, 1e-2]}],
         "lightgcn_social": [{"social_weight": [0.25, 0.5, 1.0]}],
         "graphsage": [{"objective": [BPR_1]}, {"lr": [2e-3, 1e-2]}, {"l2": [1e-4, 1e-2]}],
     })
