@@ -410,6 +410,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="no tuning: refit the selected ALS and best graph model of this "
                         "earlier result JSON (same dataset and seed), read test again and "
                         "add the bootstrap intervals; checks the run reproduces")
+    p.add_argument("--refit-split-seed", type=int, default=None, metavar="SEED",
+                   help="with --refit: refit the same selections on the random split of this "
+                        "other seed (no tuning on it): does the margin over ALS hold?")
     p.add_argument("--refit-set", action="append", default=[], metavar="KEY=VALUE",
                    help="with --refit: a what-if, the best graph model refit with this "
                         "setting changed (VALUE as JSON), e.g. embedding_dim=128; the "
@@ -425,7 +428,8 @@ def refit(graph: HeteroData, previous: dict[str, Any], budget: Budget, seed: int
     test metrics ``previous`` recorded (training is seeded, so they should agree).
 
     ``changes`` (a what-if) overrides settings of the best graph model's configuration;
-    its test metrics are then new, not a reproduction."""
+    its test metrics are then new, not a reproduction. Neither is a reproduction when
+    ``seed`` is not ``previous``'s: the same configurations on another random split."""
     from gnnrec.gnn.evaluate import Evaluator
 
     valid_eval, test_eval = Evaluator(graph, "valid"), Evaluator(graph, "test")
@@ -434,7 +438,7 @@ def refit(graph: HeteroData, previous: dict[str, Any], budget: Budget, seed: int
     per_user: dict[str, dict[str, Tensor]] = {}
     for family in ("als", bg):
         config = previous["models"][family]["selected"]
-        changed = family == bg and bool(changes)
+        changed = (family == bg and bool(changes)) or seed != previous["seed"]
         if changed:
             config = {**config, **(changes or {})}
         t0 = time.perf_counter()
@@ -669,22 +673,27 @@ def main(argv: list[str] | None = None) -> int:
     budget = Budget.quick() if args.quick else Budget()
     if args.max_epochs:
         budget.max_epochs = args.max_epochs
+    if (args.refit_set or args.refit_split_seed is not None) and args.refit is None:
+        raise SystemExit("--refit-set and --refit-split-seed change a refit: give --refit "
+                         "RESULT.json too")
+    previous = json.loads(args.refit.read_text()) if args.refit is not None else {}
+    if previous and (previous["dataset"], previous["seed"]) != (args.dataset, args.seed):
+        raise SystemExit(f"{args.refit} is {previous['dataset']} seed {previous['seed']}, "
+                         f"not {args.dataset} seed {args.seed}")
+    if args.refit_split_seed is not None:
+        args.seed = args.refit_split_seed  # the split's and the models' seed
     started, load_before = time.perf_counter(), loadavg()
     graph, info = dataset_graph(args.dataset)
     graph = apply_split(graph, "random", seed=args.seed)
     print(f"{args.dataset}: {info['num_users']} users, {info['num_items']} items, "
           f"{info['num_interactions']} interactions, {info['num_friendships']} friendships; "
           f"split {graph.split_info['counts']}")
-    if args.refit_set and args.refit is None:
-        raise SystemExit("--refit-set changes a refit: give --refit RESULT.json too")
-    if args.refit is not None:
-        previous = json.loads(args.refit.read_text())
-        if (previous["dataset"], previous["seed"]) != (args.dataset, args.seed):
-            raise SystemExit(f"{args.refit} is {previous['dataset']} seed {previous['seed']}, "
-                             f"not {args.dataset} seed {args.seed}")
+    if previous:
         budget.max_epochs = previous["grids"]["epochs"]["max"]
         changes = dict(parse_model_arg(a) for a in args.refit_set)
-        result = {"benchmark": "quality_refit_whatif" if changes else "quality_refit",
+        kind = ("quality_refit_other_split" if args.refit_split_seed is not None
+                else "quality_refit_whatif" if changes else "quality_refit")
+        result = {"benchmark": kind,
                   "dataset": args.dataset, "seed": args.seed, "from": str(args.refit),
                   "changes": changes,
                   **refit(graph, previous, budget, args.seed, changes=changes),

@@ -64,6 +64,7 @@ def test_quality_benchmark_runs_on_a_tiny_graph(tmp_path: Path) -> None:
     for ci in result["ratio_ci95"].values():
         assert ci["low"] <= ci["high"] and ci["resamples"] == 2000
     # refitting the selected configs without search reproduces the recorded test metrics
+    result["seed"] = 0  # as main() records it
     again = quality.refit(graph, result, _tiny_budget(), seed=0, log=logged.append)
     assert set(again["models"]) == {"als", best}
     assert all(m["reproduced"] for m in again["models"].values()), again["models"]
@@ -76,6 +77,11 @@ def test_quality_benchmark_runs_on_a_tiny_graph(tmp_path: Path) -> None:
     assert whatif["models"][best]["selected"]["embedding_dim"] == dim
     assert whatif["models"][best]["reproduced"] is None
     assert whatif["models"]["als"]["reproduced"] is True
+    # the same selections on another split (and model seed) claim no reproduction either
+    other = quality.refit(apply_split(graph, "random", seed=2), result, _tiny_budget(), seed=2,
+                          log=logged.append)
+    assert all(m["reproduced"] is None for m in other["models"].values())
+    assert other["models"]["als"]["test"] != again["models"]["als"]["test"]
     # a search that reuses this run's trials trains only the new ones, refits the recorded
     # selections (which reproduce), and reads the same test figures
     budget = _tiny_budget()
