@@ -457,7 +457,8 @@ def refit(graph: HeteroData, previous: dict[str, Any], budget: Budget, seed: int
             "reproduced": None if changed else all(abs(test[m] - before[m]) < 1e-6
                                                    for m in ("recall@20", "ndcg@20")),
         }
-        log(f"[{family}] {'what-if' if changed else 'refit'} {config}: valid recall@20 "
+        label = "other split" if seed != previous["seed"] else "what-if" if changed else "refit"
+        log(f"[{family}] {label} {config}: valid recall@20 "
             f"{trial.valid[METRIC]:.4f}, test recall@20 {test['recall@20']:.4f} (recorded "
             f"selection: {before['recall@20']:.4f})")
     tests = {f: m["test"] for f, m in out["models"].items()}
