@@ -244,7 +244,7 @@ def fitted(trial: Trial, graph: HeteroData, evaluator: Any, budget: Budget, seed
     if trial.family == "als":
         c = trial.config
         again = fit_als(train_matrix(graph), evaluator, c["factors"], c["regularization"],
-                        c["alpha"], (c["iterations"],), seed)
+                        c["alpha"], tuple(sorted(budget.als_iterations)), seed)  # whole curve
     else:
         again = train_bpr(trial.family, graph, trial.config, budget, seed)
     same = abs(again.valid[METRIC] - trial.valid[METRIC]) < 1e-6
