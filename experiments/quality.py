@@ -143,6 +143,10 @@ class Trial:
                 "seconds": round(self.seconds, 2), **({"recorded": True} if self.recorded else {})}
 
 
+def _as_is(trial: Trial) -> Trial:
+    return trial
+
+
 # -- trials recorded by an earlier run ----------------------------------------------------------
 def trial_key(family: str, config: dict[str, Any]) -> str:
     """What identifies a trial: its whole config (ALS: without the iteration count, which the
@@ -165,6 +169,45 @@ def recorded_trials(previous: dict[str, Any] | None, family: str) -> dict[str, T
             family, r["config"], valid, r["best_epoch"], r["epochs_run"], r["stopped"],
             r["seconds"], [], recorded=True)
     return out
+
+
+def read_trial_log(path: Path) -> dict[str, Any]:
+    """A :class:`TrialLog` file as the part of a result JSON that ``--reuse`` reads."""
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out: dict[str, Any] = {**lines[0]["header"], "models": {}}
+    for r in lines[1:]:
+        out["models"].setdefault(r.pop("family"), {"trials": []})["trials"].append(r)
+    return out
+
+
+def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One ``--reuse`` source of several results or logs (the trials of all of them)."""
+    merged: dict[str, Any] = {**results[0], "models": {}}
+    for r in results:
+        for family, m in r["models"].items():
+            merged["models"].setdefault(family, {"trials": []})["trials"] += m["trials"]
+    return merged
+
+
+class TrialLog:
+    """Every trial this run trains, appended to a JSON-lines file as soon as it ends (after
+    a header naming the dataset, seed, split and epoch budget), so a run that is killed
+    loses at most the trial in progress: ``--trial-log`` again resumes it."""
+
+    def __init__(self, path: Path, dataset: str, seed: int, split: dict[str, Any],
+                 budget: Budget) -> None:
+        self.path = path
+        header = {"dataset": dataset, "seed": seed, "split": json.loads(json.dumps(split)),
+                  "grids": {"epochs": grids(budget, ())["epochs"]}}
+        if not path.exists() or not path.read_text().strip():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"header": header}) + "\n")
+
+    def __call__(self, trial: Trial) -> Trial:
+        if not trial.recorded:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"family": trial.family, **trial.record()}) + "\n")
+        return trial
 
 
 def check_reusable(previous: dict[str, Any], dataset: str, seed: int, split: dict[str, Any],
@@ -333,7 +376,8 @@ def _outward(name: str, value: float, up: bool) -> float | None:
 
 def tune_als(graph: HeteroData, evaluator: Any, budget: Budget, seed: int,
              log: Callable[[str], None],
-             recorded: dict[str, Trial] | None = None) -> tuple[Trial, list[Trial]]:
+             recorded: dict[str, Trial] | None = None,
+             on_trial: Callable[[Trial], Trial] = _as_is) -> tuple[Trial, list[Trial]]:
     """Full grid over factors x regularisation x alpha (iterations = best checkpoint); then,
     while the best value of a setting lies on the edge of its grid, the grid is extended
     outward along that setting (others at the best) as long as valid improves. Grid points
@@ -348,7 +392,7 @@ def tune_als(graph: HeteroData, evaluator: Any, budget: Budget, seed: int,
         if key not in trials:
             cfg = {"factors": key[0], "regularization": key[1], "alpha": key[2]}
             trials[key] = (recorded.get(trial_key("als", cfg))
-                           or fit_als(mat, evaluator, *key, checkpoints, seed))
+                           or on_trial(fit_als(mat, evaluator, *key, checkpoints, seed)))
             best = max(trials.values(), key=lambda t: t.valid[METRIC])
             for t in trials.values():  # keep only the best factors in memory
                 if t is not best:
@@ -401,11 +445,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-epochs", type=int, default=None, help="override the epoch budget")
     p.add_argument("--models", default=",".join(FAMILIES),
                    help=f"comma-separated subset of {','.join(FAMILIES)}")
-    p.add_argument("--reuse", type=Path, default=None,
-                   help="a full search, but every trial an earlier result JSON of the same "
-                        "dataset, seed, split and epoch budget ran is taken as recorded "
-                        "(marked so in the JSON) instead of trained again; selected recorded "
-                        "trials are refit and checked against their record")
+    p.add_argument("--reuse", type=Path, action="append", default=[],
+                   help="a full search, but every trial an earlier result JSON (or trial "
+                        "log) of the same dataset, seed, split and epoch budget ran is taken "
+                        "as recorded (marked so in the JSON) instead of trained again; "
+                        "selected recorded trials are refit and checked against their "
+                        "record. Repeatable")
+    p.add_argument("--trial-log", type=Path, default=None,
+                   help="append every trial to this JSON-lines file as it ends; an existing "
+                        "log is reused (resumes a killed run)")
     p.add_argument("--refit", type=Path, default=None,
                    help="no tuning: refit the selected ALS and best graph model of this "
                         "earlier result JSON (same dataset and seed), read test again and "
@@ -478,12 +526,14 @@ def versus_als(family: str, test: dict[str, dict[str, float]],
 
 def run_benchmark(graph: HeteroData, budget: Budget, *, families: tuple[str, ...] = FAMILIES,
                   seed: int = 0, log: Callable[[str], None] = print,
-                  reuse: dict[str, Any] | None = None) -> dict[str, Any]:
+                  reuse: dict[str, Any] | None = None,
+                  on_trial: Callable[[Trial], Trial] = _as_is) -> dict[str, Any]:
     """Tune every family on valid, then read test once per selected model.
 
     ``graph`` must carry a split. ``reuse``: an earlier result of the same data and epoch
     budget (:func:`check_reusable`) whose trials are taken as recorded instead of being
-    trained again; the selected ones are refit. Returns the result dict (without ``machine``).
+    trained again; the selected ones are refit. ``on_trial`` sees every trial as it ends
+    (:class:`TrialLog`). Returns the result dict (without ``machine``).
     """
     from gnnrec.gnn.data import UU
     from gnnrec.gnn.evaluate import Evaluator
@@ -509,7 +559,7 @@ def run_benchmark(graph: HeteroData, budget: Budget, *, families: tuple[str, ...
             found = [best]
         elif family == "als":
             best, found = tune_als(graph, valid_eval, budget, seed, log,
-                                   recorded_trials(reuse, family))
+                                   recorded_trials(reuse, family), on_trial)
         else:
             stages = budget.stages.get(family, [])
             if family == "lightgcn_social":
@@ -518,7 +568,7 @@ def run_benchmark(graph: HeteroData, budget: Budget, *, families: tuple[str, ...
                 base = budget.base[family]
             best, found = coordinate_search(
                 family, base, stages,
-                lambda cfg, fam=family: train_bpr(fam, graph, cfg, budget, seed), log,
+                lambda cfg, fam=family: on_trial(train_bpr(fam, graph, cfg, budget, seed)), log,
                 recorded_trials(reuse, family))
         best, reproduced[family] = fitted(best, graph, valid_eval, budget, seed, log)
         selected[family], trials[family] = best, found
@@ -709,14 +759,21 @@ def main(argv: list[str] | None = None) -> int:
             write_json(args.json, result)
             print(f"wrote {args.json}")
         return 0
-    reuse = None
-    if args.reuse is not None:
-        reuse = json.loads(args.reuse.read_text())
-        check_reusable(reuse, args.dataset, args.seed, graph.split_info, budget)
-    result = run_benchmark(graph, budget, families=families, seed=args.seed, reuse=reuse)
+    on_trial: Callable[[Trial], Trial] = _as_is
+    if args.trial_log is not None:
+        on_trial = TrialLog(args.trial_log, args.dataset, args.seed, graph.split_info, budget)
+    sources = [p for p in args.reuse if p != args.trial_log]
+    sources += [args.trial_log] if args.trial_log is not None else []
+    earlier = [read_trial_log(p) if p.suffix == ".jsonl" else json.loads(p.read_text())
+               for p in sources]
+    for one in earlier:
+        check_reusable(one, args.dataset, args.seed, graph.split_info, budget)
+    reuse = merge_results(earlier) if earlier else None
+    result = run_benchmark(graph, budget, families=families, seed=args.seed, reuse=reuse,
+                           on_trial=on_trial)
     result = {
         "benchmark": "quality", "dataset": args.dataset, "quick": args.quick,
-        **({"reused_trials_from": str(args.reuse)} if reuse else {}),
+        **({"reused_trials_from": [str(p) for p in sources]} if reuse else {}),
         **{k: v for k, v in result.items() if k not in ("models", "grids")},
         "protocol": ("implicit feedback: every interaction is a positive (MovieLens ratings "
                      "and LastFM play counts ignored); one seeded per-user random 80/10/10 "

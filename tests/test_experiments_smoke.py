@@ -87,10 +87,22 @@ def test_quality_benchmark_runs_on_a_tiny_graph(tmp_path: Path) -> None:
     budget = _tiny_budget()
     budget.stages["lightgcn"].append({"embedding_dim": [16]})
     logged.clear()
-    reran = quality.run_benchmark(graph, budget, seed=0, log=logged.append, reuse=result)
+    log = quality.TrialLog(tmp_path / "trials.jsonl", "tiny", 0, {"n": 1}, budget)
+    reran = quality.run_benchmark(graph, budget, seed=0, log=logged.append, reuse=result,
+                                  on_trial=log)
     lgcn = reran["models"]["lightgcn"]["trials"]
     assert [t.get("recorded", False) for t in lgcn] == [True, True, True, False]
     assert lgcn[3]["config"]["embedding_dim"] == 16
+    # the trial log holds what this run trained (and nothing it reused), ready for --reuse
+    logged_trials = quality.read_trial_log(log.path)
+    assert logged_trials["seed"] == 0 and logged_trials["split"] == {"n": 1}
+    assert logged_trials["models"]["lightgcn"]["trials"] == [lgcn[3]]
+    assert "als" not in logged_trials["models"]
+    again_all = quality.run_benchmark(graph, budget, seed=0, log=logged.append,
+                                      reuse=quality.merge_results([result, logged_trials]))
+    for fam, m in again_all["models"].items():  # nothing left to train
+        assert fam == "pop" or all(t.get("recorded") for t in m["trials"]), fam
+    assert again_all["models"]["lightgcn"]["test"] == reran["models"]["lightgcn"]["test"]
     assert all(t.get("recorded") for t in reran["models"]["als"]["trials"])
     for fam, r in reran["models"].items():
         assert r.get("refit_reproduced_recorded_valid", True), fam
