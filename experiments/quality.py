@@ -189,6 +189,14 @@ def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def run_identity(dataset: str, seed: int, split: dict[str, Any],
+                 budget: Budget) -> dict[str, Any]:
+    """What trials must share to be reused: data, seed, split and epoch budget (the keys a
+    result JSON has them under)."""
+    return {"dataset": dataset, "seed": seed, "split": json.loads(json.dumps(split)),
+            "grids": {"epochs": grids(budget, ())["epochs"]}}
+
+
 class TrialLog:
     """Every trial this run trains, appended to a JSON-lines file as soon as it ends (after
     a header naming the dataset, seed, split and epoch budget), so a run that is killed
@@ -197,10 +205,9 @@ class TrialLog:
     def __init__(self, path: Path, dataset: str, seed: int, split: dict[str, Any],
                  budget: Budget) -> None:
         self.path = path
-        header = {"dataset": dataset, "seed": seed, "split": json.loads(json.dumps(split)),
-                  "grids": {"epochs": grids(budget, ())["epochs"]}}
         if not path.exists() or not path.read_text().strip():
             path.parent.mkdir(parents=True, exist_ok=True)
+            header = run_identity(dataset, seed, split, budget)
             path.write_text(json.dumps({"header": header}) + "\n")
 
     def __call__(self, trial: Trial) -> Trial:
@@ -213,10 +220,10 @@ class TrialLog:
 def check_reusable(previous: dict[str, Any], dataset: str, seed: int, split: dict[str, Any],
                    budget: Budget) -> None:
     """Refuse an earlier result whose trials were not run on the same data and budget."""
-    same = {"dataset": (previous["dataset"], dataset), "seed": (previous["seed"], seed),
-            "split": (previous["split"], json.loads(json.dumps(split))),
-            "epoch budget": (previous["grids"]["epochs"], grids(budget, ())["epochs"])}
-    if differ := [name for name, (a, b) in same.items() if a != b]:
+    ours = run_identity(dataset, seed, split, budget)
+    theirs = {**{k: previous[k] for k in ("dataset", "seed", "split")},
+              "grids": {"epochs": previous["grids"]["epochs"]}}
+    if differ := [{"grids": "epoch budget"}.get(k, k) for k in ours if ours[k] != theirs[k]]:
         raise SystemExit(f"cannot reuse its trials: different {', '.join(differ)}")
 
 
@@ -277,6 +284,15 @@ def coordinate_search(family: str, base: dict[str, Any], stages: list[dict[str, 
     return best, list(done.values())
 
 
+def fit_config(family: str, graph: HeteroData, config: dict[str, Any], evaluator: Any,
+               budget: Budget, seed: int, als_checkpoints: tuple[int, ...]) -> Trial:
+    """Train one known configuration (no search); ALS keeps its best of ``als_checkpoints``."""
+    if family == "als":
+        return fit_als(train_matrix(graph), evaluator, config["factors"],
+                       config["regularization"], config["alpha"], als_checkpoints, seed)
+    return train_bpr(family, graph, config, budget, seed)
+
+
 def fitted(trial: Trial, graph: HeteroData, evaluator: Any, budget: Budget, seed: int,
            log: Callable[[str], None]) -> tuple[Trial, bool | None]:
     """``(trial with a fitted model, reproduced)``: a selected trial taken from the record
@@ -284,12 +300,8 @@ def fitted(trial: Trial, graph: HeteroData, evaluator: Any, budget: Budget, seed
     whether it did, None when nothing was refit)."""
     if trial.model is not None:
         return trial, None
-    if trial.family == "als":
-        c = trial.config
-        again = fit_als(train_matrix(graph), evaluator, c["factors"], c["regularization"],
-                        c["alpha"], tuple(sorted(budget.als_iterations)), seed)  # whole curve
-    else:
-        again = train_bpr(trial.family, graph, trial.config, budget, seed)
+    again = fit_config(trial.family, graph, trial.config, evaluator, budget, seed,
+                       tuple(sorted(budget.als_iterations)))  # ALS: the whole valid curve
     same = abs(again.valid[METRIC] - trial.valid[METRIC]) < 1e-6
     note = "as recorded" if same else f"RECORDED {trial.valid[METRIC]:.4f}"
     log(f"[{trial.family}] refit the recorded selection: valid {METRIC} "
@@ -491,12 +503,8 @@ def refit(graph: HeteroData, previous: dict[str, Any], budget: Budget, seed: int
         if whatif:
             config = {**config, **(changes or {})}
         t0 = time.perf_counter()
-        if family == "als":
-            trial = fit_als(train_matrix(graph), valid_eval, config["factors"],
-                            config["regularization"], config["alpha"],
-                            (config["iterations"],), seed)
-        else:
-            trial = train_bpr(family, graph, config, budget, seed)
+        trial = fit_config(family, graph, config, valid_eval, budget, seed,
+                           (config["iterations"],) if family == "als" else ())
         test, _, per_user[family] = test_eval.per_user(trial.model.score)
         before = previous["models"][family]["test"]
         out["models"][family] = {
