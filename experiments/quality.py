@@ -85,11 +85,12 @@ class Budget:
     # sets several settings together (e.g. a loss with its number of negatives).
     stages: dict[str, list[dict[str, list[Any]]]] = field(default_factory=lambda: {
         "mf": [{"lr": [1e-3, 1e-2]}, {"l2": [1e-5, 1e-3]}],
-        # l2 again after the embedding size: the weight decay a model needs grows with its
-        # capacity (a trial already run is not run again).
+        # l2 and then lr again after the embedding size: the weight decay a model needs
+        # grows with its capacity, and Adam's step size interacts with both (a trial
+        # already run is not run again).
         "lightgcn": [{"objective": [BPR_1]}, {"lr": [2e-3, 1e-2]}, {"l2": [1e-4, 3e-3]},
                      {"num_layers": [2]}, {"embedding_dim": [128, 256]},
-                     {"l2": [1e-4, 1e-3, 3e-3, 1e-2]}],
+                     {"l2": [1e-4, 1e-3, 3e-3, 1e-2]}, {"lr": [1e-3, 2e-3, 5e-3, 1e-2]}],
         "lightgcn_social": [{"social_weight": [0.25, 0.5, 1.0]}],
         "graphsage": [{"objective": [BPR_1]}, {"lr": [2e-3, 1e-2]}, {"l2": [1e-4, 1e-2]}],
     })
