@@ -26,11 +26,14 @@ each family, after all tuning is done. Families:
   searches its factors too), then l2 again at that size;
 * ``lightgcn_social`` (graphs with friendships): the selected LightGCN settings plus
   friend edges, ``social_weight`` tuned;
+* ``lightgcn_tags`` (graphs with item tags): the settings of the better (on valid) of
+  ``lightgcn`` and ``lightgcn_social`` plus tag nodes joined to their items,
+  ``tag_weight`` tuned;
 * ``graphsage``: heterogeneous GraphSAGE (friends and tags where the graph has them),
   coordinate search over the objective, lr, l2.
 
-The best graph model is the one of lightgcn / lightgcn_social / graphsage with the best
-VALID recall@20; ``ratio_*`` are its TEST metrics over tuned ALS's, and ``ratio_ci95``
+The best graph model is the one of lightgcn / lightgcn_social / lightgcn_tags / graphsage
+with the best VALID recall@20; ``ratio_*`` are its TEST metrics over tuned ALS's, and ``ratio_ci95``
 their 95 % paired bootstrap intervals over the test users (how much of a ratio is the
 particular sample of test users).
 """
@@ -58,10 +61,14 @@ from gnnrec.gnn.train import TrainConfig
 METRIC = "recall@20"
 TABLE_METRICS = ("recall@20", "ndcg@20", "precision@20", "hit@20", "mrr@20", "coverage@20",
                  "novelty@20", "recall@10", "ndcg@10")
-GRAPH_FAMILIES = ("lightgcn", "lightgcn_social", "graphsage")
-FAMILIES = ("pop", "mf", "als", "lightgcn", "lightgcn_social", "graphsage")
+GRAPH_FAMILIES = ("lightgcn", "lightgcn_social", "lightgcn_tags", "graphsage")
+FAMILIES = ("pop", "mf", "als", *GRAPH_FAMILIES)
 LABELS = {"pop": "Popularity", "mf": "MF-BPR", "als": "ALS (implicit)", "lightgcn": "LightGCN",
-          "lightgcn_social": "LightGCN + social", "graphsage": "GraphSAGE"}
+          "lightgcn_social": "LightGCN + social", "lightgcn_tags": "LightGCN + tags",
+          "graphsage": "GraphSAGE"}
+# Families that start from the selected settings of others: (families, the setting added)
+DERIVED = {"lightgcn_social": (("lightgcn",), {"social_weight": 1.0}),
+           "lightgcn_tags": (("lightgcn", "lightgcn_social"), {"tag_weight": 0.5})}
 _TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
 
 
@@ -92,6 +99,9 @@ class Budget:
                      {"num_layers": [2]}, {"embedding_dim": [128, 256]},
                      {"l2": [1e-4, 1e-3, 3e-3, 1e-2]}, {"lr": [1e-3, 2e-3, 5e-3, 1e-2]}],
         "lightgcn_social": [{"social_weight": [0.25, 0.5, 1.0]}],
+        # added in session 8, after the test figures of three LastFM runs: a better model
+        # rather than a wider search of the same one (README, "Quality")
+        "lightgcn_tags": [{"tag_weight": [0.2, 1.0]}],
         "graphsage": [{"objective": [BPR_1]}, {"lr": [2e-3, 1e-2]}, {"l2": [1e-4, 1e-2]}],
     })
     # Bases: MF is the BPR baseline; the graph models start from sampled softmax over 16
@@ -113,6 +123,7 @@ class Budget:
                    stages={"mf": [{"lr": [5e-3, 1e-2]}],
                            "lightgcn": [{"lr": [5e-3, 1e-2]}],
                            "lightgcn_social": [{"social_weight": [0.5, 1.0]}],
+                           "lightgcn_tags": [{"tag_weight": [1.0]}],
                            "graphsage": [{"lr": [5e-3]}]})
 
 
@@ -235,7 +246,7 @@ def train_bpr(family: str, graph: HeteroData, config: dict[str, Any], budget: Bu
     from gnnrec.gnn.train import seed_everything, train
 
     model_cfg, train_cfg = split_config(config)
-    name = "lightgcn" if family == "lightgcn_social" else family
+    name = "lightgcn" if family.startswith("lightgcn") else family
     seed_everything(seed)
     model = build_model(name, graph, model_cfg)
     tc = TrainConfig(epochs=budget.max_epochs, eval_every=budget.eval_every,
@@ -545,13 +556,15 @@ def run_benchmark(graph: HeteroData, budget: Budget, *, families: tuple[str, ...
     trained again; the selected ones are refit. ``on_trial`` sees every trial as it ends
     (:class:`TrialLog`). Returns the result dict (without ``machine``).
     """
-    from gnnrec.gnn.data import UU
+    from gnnrec.gnn.data import IT, UU
     from gnnrec.gnn.evaluate import Evaluator
 
-    has_friends = graph[UU].edge_index.numel() > 0
-    families = tuple(f for f in families if f != "lightgcn_social" or has_friends)
-    if "lightgcn_social" in families and "lightgcn" not in families:
-        raise SystemExit("lightgcn_social starts from the tuned lightgcn: include lightgcn")
+    has = {"lightgcn_social": graph[UU].edge_index.numel() > 0,
+           "lightgcn_tags": graph[IT].edge_index.numel() > 0}
+    families = tuple(f for f in families if has.get(f, True))
+    for family in set(families) & set(DERIVED):
+        if "lightgcn" not in families:
+            raise SystemExit(f"{family} starts from the tuned lightgcn: include lightgcn")
     valid_eval = Evaluator(graph, "valid")
     selected: dict[str, Trial] = {}
     trials: dict[str, list[Trial]] = {}
@@ -572,8 +585,11 @@ def run_benchmark(graph: HeteroData, budget: Budget, *, families: tuple[str, ...
                                    recorded_trials(reuse, family), on_trial)
         else:
             stages = budget.stages.get(family, [])
-            if family == "lightgcn_social":
-                base = {**selected["lightgcn"].config, "social_weight": 1.0}
+            if family in DERIVED:
+                sources, added = DERIVED[family]
+                start = max((selected[f] for f in sources if f in selected),
+                            key=lambda t: t.valid[METRIC])
+                base = {**start.config, **added}
             else:
                 base = budget.base[family]
             best, found = coordinate_search(
@@ -619,14 +635,18 @@ def run_benchmark(graph: HeteroData, budget: Budget, *, families: tuple[str, ...
         })
         result["goal_ratios_ge_1.03"] = bool(result["ratio_recall@20"] >= 1.03
                                               and result["ratio_ndcg@20"] >= 1.03)
-    if "lightgcn_social" in selected and "lightgcn" in selected:
-        result["social_vs_plain"] = {
-            "test_recall@20": [test["lightgcn_social"]["recall@20"], test["lightgcn"]["recall@20"]],
-            "test_ndcg@20": [test["lightgcn_social"]["ndcg@20"], test["lightgcn"]["ndcg@20"]],
-            "ratio_recall@20": test["lightgcn_social"]["recall@20"] / test["lightgcn"]["recall@20"],
-            "ratio_ndcg@20": test["lightgcn_social"]["ndcg@20"] / test["lightgcn"]["ndcg@20"],
-            "valid_recall@20": [selected["lightgcn_social"].valid[METRIC],
-                                selected["lightgcn"].valid[METRIC]],
+    for key, ours, theirs in (("social_vs_plain", "lightgcn_social", "lightgcn"),
+                              ("tags_vs_without", "lightgcn_tags", None)):
+        if ours not in selected:
+            continue
+        if theirs is None:  # the family it started from
+            theirs = max((f for f in DERIVED[ours][0] if f in selected),
+                         key=lambda f: selected[f].valid[METRIC])
+        result[key] = {
+            "versus": theirs,
+            **{f"test_{m}": [test[ours][m], test[theirs][m]] for m in ("recall@20", "ndcg@20")},
+            **{f"ratio_{m}": test[ours][m] / test[theirs][m] for m in ("recall@20", "ndcg@20")},
+            "valid_recall@20": [selected[ours].valid[METRIC], selected[theirs].valid[METRIC]],
         }
     return result
 
@@ -661,9 +681,11 @@ def grids(budget: Budget, families: tuple[str, ...]) -> dict[str, Any]:
                       "iterations_checkpoints": list(budget.als_iterations),
                       "search": "full grid, then extended outward while the best sits on an "
                                 "edge and valid improves; iterations = best valid checkpoint"}
-    for fam in ("mf", "lightgcn", "lightgcn_social", "graphsage"):
+    for fam in ("mf", *GRAPH_FAMILIES):
         if fam in families:
-            out[fam] = {"base": budget.base.get(fam, "selected lightgcn + social_weight"),
+            derived = DERIVED.get(fam)
+            out[fam] = {"base": budget.base.get(fam) or (
+                            f"selected {' or '.join(derived[0])} (best valid) + {derived[1]}"),
                         "stages": budget.stages.get(fam, []),
                         "search": "coordinate search in stage order on valid"}
     return out
@@ -683,10 +705,11 @@ def table(result: dict[str, Any]) -> str:
         ci = result["ratio_ci95"]
         lines.append("  95% paired bootstrap over test users: " + ", ".join(
             f"{m} [{c['low']:.3f}, {c['high']:.3f}]" for m, c in ci.items()))
-    if "social_vs_plain" in result:
-        s = result["social_vs_plain"]
-        lines.append(f"LightGCN + social vs plain (test): recall@20 x{s['ratio_recall@20']:.3f}, "
-                     f"ndcg@20 x{s['ratio_ndcg@20']:.3f}")
+    for key, ours in (("social_vs_plain", "lightgcn_social"), ("tags_vs_without", "lightgcn_tags")):
+        if key in result:
+            s = result[key]
+            lines.append(f"{LABELS[ours]} vs {LABELS[s['versus']]} (test): recall@20 "
+                         f"x{s['ratio_recall@20']:.3f}, ndcg@20 x{s['ratio_ndcg@20']:.3f}")
     return "\n".join(lines)
 
 

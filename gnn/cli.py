@@ -17,7 +17,7 @@ from gnnrec.errors import GnnrecError
 MODEL_NAMES = ("lightgcn", "graphsage", "mf", "pop")
 # Model hyper-parameter flags -> constructor argument names (only passed when given).
 _HYPER_FLAGS = {"embedding_dim": "embedding_dim", "num_layers": "num_layers",
-                "social_weight": "social_weight"}
+                "social_weight": "social_weight", "tag_weight": "tag_weight"}
 # Training flags -> TrainConfig fields (None = keep the default / the resumed value).
 _TRAIN_FLAGS = ("epochs", "batch_size", "lr", "l2", "num_negatives", "negatives", "loss",
                 "temperature", "patience", "eval_every", "seed", "device", "deterministic")
@@ -63,6 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     tr.add_argument("--embedding-dim", type=int)
     tr.add_argument("--num-layers", type=int)
     tr.add_argument("--social-weight", type=float, help="weight of friend edges (social LightGCN)")
+    tr.add_argument("--tag-weight", type=float,
+                    help="weight of item-tag edges (LightGCN with tag nodes)")
     tr.add_argument("--model-arg", action="append", default=[], metavar="NAME=VALUE",
                     help="any other constructor argument (VALUE parsed as JSON when it can be)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out")

@@ -77,6 +77,9 @@ class MiniBatchConfig:
         if not isinstance(model, HeteroGraphSAGE | LightGCN):
             raise TrainingError(f"mini-batch training supports graphsage and lightgcn, not "
                                 f"{type(model).__name__} (train it full-graph)")
+        if isinstance(model, LightGCN) and model.config().get("tag_weight", 0.0) > 0:
+            raise TrainingError("mini-batch LightGCN samples users and items only: train "
+                                "a LightGCN with tag_weight > 0 full-graph")
         layers = int(model.num_layers)
         if len(self.num_neighbors) != layers:
             raise TrainingError(f"--num-neighbors needs one fan-out per layer: the model has "

@@ -32,6 +32,7 @@ def _tiny_budget() -> quality.Budget:
         stages={"mf": [], "lightgcn": [{"lr": [1e-2]},
                                        {"objective": [{"loss": "softmax", "num_negatives": 4}]}],
                 "lightgcn_social": [],
+                "lightgcn_tags": [{"tag_weight": [1.0]}],
                 "graphsage": []},
         base={"mf": {"embedding_dim": 8, "lr": 5e-3},
               "lightgcn": {"embedding_dim": 8, "num_layers": 2, "lr": 5e-3},
@@ -56,11 +57,17 @@ def test_quality_benchmark_runs_on_a_tiny_graph(tmp_path: Path) -> None:
     assert len(models["als"]["trials"]) >= 2  # the grid, then edge extensions
     assert models["als"]["selected"]["iterations"] in (1, 2)
     assert models["lightgcn_social"]["selected"]["social_weight"] == 1.0
+    # tags start from the better of plain and social LightGCN on valid, at weight 0.5
+    start = max(("lightgcn", "lightgcn_social"), key=lambda f: models[f]["valid"]["recall@20"])
+    tag_trials = models["lightgcn_tags"]["trials"]
+    assert tag_trials[0]["config"] == {**models[start]["selected"], "tag_weight": 0.5}
+    assert [t["config"]["tag_weight"] for t in tag_trials] == [0.5, 1.0]
+    assert result["tags_vs_without"]["versus"] == start
     assert result["best_graph_model"] in quality.GRAPH_FAMILIES
     best = result["best_graph_model"]
     assert result["ratio_recall@20"] == pytest.approx(
         models[best]["test"]["recall@20"] / models["als"]["test"]["recall@20"])
-    assert "social_vs_plain" in result
+    assert "social_vs_plain" in result and "tags_vs_without" in result
     for ci in result["ratio_ci95"].values():
         assert ci["low"] <= ci["high"] and ci["resamples"] == 2000
     # refitting the selected configs without search reproduces the recorded test metrics
@@ -106,7 +113,7 @@ def test_quality_benchmark_runs_on_a_tiny_graph(tmp_path: Path) -> None:
     assert all(t.get("recorded") for t in reran["models"]["als"]["trials"])
     for fam, r in reran["models"].items():
         assert r.get("refit_reproduced_recorded_valid", True), fam
-        if fam not in ("lightgcn", "lightgcn_social"):  # unchanged selections
+        if fam not in quality.DERIVED and fam != "lightgcn":  # unchanged selections
             assert r["test"] == models[fam]["test"], fam
     info = {"dataset": "tiny", "seed": 0, "split": {"n": 1}, "grids": quality.grids(budget, ())}
     quality.check_reusable(info, "tiny", 0, {"n": 1}, budget)
