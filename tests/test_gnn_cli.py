@@ -107,3 +107,19 @@ def test_synth_command(argv: list[str], tmp_path: Path, capsys: pytest.CaptureFi
     summary = json.loads(capsys.readouterr().out)
     assert summary["users"] == 50 and summary["split"]["kind"] == "random"
     assert load_graph(tmp_path / "s.pt")["item"].num_nodes == 30
+
+
+def test_train_lightgcn_with_tag_nodes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    gpath = save_graph(synthetic_graph(80, 40, mean_interactions=8, seed=2), tmp_path / "g.pt")
+    out = tmp_path / "tags"
+    assert main(["train", "--model", "lightgcn", "--graph", str(gpath), "--out", str(out),
+                 "--epochs", "1", "--embedding-dim", "8", "--tag-weight", "0.5",
+                 "--no-progress"]) == 0
+    model, meta, graph = load_run(out)  # rebuilt from the recorded config, weights loaded
+    assert meta["model"]["config"]["tag_weight"] == 0.5
+    assert model.tag_embedding.weight.shape == (graph["tag"].num_nodes, 8)
+    capsys.readouterr()
+    assert main(["train", "--model", "mf", "--graph", str(gpath), "--out", str(tmp_path / "mf"),
+                 "--epochs", "1", "--tag-weight", "0.5", "--no-progress"]) == 2
+    assert "--tag-weight does not apply to model mf" in capsys.readouterr().err
+    torch.use_deterministic_algorithms(False)

@@ -146,6 +146,44 @@ def test_social_edges_change_adjacency(graph: HeteroData) -> None:
     assert ones.to_dense()[0, 1].item() == pytest.approx(expected)
 
 
+def test_tag_nodes_join_items_to_their_tags(graph: HeteroData) -> None:
+    w = 0.5
+    model = LightGCN(graph, embedding_dim=8, num_layers=2, tag_weight=w)
+    a = model.adj.to_dense()
+    n = NU + NI + NT
+    assert a.shape == (n, n) and torch.allclose(a, a.t())
+    # the dense reference: interactions 1, item-tag pairs w (each pair once), D^-1/2 A D^-1/2
+    ref = torch.zeros(n, n)
+    ui = unique_edges(graph[UI].edge_index[:, graph[UI].split == 0], NI)
+    ref[ui[0], ui[1] + NU] = ref[ui[1] + NU, ui[0]] = 1.0
+    it = graph["item", "has_tag", "tag"].edge_index
+    ref[it[0] + NU, it[1] + NU + NI] = ref[it[1] + NU + NI, it[0] + NU] = w
+    d = ref.sum(1)
+    dinv = torch.where(d > 0, d.pow(-0.5), torch.zeros_like(d))
+    assert torch.allclose(a, dinv[:, None] * ref * dinv[None, :], atol=1e-6)
+    assert model.tag_embedding is not None and model.tag_embedding.weight.shape == (NT, 8)
+    user, item = model.embeddings()
+    assert user.shape == (NU, 8) and item.shape == (NI, 8)
+    # an item with no train interaction still gets its tags' embeddings through propagation
+    graph2 = graph.clone()
+    keep = graph2[UI].edge_index[1] != 0
+    graph2[UI].split = torch.where(keep, graph2[UI].split, torch.ones_like(graph2[UI].split))
+    tagged = LightGCN(graph2, embedding_dim=8, num_layers=2, tag_weight=w)
+    plain = LightGCN(graph2, embedding_dim=8, num_layers=2)
+    for m in (tagged, plain):
+        m.item_embedding.weight.data[0] = 0.0  # no ego signal for item 0
+    assert tagged.embeddings()[1][0].abs().sum() > 0
+    assert plain.embeddings()[1][0].abs().sum() == 0
+    # the config rebuilds the same structure; tag_weight 0 is plain LightGCN
+    again = LightGCN(graph, **model.config())
+    again.load_state_dict(model.state_dict())
+    assert torch.allclose(again.embeddings()[1], item)
+    assert "tag_embedding.weight" in model.state_dict()
+    assert LightGCN(graph, tag_weight=0.0).adj.shape == (NU + NI, NU + NI)
+    with pytest.raises(ValueError, match="tag_weight must be >= 0"):
+        LightGCN(graph, tag_weight=-1.0)
+
+
 def test_lightgcn_matches_pyg(graph: HeteroData) -> None:
     torch.manual_seed(0)
     layers = 3
