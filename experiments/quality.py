@@ -84,6 +84,14 @@ TAG_GRAPH = "tagging events of held-out (user, item) pairs dropped"
 # Families that start from the selected settings of others: (families, the setting added)
 DERIVED = {"lightgcn_social": (("lightgcn",), {"social_weight": 1.0}),
            "lightgcn_tags": (("lightgcn", "lightgcn_social"), {"tag_weight": 0.5})}
+# Result key -> the derived family compared on test with the family it started from
+VERSUS_START = {"social_vs_plain": "lightgcn_social", "tags_vs_without": "lightgcn_tags"}
+
+
+def start_family(family: str, selected: dict[str, Any]) -> str:
+    """The family a DERIVED ``family`` starts from: the best on valid of its sources."""
+    return max((f for f in DERIVED[family][0] if f in selected),
+               key=lambda f: selected[f].valid[METRIC])
 _TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
 
 
@@ -604,10 +612,7 @@ def run_benchmark(graph: HeteroData, budget: Budget, *, families: tuple[str, ...
         else:
             stages = budget.stages.get(family, [])
             if family in DERIVED:
-                sources, added = DERIVED[family]
-                start = max((selected[f] for f in sources if f in selected),
-                            key=lambda t: t.valid[METRIC])
-                base = {**start.config, **added}
+                base = {**selected[start_family(family, selected)].config, **DERIVED[family][1]}
             else:
                 base = budget.base[family]
             best, found = coordinate_search(
@@ -653,13 +658,10 @@ def run_benchmark(graph: HeteroData, budget: Budget, *, families: tuple[str, ...
         })
         result["goal_ratios_ge_1.03"] = bool(result["ratio_recall@20"] >= 1.03
                                               and result["ratio_ndcg@20"] >= 1.03)
-    for key, ours, theirs in (("social_vs_plain", "lightgcn_social", "lightgcn"),
-                              ("tags_vs_without", "lightgcn_tags", None)):
+    for key, ours in VERSUS_START.items():
         if ours not in selected:
             continue
-        if theirs is None:  # the family it started from
-            theirs = max((f for f in DERIVED[ours][0] if f in selected),
-                         key=lambda f: selected[f].valid[METRIC])
+        theirs = start_family(ours, selected)
         result[key] = {
             "versus": theirs,
             **{f"test_{m}": [test[ours][m], test[theirs][m]] for m in ("recall@20", "ndcg@20")},
@@ -723,7 +725,7 @@ def table(result: dict[str, Any]) -> str:
         ci = result["ratio_ci95"]
         lines.append("  95% paired bootstrap over test users: " + ", ".join(
             f"{m} [{c['low']:.3f}, {c['high']:.3f}]" for m, c in ci.items()))
-    for key, ours in (("social_vs_plain", "lightgcn_social"), ("tags_vs_without", "lightgcn_tags")):
+    for key, ours in VERSUS_START.items():
         if key in result:
             s = result[key]
             lines.append(f"{LABELS[ours]} vs {LABELS[s['versus']]} (test): recall@20 "

@@ -69,25 +69,28 @@ def normalized_adjacency(
             raise ValueError(f"{name} must be >= 0, got {w}")
     check_range(ui_edge_index, num_users, num_items, "ui_edge_index")
     n = num_users + num_items + num_tags
+    rows: list[Tensor] = []
+    cols: list[Tensor] = []
+    vals: list[Tensor] = []
+
+    def both_ways(a: Tensor, b: Tensor, weight: float) -> None:
+        rows.extend([a, b])
+        cols.extend([b, a])
+        vals.extend([torch.full((a.numel(),), float(weight))] * 2)
+
     ui = unique_edges(ui_edge_index, num_items)
-    rows = [ui[0], ui[1] + num_users]
-    cols = [ui[1] + num_users, ui[0]]
-    vals = [torch.ones(ui.size(1)), torch.ones(ui.size(1))]
+    both_ways(ui[0], ui[1] + num_users, 1.0)
     if social_edge_index is not None and social_weight > 0 and social_edge_index.numel() > 0:
         check_range(social_edge_index, num_users, num_users, "social_edge_index")
         a, b = social_edge_index.long()
         keep = a != b
         pairs = torch.stack([torch.minimum(a, b)[keep], torch.maximum(a, b)[keep]])
         pairs = unique_edges(pairs, num_users)  # each undirected friendship once
-        rows += [pairs[0], pairs[1]]
-        cols += [pairs[1], pairs[0]]
-        vals += [torch.full((pairs.size(1),), float(social_weight))] * 2
+        both_ways(pairs[0], pairs[1], social_weight)
     if tag_edge_index is not None and tag_weight > 0 and tag_edge_index.numel() > 0:
         check_range(tag_edge_index, num_items, num_tags, "tag_edge_index")
         it = unique_edges(tag_edge_index, num_tags)
-        rows += [it[0] + num_users, it[1] + num_users + num_items]
-        cols += [it[1] + num_users + num_items, it[0] + num_users]
-        vals += [torch.full((it.size(1),), float(tag_weight))] * 2
+        both_ways(it[0] + num_users, it[1] + num_users + num_items, tag_weight)
     row, col, val = torch.cat(rows), torch.cat(cols), torch.cat(vals)
     deg = torch.zeros(n).index_add_(0, row, val)
     dinv = deg.pow(-0.5)
