@@ -144,7 +144,8 @@ def drop_heldout_tag_events(graph: HeteroData, dataset: str) -> tuple[HeteroData
     """
     import torch
 
-    from gnnrec.gnn.data import IT, TI, UI
+    from gnnrec.gnn.adjacency import interaction_csr
+    from gnnrec.gnn.data import IT, TI
     from gnnrec.ingest.datasets import lastfm_tag_events
 
     if dataset != "lastfm":
@@ -156,9 +157,8 @@ def drop_heldout_tag_events(graph: HeteroData, dataset: str) -> tuple[HeteroData
     t = index["tag"].get_indexer(events["tag"])
     if (min(u.min(), i.min(), t.min()) if len(events) else 0) < 0:
         raise ValueError("a tagging event names a user, artist or tag the graph lacks")
-    ui, split = graph[UI].edge_index.numpy(), graph[UI].split.numpy()
     ni = int(graph["item"].num_nodes)
-    heldout = np.unique(ui[0, split != 0].astype(np.int64) * ni + ui[1, split != 0])
+    heldout = interaction_csr(graph, splits=(1, 2))[0].keys(ni).numpy()
     keep = ~np.isin(u.astype(np.int64) * ni + i, heldout)
     nt = int(graph["tag"].num_nodes)
     codes, counts = np.unique(i[keep].astype(np.int64) * nt + t[keep], return_counts=True)
