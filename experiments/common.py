@@ -24,8 +24,8 @@ import pandas as pd
 from torch_geometric.data import HeteroData
 
 
-def machine() -> dict[str, Any]:
-    """Facts that make a timing comparable: CPU, cores, threads, library versions, load."""
+def machine(device: str = "cpu") -> dict[str, Any]:
+    """Facts that make a timing comparable: CPU, cores, threads, device, versions, load."""
     import torch
     import torch_geometric
 
@@ -43,7 +43,8 @@ def machine() -> dict[str, Any]:
     return {
         "platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
         "memory_gb": mem_gb, "torch_threads": torch.get_num_threads(),
-        "device": "cpu", "python": platform.python_version(), "torch": torch.__version__,
+        "device": (torch.cuda.get_device_name(device) if device.startswith("cuda")
+                   else device), "python": platform.python_version(), "torch": torch.__version__,
         "torch_geometric": torch_geometric.__version__, "numpy": np.__version__,
         "loadavg": [round(x, 2) for x in os.getloadavg()],
     }

@@ -56,6 +56,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m experiments.epoch_time",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="ml-1m")
+    p.add_argument("--graph", type=Path, default=None,
+                   help="an exported graph file (gnnrec export) instead of building "
+                        "--dataset from its package: a GPU host needs neither Neo4j nor "
+                        "network")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (both models, same device)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--repeats", type=int, default=3, help="timed epochs of each model")
     p.add_argument("--warmup-batches", type=int, default=20)
@@ -69,11 +74,23 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load(name: str, seed: int) -> tuple[Any, dict[str, Any]]:
+def load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The split graph: ``--graph`` (its own split, else a seeded random one) or ``--dataset``."""
+    from gnnrec.gnn.data import has_split, load_graph
     from gnnrec.gnn.split import apply_split
 
-    graph, info = dataset_graph(name)
-    return apply_split(graph, "random", seed=seed), info
+    if args.graph is None:
+        graph, info = dataset_graph(args.dataset)
+        return apply_split(graph, "random", seed=args.seed), info
+    graph = load_graph(args.graph)
+    info = {"dataset": args.dataset, "source": f"exported graph file {args.graph}",
+            "num_users": int(graph["user"].num_nodes), "num_items": int(graph["item"].num_nodes)}
+    return (graph if has_split(graph) else apply_split(graph, "random", seed=args.seed)), info
+
+
+def synchronize(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class Epochs:
@@ -92,7 +109,8 @@ class Epochs:
         self.sampler = NegativeSampler(self.users, self.items, self.num_users, self.num_items,
                                        seed=seed + 1)
 
-    def run(self, step: Step, epoch: int, max_batches: int | None = None) -> dict[str, float]:
+    def run(self, step: Step, epoch: int, max_batches: int | None = None,
+            device: torch.device | str = "cpu") -> dict[str, float]:
         """One epoch (or its first ``max_batches``) of ``step``; wall and CPU seconds."""
         shuffle = torch.Generator().manual_seed(self.seed * 1000 + epoch)
         self.sampler.generator.manual_seed(self.seed * 1000 + epoch + 1)
@@ -105,15 +123,16 @@ class Epochs:
             idx = perm[b : b + BATCH]
             u, p = self.users[idx], self.items[idx]
             neg = self.sampler.sample(u, 1).flatten()
-            total += step(u, p, neg)
+            total += step(u.to(device), p.to(device), neg.to(device))
+        synchronize(device)
         return {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
                 "batches": len(starts), "loss": total / max(len(starts), 1)}
 
 
-def ours_step(graph: Any) -> tuple[Step, Any]:
+def ours_step(graph: Any, device: torch.device) -> tuple[Step, Any]:
     from gnnrec.gnn.models import LightGCN
 
-    model = LightGCN(graph, embedding_dim=DIM, num_layers=LAYERS).train()
+    model = LightGCN(graph, embedding_dim=DIM, num_layers=LAYERS).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=LR)
 
     def step(u: Tensor, p: Tensor, neg: Tensor) -> float:
@@ -127,7 +146,7 @@ def ours_step(graph: Any) -> tuple[Step, Any]:
     return step, model
 
 
-def pyg_step(graph: Any, ours: Any) -> tuple[Step, Any, Tensor]:
+def pyg_step(graph: Any, ours: Any, device: torch.device) -> tuple[Step, Any, Tensor]:
     from torch_geometric.nn.models import LightGCN as PyGLightGCN
 
     from gnnrec.gnn.data import UI
@@ -137,8 +156,8 @@ def pyg_step(graph: Any, ours: Any) -> tuple[Step, Any, Tensor]:
     ei = ui.edge_index[:, ui.split == 0]
     code = torch.unique(ei[0] * ni + ei[1])  # distinct pairs, as our adjacency
     u, i = code // ni, code % ni + nu
-    edge_index = torch.stack([torch.cat([u, i]), torch.cat([i, u])])
-    model = PyGLightGCN(nu + ni, embedding_dim=DIM, num_layers=LAYERS).train()
+    edge_index = torch.stack([torch.cat([u, i]), torch.cat([i, u])]).to(device)
+    model = PyGLightGCN(nu + ni, embedding_dim=DIM, num_layers=LAYERS).to(device).train()
     with torch.no_grad():  # same initial embeddings as ours
         model.embedding.weight.copy_(torch.cat([ours.user_embedding.weight,
                                                 ours.item_embedding.weight]))
@@ -165,24 +184,28 @@ def full_run(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    graph, _ = load(args.dataset, args.seed)
+    graph, _ = load(args)
     seed_everything(args.seed)
     model = LightGCN(graph, embedding_dim=DIM, num_layers=LAYERS)
     config = TrainConfig(epochs=args.full_run_epochs, batch_size=BATCH, lr=LR, l2=L2,
-                         patience=5, eval_every=1, seed=args.seed, device="cpu")
+                         patience=5, eval_every=1, seed=args.seed, device=args.device)
     result = train(model, graph, config, progress=False)
+    gpu = ({"peak_gpu_allocated_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3),
+            "gpu": torch.cuda.get_device_name()} if torch.cuda.is_available()
+           and torch.device(args.device).type == "cuda" else {})
     return {"epochs_run": max(h["epoch"] for h in result.history),
             "best_epoch": result.best_epoch, "stopped": result.stopped,
             "best_valid_recall@20": result.best_valid.get("recall@20"),
             "epoch_seconds": [h["seconds"] for h in result.history],
             "seconds": round(time.perf_counter() - t0, 1),
-            "peak_rss_gb": round(peak_rss_gb(), 3)}
+            "peak_rss_gb": round(peak_rss_gb(), 3), **gpu}
 
 
 def run_full_in_child(args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "experiments.epoch_time", "--child-full-run",
            "--dataset", args.dataset, "--full-run-epochs", str(args.full_run_epochs),
-           "--threads", str(args.threads), "--seed", str(args.seed)]
+           "--threads", str(args.threads), "--seed", str(args.seed), "--device", args.device,
+           *(["--graph", str(args.graph)] if args.graph else [])]
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
@@ -201,11 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     load_before = loadavg()
-    graph, info = load(args.dataset, args.seed)
+    device = torch.device(args.device)
+    graph, info = load(args)
     epochs = Epochs(graph, args.seed)
     torch.manual_seed(args.seed)
-    ours, ours_model = ours_step(graph)
-    pyg, pyg_model, edge_index = pyg_step(graph, ours_model)
+    ours, ours_model = ours_step(graph, device)
+    pyg, pyg_model, edge_index = pyg_step(graph, ours_model, device)
     with torch.no_grad():  # same model: the propagated embeddings agree before training
         a = torch.cat(ours_model.embeddings())
         b = pyg_model.get_embedding(edge_index)
@@ -214,11 +238,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{-(-epochs.users.numel() // BATCH)} batches/epoch; same initial embeddings, "
           f"propagation max |ours - pyg| = {max_abs_diff:.2e}")
     for step in (ours, pyg):  # warm-up
-        epochs.run(step, epoch=0, max_batches=args.warmup_batches)
+        epochs.run(step, epoch=0, max_batches=args.warmup_batches, device=device)
     timings: dict[str, list[dict[str, float]]] = {"ours": [], "pyg": []}
     for r in range(1, args.repeats + 1):
         for name, step in (("ours", ours), ("pyg", pyg)):
-            t = epochs.run(step, epoch=r, max_batches=args.max_batches)
+            t = epochs.run(step, epoch=r, max_batches=args.max_batches, device=device)
             t["loadavg_1min"] = loadavg()[0]
             timings[name].append(t)
             print(f"  epoch {r} {name:4s}: {t['wall_s']:.2f}s wall, {t['cpu_s']:.2f}s CPU, "
@@ -246,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                   "sampler": "gnnrec.gnn.negative.NegativeSampler (uniform, same seeds)",
                   "warmup_batches": args.warmup_batches, "repeats": args.repeats,
                   "max_batches": args.max_batches, "threads": args.threads,
+                  "device": args.device,
                   "order": "alternating ours / pyg per repeat"},
         "propagation_max_abs_diff": max_abs_diff,
         "epochs": timings, "graph": info, "split": graph.split_info,
@@ -265,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{full['best_valid_recall@20']:.4f}")
     result["peak_rss_gb_this_process"] = round(peak_rss_gb(), 3)
     result["loadavg_after"] = loadavg()
-    result["machine"] = machine()
+    result["machine"] = machine(args.device)
     if args.json:
         write_json(args.json, result)
         print(f"wrote {args.json}")

@@ -131,8 +131,8 @@ def test_epoch_time_steps_agree_and_time_a_batch() -> None:
     torch.set_num_threads(1)
     graph = _tiny()
     torch.manual_seed(0)
-    ours, ours_model = epoch_time.ours_step(graph)
-    pyg, pyg_model, edge_index = epoch_time.pyg_step(graph, ours_model)
+    ours, ours_model = epoch_time.ours_step(graph, "cpu")
+    pyg, pyg_model, edge_index = epoch_time.pyg_step(graph, ours_model, "cpu")
     with torch.no_grad():
         a = torch.cat(ours_model.embeddings())
         b = pyg_model.get_embedding(edge_index)
@@ -141,6 +141,17 @@ def test_epoch_time_steps_agree_and_time_a_batch() -> None:
     for step in (ours, pyg):
         t = epochs.run(step, epoch=1, max_batches=1)
         assert t["batches"] == 1 and t["wall_s"] >= 0 and t["loss"] > 0
+
+
+def test_epoch_time_reads_an_exported_file_with_its_split(tmp_path: Path) -> None:
+    from gnnrec.gnn.data import save_graph
+
+    graph = _tiny()
+    path = save_graph(graph, tmp_path / "g.pt")
+    loaded, info = epoch_time.load(epoch_time._parse(["--graph", str(path), "--seed", "5"]))
+    assert torch.equal(loaded["user", "interacts", "item"].split,
+                       graph["user", "interacts", "item"].split)  # its own split, not seed 5
+    assert info["num_users"] == graph["user"].num_nodes and str(path) in info["source"]
 
 
 def test_paired_bootstrap_interval() -> None:
