@@ -109,6 +109,13 @@ def dataset_graph(name: str) -> tuple[HeteroData, dict[str, Any]]:
             kwargs["item_tags"] = pd.DataFrame({"item": tags["item"].astype(str),
                                                 "tag": tags["tag"].astype(str),
                                                 "weight": tags["weight"].astype(float)})
+    if "taggings" in checked:  # user-generated tags: HAS_TAG weight = tagging events
+        events = checked["taggings"].clean.drop_duplicates(["user", "item", "tag"])
+        if "items" in checked:  # item-file order first, as an items file's tags would be
+            pos = pd.Index(checked["items"].clean["id"]).get_indexer(events["item"])
+            events = events.iloc[np.argsort(np.where(pos < 0, len(pos), pos), kind="stable")]
+        kwargs["item_tags"] = (events.groupby(["item", "tag"], sort=False).size()
+                               .rename("weight").astype(float).reset_index())
 
     def nodes(kind: str, named: list[pd.Series]) -> list[str]:
         listed = (checked[kind].clean["id"].astype(str) if kind in checked
@@ -142,11 +149,14 @@ def drop_heldout_tag_events(graph: HeteroData, dataset: str) -> tuple[HeteroData
     (user, artist) pair is a valid or test interaction is dropped and the (artist, tag)
     counts are made again from the rest. MovieLens genres are catalogue facts, not user
     events: those graphs are returned unchanged. Returns ``(graph, info)``.
+
+    The product does the same from an export, which records who tagged what
+    (``tag_events``): ``gnnrec.gnn.data.train_subgraph`` subtracts the held-out events
+    from the counts, giving these edges and weights (``tests/test_datasets.py``).
     """
     import torch
 
-    from gnnrec.gnn.adjacency import interaction_csr
-    from gnnrec.gnn.data import IT, TI
+    from gnnrec.gnn.data import IT, TI, heldout_events
     from gnnrec.ingest.datasets import lastfm_tag_events
 
     if dataset != "lastfm":
@@ -158,9 +168,8 @@ def drop_heldout_tag_events(graph: HeteroData, dataset: str) -> tuple[HeteroData
     t = index["tag"].get_indexer(events["tag"])
     if (min(u.min(), i.min(), t.min()) if len(events) else 0) < 0:
         raise ValueError("a tagging event names a user, artist or tag the graph lacks")
-    ni = int(graph["item"].num_nodes)
-    heldout = interaction_csr(graph, splits=(1, 2))[0].keys(ni).numpy()
-    keep = ~np.isin(u.astype(np.int64) * ni + i, heldout)
+    keep = ~heldout_events(graph, torch.from_numpy(u.astype(np.int64)),
+                           torch.from_numpy(i.astype(np.int64))).numpy()
     nt = int(graph["tag"].num_nodes)
     codes, counts = np.unique(i[keep].astype(np.int64) * nt + t[keep], return_counts=True)
     out = graph.clone()

@@ -13,6 +13,9 @@ Layout (every node and edge type is always present; any edge type may be empty):
                                             mirrors [F, 2F); optional weight Float[2F]
     data['item','has_tag','tag']            edge_index, weight
     data['tag','rev_has_tag','item']        the same edges flipped
+    data.tag_events                         optional Long[3, N]: who tagged what (user, item,
+                                            tag index per tagging event), when the tags are
+                                            user-generated and has_tag counts these events
     data.split_info                         dict (see ``gnnrec.gnn.split``), when split
 
 On disk: ``torch.save({"format": "gnnrec.graph/1", "data": data.to_dict(), ...})``: plain
@@ -108,6 +111,7 @@ def build_graph(
     tag_ids: Sequence[str] = (),
     item_tag_edge_index: ArrayLike | None = None,
     item_tag_weight: ArrayLike | None = None,
+    tag_events: ArrayLike | None = None,
     user_x: ArrayLike | None = None,
     user_feature_names: Sequence[str] | None = None,
     item_x: ArrayLike | None = None,
@@ -123,6 +127,7 @@ def build_graph(
         friend_edge_index: Long[2, F'] user pairs, either or both directions; stored once per
             unordered pair in both directions ([2, 2F]); self-links are an error.
         friend_weight: Float[F'] (first weight of a pair wins), item_tag_weight: Float[T].
+        tag_events: Long[3, N] (user, item, tag) per tagging event, for user-generated tags.
         user_x, item_x: Float[N, F] node features with their ``*_feature_names``.
     """
     data = HeteroData()
@@ -158,6 +163,8 @@ def build_graph(
     data[IT].edge_index = te
     data[IT].weight = (_float(item_tag_weight, "item_tag_weight") if item_tag_weight is not None
                        else torch.ones(te.size(1)))
+    if tag_events is not None:
+        data.tag_events = _long(tag_events, "tag_events").reshape(3, -1)
     feats = (("user", user_x, user_feature_names), ("item", item_x, item_feature_names))
     for nt, x, names in feats:
         if x is not None:
@@ -173,6 +180,7 @@ def graph_from_frames(
     *,
     friends: pd.DataFrame | None = None,
     item_tags: pd.DataFrame | None = None,
+    tag_events: pd.DataFrame | None = None,
     user_features: pd.DataFrame | None = None,
     item_features: pd.DataFrame | None = None,
     users: Sequence[str] | None = None,
@@ -185,6 +193,9 @@ def graph_from_frames(
         interactions: columns ``user``, ``item`` and optional ``weight``, ``time`` (unix s).
         friends: columns ``user``, ``friend`` and optional ``weight`` (undirected).
         item_tags: columns ``item``, ``tag`` and optional ``weight``.
+        tag_events: columns ``user``, ``item``, ``tag``: who tagged what, when the tags are
+            user-generated (``item_tags`` weights count these events); its users, items and
+            tags must be named elsewhere too.
         user_features, item_features: numeric columns, indexed by external id.
         users, items: the full node lists (order = index); default: order of first
             appearance in interactions, then friends / tags / features.
@@ -255,6 +266,10 @@ def graph_from_frames(
                                               idx(tmap, item_tags["tag"], "item_tags")])
         if "weight" in item_tags:
             kw["item_tag_weight"] = item_tags["weight"].to_numpy(np.float32)
+    if tag_events is not None:
+        kw["tag_events"] = np.stack([idx(umap, tag_events["user"], "tag_events"),
+                                     idx(imap, tag_events["item"], "tag_events"),
+                                     idx(tmap, tag_events["tag"], "tag_events")])
     for nt, feats, m in (("user", user_features, umap), ("item", item_features, imap)):
         if feats is not None:
             x = feats.reindex(pd.Index(m.ext_ids)).astype(np.float32)
@@ -343,6 +358,15 @@ def validate_graph(data: HeteroData) -> None:
     for rev, fwd in _REVERSE.items():
         if not torch.equal(data[rev].edge_index, data[fwd].edge_index.flip(0)):
             raise GraphFormatError(f"{rev} must be {fwd} flipped, in the same order")
+    if "tag_events" in data:
+        ev = data.tag_events
+        if ev.dtype != torch.long or ev.dim() != 2 or ev.size(0) != 3:
+            raise GraphFormatError(f"tag_events must be Long[3, N] (user, item, tag), got "
+                                   f"{ev.dtype} {list(ev.shape)}")
+        for row, nt in enumerate(NODE_TYPES):
+            if ev.numel() and (int(ev[row].min()) < 0 or int(ev[row].max()) >= data[nt].num_nodes):
+                raise GraphFormatError(f"tag_events row {row} has {nt} ids outside "
+                                       f"0..{data[nt].num_nodes - 1}")
     fe = data[UU].edge_index
     if fe.size(1) % 2 or not torch.equal(fe[:, fe.size(1) // 2:], fe[:, : fe.size(1) // 2].flip(0)):
         raise GraphFormatError("friend edges must be [pairs, mirrored pairs] (both directions)")
@@ -402,6 +426,8 @@ def fingerprint(data: HeteroData) -> str:
             if key in data[et]:
                 h.update(key.encode())
                 h.update(data[et][key].detach().cpu().contiguous().numpy().tobytes())
+    if "tag_events" in data:
+        h.update(b"tag_events;" + data.tag_events.contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -412,8 +438,10 @@ def has_split(data: HeteroData) -> bool:
 def train_subgraph(data: HeteroData) -> HeteroData:
     """The graph with only the train interactions (split == 0), what models are built from.
 
-    Node types, friend and tag edges are kept; ``interacts`` / ``rev_interacts`` keep
-    their attributes for the train edges only. Raises if the graph has no split.
+    Node types and friend edges are kept; ``interacts`` / ``rev_interacts`` keep their
+    attributes for the train edges only. Tag edges are kept, less the tagging of held-out
+    pairs when the graph records who tagged what (``tag_events``, see
+    :func:`without_heldout_tagging`). Raises if the graph has no split.
     """
     if not has_split(data):
         raise GraphFormatError("graph has no split (run `gnnrec split` or apply_split first)")
@@ -423,7 +451,45 @@ def train_subgraph(data: HeteroData) -> HeteroData:
         for key, value in data[et].items():
             if isinstance(value, Tensor):
                 out[et][key] = value[:, mask] if key == "edge_index" else value[mask]
+    if "tag_events" in data:
+        keep, weight = without_heldout_tagging(data)
+        out[IT].edge_index, out[IT].weight = data[IT].edge_index[:, keep], weight[keep]
+        out[TI].edge_index, out[TI].weight = out[IT].edge_index.flip(0), out[IT].weight
     return out
+
+
+def heldout_events(data: HeteroData, user: Tensor, item: Tensor) -> Tensor:
+    """Bool mask: which (user, item) events are a valid or test interaction of ``data``."""
+    ui, ni = data[UI], int(data["item"].num_nodes)
+    held = ui.split != 0
+    keys = torch.sort(ui.edge_index[0, held] * ni + ui.edge_index[1, held]).values
+    query = user * ni + item
+    if keys.numel() == 0:
+        return torch.zeros_like(query, dtype=torch.bool)
+    pos = torch.searchsorted(keys, query).clamp_(max=keys.numel() - 1)
+    return keys[pos] == query
+
+
+def without_heldout_tagging(data: HeteroData) -> tuple[Tensor, Tensor]:
+    """``(keep Bool[T], weight Float[T])`` of the item-tag edges once held-out tagging is gone.
+
+    User-generated tags leak: a user who tagged a held-out item with a tag of their own
+    (most LastFM tags have a single user) joins it to their train items through that
+    tag. Each tagging event (``data.tag_events``) whose (user, item) pair is a valid or
+    test interaction is subtracted from its (item, tag) weight; an edge left with no
+    weight is dropped. Catalogue weight beyond the recorded events stays.
+    """
+    ev, it = data.tag_events, data[IT]
+    nt = max(int(data["tag"].num_nodes), 1)
+    held = ev[:, heldout_events(data, ev[0], ev[1])]
+    codes, counts = torch.unique(held[1] * nt + held[2], return_counts=True)
+    edge_codes = it.edge_index[0] * nt + it.edge_index[1]
+    weight = it.weight.clone()
+    if codes.numel():
+        pos = torch.searchsorted(codes, edge_codes).clamp_(max=codes.numel() - 1)
+        hit = codes[pos] == edge_codes
+        weight[hit] -= counts[pos[hit]].to(weight.dtype)
+    return weight > 0, weight
 
 
 def _unique(a: np.ndarray) -> np.ndarray:

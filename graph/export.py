@@ -13,6 +13,7 @@ Result (see ``gnn/data.py`` for the file format)::
     ('user','interacts','item')  edge_index [2,E], weight [E], time [E] (0 = unknown)
     ('item','rev_interacts','user'), ('user','friend','user') (both directions),
     ('item','has_tag','tag') with weight, ('tag','rev_has_tag','item')
+    data.tag_events  Long[3, N] (user, item, tag) per TAGGED relationship, when there are any
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ _RELS = {
         "MATCH (s:Item)-[r:HAS_TAG]->(d:Tag) WHERE id(s) IN $ids "
         "RETURN collect(id(s)) AS s, collect(id(d)) AS d, "
         "collect(coalesce(r.weight, 1.0)) AS w, collect(0) AS t",
+    ),
+    "TAGGED": (
+        "User",
+        "MATCH (s:User)-[r:TAGGED]->(d:Item) WHERE id(s) IN $ids MATCH (g:Tag {name: r.tag}) "
+        "RETURN collect(id(s)) AS s, collect(id(d)) AS d, collect(1.0) AS w, "
+        "collect(id(g)) AS t",
     ),
 }
 _COUNT_RELS = "MATCH ()-[r:$($type)]->() RETURN count(r) AS n"
@@ -204,6 +211,13 @@ def export_hetero(client: GraphClient, page_size: int = 50_000) -> tuple[HeteroD
                 store.weight = weight
                 if rel_type == "INTERACTED":
                     store.time = when
+        # TAGGED: who tagged what (the tag node's id comes in the time column)
+        s, d, _, t = _read_rels(client, "TAGGED", user_nid, page_size, bar)
+        counts["TAGGED"] = len(s)
+        if len(s):
+            data.tag_events = torch.from_numpy(np.stack([
+                _to_index(user_nid, s, "TAGGED start"), _to_index(item_nid, d, "TAGGED end"),
+                _to_index(tag_nid, t, "TAGGED tag")]))
     if counts["INTERACTED"] == 0:
         raise GnnrecError("export: the graph has no INTERACTED relationships to train on")
     seconds = time.perf_counter() - start
@@ -211,7 +225,7 @@ def export_hetero(client: GraphClient, page_size: int = 50_000) -> tuple[HeteroD
     summary = {
         "users": len(user_ext), "items": len(item_ext), "tags": len(tag_ext),
         "interactions": counts["INTERACTED"], "friendships": counts["FRIEND"],
-        "item_tags": counts["HAS_TAG"], "seconds": round(seconds, 3),
+        "item_tags": counts["HAS_TAG"], "taggings": counts["TAGGED"], "seconds": round(seconds, 3),
         "rels_per_second": round(relationships / max(seconds, 1e-9)),
     }
     return data, summary

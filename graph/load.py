@@ -14,6 +14,11 @@ ends by their constrained key (an index seek) and MERGE the relationship:
   larger (string order); the MERGE is undirected so an existing pair in either
   direction is found and never doubled. Query it undirected: ``(a)-[:FRIEND]-(b)``.
 * ``HAS_TAG`` is merged on (item, tag) with ``weight`` set.
+* ``TAGGED`` (a user put a tag on an item: user-generated tags) is merged on
+  (user, item, tag), the tag's name as the ``tag`` property. The ``HAS_TAG`` weight of
+  an (item, tag) pair that users tagged is then the number of its ``TAGGED`` events:
+  ``count_taggings`` recounts the items of a load, and forgetting a user recounts (or
+  removes) the pairs that user tagged, so no trace of their tagging stays in the counts.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 from gnnrec.graph.client import GraphClient, Progress, Record
 
 NODE_LABELS = ("User", "Item", "Tag")
-RELATIONSHIP_TYPES = ("INTERACTED", "FRIEND", "HAS_TAG")
+RELATIONSHIP_TYPES = ("INTERACTED", "FRIEND", "HAS_TAG", "TAGGED")
 
 MERGE_USERS = """
 UNWIND $rows AS row
@@ -64,6 +69,38 @@ MATCH (i:Item {id: row.item})
 MATCH (t:Tag {name: row.tag})
 MERGE (i)-[r:HAS_TAG]->(t)
 SET r.weight = row.weight
+"""
+
+MERGE_TAGGINGS = """
+UNWIND $rows AS row
+MATCH (u:User {id: row.user})
+MATCH (i:Item {id: row.item})
+MERGE (u)-[:TAGGED {tag: row.tag}]->(i)
+"""
+
+# HAS_TAG weight = number of TAGGED events, for every tag users put on the items.
+COUNT_TAGGINGS = """
+UNWIND $rows AS row
+MATCH (:User)-[e:TAGGED]->(i:Item {id: row.item})
+WITH i, e.tag AS name, count(e) AS n
+MATCH (t:Tag {name: name})
+MERGE (i)-[r:HAS_TAG]->(t)
+SET r.weight = n
+"""
+
+# The same for given (item, tag) pairs; a pair left with no event loses its HAS_TAG.
+RECOUNT_TAG_PAIRS = """
+UNWIND $rows AS row
+MATCH (i:Item {id: row.item})-[r:HAS_TAG]->(:Tag {name: row.tag})
+OPTIONAL MATCH (:User)-[e:TAGGED {tag: row.tag}]->(i)
+WITH r, count(e) AS n
+CALL (r, n) { WITH r, n WHERE n > 0 SET r.weight = n }
+CALL (r, n) { WITH r, n WHERE n = 0 DELETE r }
+"""
+
+USER_TAGGINGS = """
+MATCH (:User {id: $id})-[e:TAGGED]->(i:Item)
+RETURN DISTINCT i.id AS item, e.tag AS tag
 """
 
 # The naive path: one interaction, its two nodes, one transaction (benchmarks, feedback).
@@ -157,6 +194,22 @@ def merge_item_tags(
     return client.write_batches(MERGE_ITEM_TAGS, rows, batch_size, progress)
 
 
+def merge_taggings(
+    client: GraphClient, rows: Iterable[Record], batch_size: int = 5_000,
+    progress: Progress | None = None,
+) -> int:
+    """MERGE ``(user)-[:TAGGED {tag}]->(item)`` per ``{user, item, tag}`` row (nodes exist)."""
+    return client.write_batches(MERGE_TAGGINGS, rows, batch_size, progress)
+
+
+def count_taggings(
+    client: GraphClient, rows: Iterable[Record], batch_size: int = 1_000,
+    progress: Progress | None = None,
+) -> int:
+    """Per ``{item}`` row: each tag users put on it gets ``HAS_TAG {weight: events}``."""
+    return client.write_batches(COUNT_TAGGINGS, rows, batch_size, progress)
+
+
 def record_interaction(
     client: GraphClient, user: str, item: str, weight: float = 1.0, ts: int | None = None
 ) -> None:
@@ -178,10 +231,20 @@ def existing_user_ids(
 def forget_user(client: GraphClient, user_id: str) -> dict[str, int] | None:
     """Delete the user and all its relationships in one transaction.
 
-    Returns the number of deleted relationships by type, or ``None`` when no user
-    has this id (nothing is deleted).
+    The ``HAS_TAG`` weights of the (item, tag) pairs the user tagged are recounted in
+    the same transaction (a pair only they tagged loses its ``HAS_TAG``). Returns the
+    number of deleted relationships by type, or ``None`` when no user has this id
+    (nothing is deleted).
     """
-    rows = client.write(FORGET_USER, {"id": user_id})
+    def work(tx: Any) -> list[Record]:
+        tagged = tx.run(USER_TAGGINGS, {"id": user_id}).data()
+        rows = tx.run(FORGET_USER, {"id": user_id}).data()
+        if tagged:
+            tx.run(RECOUNT_TAG_PAIRS, {"rows": tagged}).consume()
+        return rows
+
+    with client.session() as session:
+        rows = session.execute_write(work)
     if not rows:
         return None
     return {str(rel_type): int(n) for rel_type, n in rows[0]["rels"]}

@@ -3,6 +3,8 @@
     (:User {id})-[:INTERACTED {weight, ts}]->(:Item {id, ...attributes})
     (:User)-[:FRIEND]->(:User)      one relationship per unordered pair, queried undirected
     (:Item)-[:HAS_TAG {weight}]->(:Tag {name})
+    (:User)-[:TAGGED {tag}]->(:Item)   one per tagging event (user-generated tags); the
+                                       HAS_TAG weight of a pair users tagged counts them
     (:User)-[:RECOMMENDED {score, rank, model, run}]->(:Item)   written back by a run
 """
 

@@ -41,6 +41,9 @@ def register(sub: Any) -> None:
     src.add_argument("--items", type=Path, metavar="FILE",
                      help="item, attribute columns, optional tags ('|'-separated in CSV)")
     src.add_argument("--users", type=Path, metavar="FILE", help="user and attribute columns")
+    src.add_argument("--taggings", type=Path, metavar="FILE",
+                     help="user,item,tag rows: who put which tag on which item "
+                          "(user-generated tags; HAS_TAG then counts these events)")
     src.add_argument("--dataset", choices=("ml-100k", "ml-1m", "lastfm", "synthetic"),
                      help="a bundled dataset instead of files")
     syn = p.add_argument_group("synthetic dataset")
@@ -55,6 +58,7 @@ def register(sub: Any) -> None:
     cols.add_argument("--item-col", default="item",
                       help="item id column of interactions and items (default item)")
     cols.add_argument("--friend-col", default="friend", help="friend column of social")
+    cols.add_argument("--tag-col", default="tag", help="tag column of taggings (default tag)")
     cols.add_argument("--weight-col", default=None,
                       help="weight column (default 'weight', optional: 1.0 when absent)")
     cols.add_argument("--time-col", default=None,
@@ -107,7 +111,8 @@ def run_ingest(args: argparse.Namespace) -> int:
     from gnnrec.ingest.validate import ColumnNames
 
     started = time.perf_counter()
-    files = {k: getattr(args, k) for k in ("interactions", "social", "items", "users")}
+    files = {k: getattr(args, k)
+             for k in ("interactions", "social", "items", "users", "taggings")}
     if args.dataset and any(files.values()):
         raise IngestError("give either --dataset or source files, not both")
     if args.batch_size < 1:
@@ -121,14 +126,14 @@ def run_ingest(args: argparse.Namespace) -> int:
     else:
         if not any(files.values()):
             raise IngestError("nothing to ingest: give --interactions/--social/--items/"
-                              "--users files or --dataset NAME")
+                              "--users/--taggings files or --dataset NAME")
         sources = sources_from_files(**files)  # reads (and so checks) every file first
     read_seconds = time.perf_counter() - started
     options = IngestOptions(
         batch_size=args.batch_size, strict=args.strict, pseudonymize=args.pseudonymize,
         key_file=args.key_file, reject_file=args.reject_file,
         columns=ColumnNames(user=args.user_col, item=args.item_col, friend=args.friend_col,
-                            weight=args.weight_col, time=args.time_col),
+                            weight=args.weight_col, time=args.time_col, tag=args.tag_col),
         progress=not args.no_progress, label=args.dataset,
     )
     with _client() as client:

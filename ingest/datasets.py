@@ -24,8 +24,9 @@ Id conventions (ids are strings, stored verbatim otherwise):
   are kept as item ids since the package holds no numeric movie ids.
 * lastfm: HetRec user ids and artist ids (the package adds 10000 to artist ids; it is
   subtracted again). The package holds tag *ids*, not tag names: tags are named
-  ``tag_<id>`` (``tag_13``). HAS_TAG weight = number of tagging events on the
-  artist-tag pair; INTERACTED weight = play count, no time stamp.
+  ``tag_<id>`` (``tag_13``). Tags are user-generated: each tagging event is a
+  ``taggings`` row (user, artist, tag), stored as ``TAGGED``, and HAS_TAG weight = number
+  of tagging events on the artist-tag pair; INTERACTED weight = play count, no time stamp.
 * MovieLens: rating -> weight, timestamp -> ts, movie title / year as item
   attributes, genres as tags, age / gender / occupation / zip_code as user attributes.
 """
@@ -205,18 +206,12 @@ def lastfm_tag_events() -> pd.DataFrame:
 
 
 def lastfm() -> list[Source]:
-    """HetRec 2011 LastFM: users, artists (with tags), play counts, friendships."""
+    """HetRec 2011 LastFM: users, artists, play counts, friendships and tagging events."""
     parquet, where = _lastfm_files()
     artists = parquet("artist_nodes")["nodeId"] - LASTFM_ARTIST_OFFSET
     users = parquet("user_nodes")["nodeId"]
     listens = parquet("user_listen_artist_rels")
     friends = parquet("user_friend_df_directed")
-    tag_lists = _lastfm_tag_events(parquet).groupby("item", sort=False)["tag"].agg(list)
-    item_ids = artists.astype(str)
-    items = pd.DataFrame({
-        "item": item_ids,
-        "tags": item_ids.map(tag_lists).map(lambda t: t if isinstance(t, list) else []),
-    })
     interactions = pd.DataFrame({
         "user": listens["sourceNodeId"].astype(str),
         "item": (listens["targetNodeId"] - LASTFM_ARTIST_OFFSET).astype(str),
@@ -229,9 +224,12 @@ def lastfm() -> list[Source]:
     return [
         Source.from_frame("users", pd.DataFrame({"user": users.astype(str)}),
                           f"{where}/user_nodes"),
-        Source.from_frame("items", items, f"{where}/artist_nodes+user_tag_artist_rels"),
+        Source.from_frame("items", pd.DataFrame({"item": artists.astype(str)}),
+                          f"{where}/artist_nodes"),
         Source.from_frame("interactions", interactions, f"{where}/user_listen_artist_rels"),
         Source.from_frame("social", social, f"{where}/user_friend_df_directed"),
+        Source.from_frame("taggings", _lastfm_tag_events(parquet),
+                          f"{where}/user_tag_artist_rels"),
     ]
 
 

@@ -136,7 +136,7 @@ def pseudonymize_source(source: Source, key: bytes, columns: ColumnNames) -> Sou
     """A copy of ``source`` whose user-id columns hold pseudonyms."""
     user_cols = {
         "interactions": [columns.user], "social": [columns.user, columns.friend],
-        "users": [columns.user], "items": [],
+        "users": [columns.user], "items": [], "taggings": [columns.user],
     }[source.kind]
     frame = source.frame.copy()
     for col in user_cols:
@@ -150,15 +150,17 @@ def apply_strict(client: GraphClient, checked: list[Checked]) -> None:
     by_kind = {c.source.kind: c for c in checked}
     known: set[str] = set(by_kind["users"].clean["id"]) if "users" in by_kind else set()
     named: set[str] = set()
-    for kind, cols in (("interactions", ["user"]), ("social", ["user", "friend"])):
+    for kind, cols in (("interactions", ["user"]), ("social", ["user", "friend"]),
+                       ("taggings", ["user"])):
         if kind in by_kind:
             for col in cols:
                 named.update(by_kind[kind].clean[col].unique())
     candidates = sorted(named - known)
     known |= load.existing_user_ids(client, candidates) if candidates else set()
-    if "interactions" in by_kind:
-        c = by_kind["interactions"]
-        c.reject(~c.clean["user"].isin(known), UNKNOWN_USER)
+    for kind in ("interactions", "taggings"):
+        if kind in by_kind:
+            c = by_kind[kind]
+            c.reject(~c.clean["user"].isin(known), UNKNOWN_USER)
     if "social" in by_kind:
         c = by_kind["social"]
         c.reject(~(c.clean["user"].isin(known) & c.clean["friend"].isin(known)), UNKNOWN_USER)
@@ -259,14 +261,21 @@ def _write(
     inter = (aggregate_interactions(by_kind["interactions"].clean)
              if "interactions" in by_kind else None)
     pairs = canonical_pairs(by_kind["social"].clean) if "social" in by_kind else None
+    taggings = (by_kind["taggings"].clean[["user", "item", "tag"]].drop_duplicates()
+                if "taggings" in by_kind else None)
 
     named_users = [] if inter is None else [inter["user"].to_numpy(dtype=object)]
     if pairs is not None:
         named_users += [pairs["a"].to_numpy(dtype=object), pairs["b"].to_numpy(dtype=object)]
-    extra_users = _extra_ids(named_users, users["id"])
     named_items = [] if inter is None else [inter["item"].to_numpy(dtype=object)]
+    named_tags = [tags["tag"].to_numpy(dtype=object)]
+    if taggings is not None:
+        named_users.append(taggings["user"].to_numpy(dtype=object))
+        named_items.append(taggings["item"].to_numpy(dtype=object))
+        named_tags.append(taggings["tag"].to_numpy(dtype=object))
+    extra_users = _extra_ids(named_users, users["id"])
     extra_items = _extra_ids(named_items, items["id"])
-    tag_names = pd.DataFrame({"name": pd.unique(tags["tag"].to_numpy(dtype=object))})
+    tag_names = pd.DataFrame({"name": pd.unique(np.concatenate(named_tags))})
 
     plan: list[tuple[str, Any, Iterator[Record], int]] = [
         ("User", load.merge_users, _node_records(users, extra_users),
@@ -281,6 +290,11 @@ def _write(
         plan.append(("FRIEND", load.merge_friendships, _records(pairs), len(pairs)))
     plan.append(("HAS_TAG", load.merge_item_tags, _records(tags[["item", "tag", "weight"]]),
                  len(tags)))
+    if taggings is not None:  # then each tagged item's HAS_TAG weights count its events
+        tagged_items = pd.DataFrame({"item": pd.unique(taggings["item"])})
+        plan.append(("TAGGED", load.merge_taggings, _records(taggings), len(taggings)))
+        plan.append(("HAS_TAG from TAGGED", load.count_taggings, _records(tagged_items),
+                     len(tagged_items)))
 
     from tqdm.auto import tqdm  # imported here: only the writing step needs it
 

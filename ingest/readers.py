@@ -18,8 +18,8 @@ import pandas as pd
 
 from gnnrec.ingest.errors import SourceFileError
 
-SourceKind = Literal["interactions", "social", "items", "users"]
-SOURCE_KINDS: tuple[SourceKind, ...] = ("users", "items", "interactions", "social")
+SourceKind = Literal["interactions", "social", "items", "users", "taggings"]
+SOURCE_KINDS: tuple[SourceKind, ...] = ("users", "items", "interactions", "social", "taggings")
 
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zip", ".csv.xz", ".tsv", ".tsv.gz", ".txt")
 _PARQUET_SUFFIXES = (".parquet", ".pq", ".parquet.gzip", ".parquet.gz", ".parquet.snappy")
@@ -111,10 +111,12 @@ def sources_from_files(
     social: str | Path | None = None,
     items: str | Path | None = None,
     users: str | Path | None = None,
+    taggings: str | Path | None = None,
 ) -> list[Source]:
     """Read every given file; all are read (and so checked) before anything is written."""
     given: dict[SourceKind, str | Path | None] = {
         "users": users, "items": items, "interactions": interactions, "social": social,
+        "taggings": taggings,
     }
     return [read_source(kind, path) for kind, path in given.items() if path is not None]
 

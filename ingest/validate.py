@@ -8,7 +8,8 @@ anything is written. ``read == loaded + rejected`` holds for every source.
 
 Reasons (one per rejected row, the first that applies):
 
-* ``empty user id`` / ``empty item id`` / ``empty friend id`` (empty or only spaces)
+* ``empty user id`` / ``empty item id`` / ``empty friend id`` / ``empty tag`` (empty or
+  only spaces)
 * ``missing weight``, ``weight is not a number``, ``weight is not finite``, ``negative weight``
 * ``unparseable timestamp`` (neither a number of unix seconds nor an ISO-8601 date),
   ``timestamp out of range`` (beyond +-1e11 s: milliseconds given as seconds?)
@@ -50,6 +51,7 @@ class ColumnNames:
     weight: str | None = None
     time: str | None = None
     tags: str = "tags"
+    tag: str = "tag"
 
     @property
     def weight_name(self) -> str:
@@ -329,6 +331,23 @@ def check_social(source: Source, columns: ColumnNames) -> Checked:
     return _finish(source, clean, reasons, [columns.user, columns.friend])
 
 
+def check_taggings(source: Source, columns: ColumnNames) -> Checked:
+    """``user, item, tag`` rows: one tagging event each (who put which tag on which item)."""
+    frame = source.frame
+    require_columns(source, [columns.user, columns.item, columns.tag])
+    reasons = _Reasons(len(frame))
+    users = normalize_ids(frame[columns.user])
+    items = normalize_ids(frame[columns.item])
+    tags = normalize_ids(frame[columns.tag])
+    reasons.add(empty_ids(users), "empty user id")
+    reasons.add(empty_ids(items), "empty item id")
+    reasons.add(empty_ids(tags), "empty tag")
+    tags = tags.where(tags.isna(), tags.astype(str).str.strip())  # as split_tags does
+    clean = pd.DataFrame({"user": users.to_numpy(), "item": items.to_numpy(),
+                          "tag": tags.to_numpy()})
+    return _finish(source, clean, reasons, [columns.user, columns.item, columns.tag])
+
+
 def _check_nodes(source: Source, id_col: str, what: str, skip: list[str]) -> Checked:
     frame = source.frame
     require_columns(source, [id_col])
@@ -373,6 +392,7 @@ CHECKS = {
     "social": check_social,
     "items": check_items,
     "users": check_users,
+    "taggings": check_taggings,
 }
 
 

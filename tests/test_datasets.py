@@ -10,6 +10,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -38,17 +39,19 @@ def test_lastfm_frames_match_the_published_counts() -> None:
     sources = _load("lastfm")
     checked = _checked(sources)
     assert {k: c.read for k, c in checked.items()} == {  # type: ignore[attr-defined]
-        "users": 1_892, "items": 18_022, "interactions": 92_834, "social": 12_717}
+        "users": 1_892, "items": 18_022, "interactions": 92_834, "social": 12_717,
+        "taggings": 186_479}
     assert all(c.rejected == 0 for c in checked.values())  # type: ignore[attr-defined]
     inter = checked["interactions"].clean  # type: ignore[attr-defined]
     assert inter["item"].nunique() == 17_632 and inter["user"].nunique() == 1_892
     assert inter["weight"].min() >= 1 and inter["ts"].isna().all()
     assert inter["item"].astype(int).max() < 20_000  # the +10000 artist offset is removed
     assert len(canonical_pairs(checked["social"].clean)) == 12_717  # type: ignore[attr-defined]
-    tags = checked["items"].tags  # type: ignore[attr-defined]
-    assert len(tags) == 109_750 and tags["tag"].nunique() == 9_749
-    assert tags["tag"].str.match(r"^tag_\d+$").all()
-    assert tags["weight"].sum() == 186_479  # every tagging event counted once
+    events = checked["taggings"].clean  # type: ignore[attr-defined]
+    assert not events.duplicated(["user", "item", "tag"]).any()
+    assert len(events.drop_duplicates(["item", "tag"])) == 109_750
+    assert events["tag"].nunique() == 9_749 and events["tag"].str.match(r"^tag_\d+$").all()
+    assert events["item"].isin(checked["items"].clean["id"]).all()  # type: ignore[attr-defined]
 
 
 def test_ml100k_has_ratings_attributes_and_genres() -> None:
@@ -111,6 +114,7 @@ def test_lastfm_tag_graph_drops_the_tagging_of_heldout_pairs() -> None:
     import torch
 
     from experiments.common import dataset_graph, drop_heldout_tag_events
+    from gnnrec.gnn.data import train_subgraph
     from gnnrec.gnn.split import apply_split
     from gnnrec.ingest.datasets import lastfm_tag_events
 
@@ -140,3 +144,12 @@ def test_lastfm_tag_graph_drops_the_tagging_of_heldout_pairs() -> None:
     assert torch.equal(cleaned["tag", "rev_has_tag", "item"].edge_index,
                        cleaned[it].edge_index.flip(0))
     assert drop_heldout_tag_events(graph, "ml-100k")[0] is graph  # catalogue tags
+    # The product's path: a graph that records who tagged what (as `gnnrec export` gives
+    # it) has the same tag edges and weights in train_subgraph, what models are built from.
+    index = {nt: pd.Index(graph[nt].ext_id) for nt in ("user", "item", "tag")}
+    recorded = graph.clone()
+    recorded.tag_events = torch.from_numpy(np.stack(
+        [index[nt].get_indexer(events[col]) for nt, col in
+         (("user", "user"), ("item", "item"), ("tag", "tag"))]).astype(np.int64))
+    assert counts(train_subgraph(recorded)) == expected
+    assert counts(train_subgraph(graph)) == counts(graph)  # no record: tags kept as they are

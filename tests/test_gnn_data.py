@@ -145,6 +145,56 @@ def test_train_subgraph_keeps_only_train_edges() -> None:
     assert torch.equal(t[UU].edge_index, g[UU].edge_index)
 
 
+def _tagged_graph() -> object:
+    """2 users, 3 items, tags a/b/c; u0 holds i0 in train and i1 in test, u1 i1 and i2 in
+    train. Tagging: u0 tagged i0 'a' and i1 'a' and 'b' (its own tag), u1 tagged i1 'a'.
+    (i2, c) is a catalogue tag with no recorded event; (i1, a) has 1 catalogue weight more."""
+    inter = pd.DataFrame({"user": ["u0", "u0", "u1", "u1"], "item": ["i0", "i1", "i1", "i2"]})
+    tags = pd.DataFrame({"item": ["i0", "i1", "i1", "i2"], "tag": ["a", "a", "b", "c"],
+                         "weight": [1.0, 3.0, 1.0, 1.0]})
+    events = pd.DataFrame({"user": ["u0", "u0", "u0", "u1"], "item": ["i0", "i1", "i1", "i1"],
+                           "tag": ["a", "a", "b", "a"]})
+    g = graph_from_frames(inter, item_tags=tags, tag_events=events)
+    g[UI].split = torch.tensor([0, 2, 0, 0])
+    return g
+
+
+def test_train_subgraph_drops_the_tagging_of_heldout_pairs(tmp_path: Path) -> None:
+    g = load_graph(save_graph(_tagged_graph(), tmp_path / "g.pt"))  # tag_events survive a file
+    assert g.tag_events.tolist() == [[0, 0, 0, 1], [0, 1, 1, 1], [0, 0, 1, 0]]
+    t = train_subgraph(g)
+
+    def weights(h: object) -> dict[tuple[str, str], float]:
+        return {(h["item"].ext_id[i], h["tag"].ext_id[k]): w for (i, k), w in
+                zip(h[IT].edge_index.t().tolist(), h[IT].weight.tolist(), strict=True)}
+
+    # u0's test pair (u0, i1) loses its two events: (i1, b) goes, (i1, a) keeps 3 - 1.
+    assert weights(t) == {("i0", "a"): 1.0, ("i1", "a"): 2.0, ("i2", "c"): 1.0}
+    assert torch.equal(t[TI].edge_index, t[IT].edge_index.flip(0))
+    assert torch.equal(t[TI].weight, t[IT].weight)
+    assert weights(g) == {("i0", "a"): 1.0, ("i1", "a"): 3.0, ("i1", "b"): 1.0,
+                          ("i2", "c"): 1.0}  # the full graph is untouched
+    g[UI].split = torch.zeros(4, dtype=torch.long)  # nothing held out: nothing dropped
+    assert weights(train_subgraph(g)) == weights(g)
+
+
+def test_tag_events_are_checked_and_fingerprinted() -> None:
+    g, h = _tagged_graph(), _tagged_graph()
+    h.tag_events = h.tag_events[:, :3]
+    assert fingerprint(g) != fingerprint(h)
+    h.tag_events = torch.tensor([[0], [5], [0]])
+    with pytest.raises(GraphFormatError, match="tag_events row 1 has item ids outside"):
+        save_graph(h, "/nonexistent/never-written.pt")
+    h.tag_events = torch.zeros(2, 3, dtype=torch.long)
+    with pytest.raises(GraphFormatError, match=r"tag_events must be Long\[3, N\]"):
+        save_graph(h, "/nonexistent/never-written.pt")
+    with pytest.raises(GraphFormatError, match="unknown tag 'zz'"):
+        graph_from_frames(pd.DataFrame({"user": ["u0"], "item": ["i0"]}),
+                          item_tags=pd.DataFrame({"item": ["i0"], "tag": ["a"]}),
+                          tag_events=pd.DataFrame({"user": ["u0"], "item": ["i0"],
+                                                   "tag": ["zz"]}))
+
+
 def test_synthetic_is_seeded_and_structured() -> None:
     a, b, c = synthetic_graph(300, 100, seed=1), synthetic_graph(300, 100, seed=1), \
         synthetic_graph(300, 100, seed=2)

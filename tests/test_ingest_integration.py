@@ -13,6 +13,7 @@ import pytest
 
 from gnnrec.cli import main
 from gnnrec.graph.client import GraphClient
+from gnnrec.graph.export import export_hetero
 from gnnrec.graph.load import graph_stats, record_interaction
 from gnnrec.ingest.datasets import load_dataset
 from gnnrec.ingest.errors import DatasetError
@@ -250,6 +251,46 @@ def test_forget_deletes_the_user_and_its_relationships(
     assert "no user 'u1'" in capsys.readouterr().err
 
 
+def _item_tags(client: GraphClient) -> dict[tuple[str, str], float]:
+    rows = client.read("MATCH (i:Item)-[r:HAS_TAG]->(t:Tag) "
+                       "RETURN i.id AS i, t.name AS t, r.weight AS w")
+    return {(r["i"], r["t"]): r["w"] for r in rows}
+
+
+def test_taggings_are_stored_counted_exported_and_forgotten(
+    cli_env: Path, graph_client: GraphClient, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    items = _write(tmp_path, "items.csv", "item,tags\ni1,rock|live\ni3,jazz\n")
+    inter = _write(tmp_path, "i.csv", "user,item\nu1,i1\nu2,i2\n")
+    taggings = _write(tmp_path, "t.csv", "user,item,tag\nu1,i1,rock\nu1,i1, mine \n"
+                      "u2,i1,rock\nu2,i2,pop\nu1,i1,rock\nu3,i2,\n")
+    for _ in range(2):  # the same ingest twice changes nothing
+        code, summary, _ = _run(capsys, "--items", str(items), "--interactions", str(inter),
+                                "--taggings", str(taggings))
+        assert code == 0 and summary["sources"]["taggings"]["rejected"] == 1  # empty tag
+        # Users tagged (i1, rock): its weight is their 2 events, not the catalogue's 1.
+        assert _item_tags(graph_client) == {("i1", "rock"): 2, ("i1", "live"): 1,
+                                            ("i3", "jazz"): 1, ("i1", "mine"): 1,
+                                            ("i2", "pop"): 1}
+    tagged = graph_client.read("MATCH (u:User)-[e:TAGGED]->(i:Item) "
+                               "RETURN u.id AS u, i.id AS i, e.tag AS t")
+    assert sorted((r["u"], r["i"], r["t"]) for r in tagged) == [
+        ("u1", "i1", "mine"), ("u1", "i1", "rock"), ("u2", "i1", "rock"), ("u2", "i2", "pop")]
+    data, summary = export_hetero(graph_client, page_size=1)
+    assert summary["taggings"] == 4
+    ext = {nt: data[nt].ext_id for nt in ("user", "item", "tag")}
+    assert sorted((ext["user"][u], ext["item"][i], ext["tag"][t])
+                  for u, i, t in data.tag_events.t().tolist()) == sorted(
+        (r["u"], r["i"], r["t"]) for r in tagged)
+    assert main(["forget", "u1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["deleted"]["relationships"] == {"INTERACTED": 1, "TAGGED": 2}
+    # u1's tagging is gone from the counts too: (i1, mine) was theirs alone.
+    assert _item_tags(graph_client) == {("i1", "rock"): 1, ("i1", "live"): 1,
+                                        ("i3", "jazz"): 1, ("i2", "pop"): 1}
+
+
 def test_strict_mode_rejects_users_unknown_to_file_and_database(
     cli_env: Path, graph_client: GraphClient, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -281,7 +322,7 @@ def test_lastfm_ingest_gives_the_published_counts(graph_client: GraphClient) -> 
     stats = graph_stats(graph_client)
     assert stats["nodes"] == {"User": 1_892, "Item": 18_022, "Tag": 9_749}
     assert stats["relationships"] == {"INTERACTED": 92_834, "FRIEND": 12_717,
-                                      "HAS_TAG": 109_750}
+                                      "HAS_TAG": 109_750, "TAGGED": 186_479}
     listened = graph_client.read("MATCH (i:Item) WHERE (i)<-[:INTERACTED]-() "
                                  "RETURN count(i) AS n")
     assert listened == [{"n": 17_632}]
