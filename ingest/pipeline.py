@@ -262,6 +262,7 @@ def _write(
              if "interactions" in by_kind else None)
     pairs = canonical_pairs(by_kind["social"].clean) if "social" in by_kind else None
     taggings = (by_kind["taggings"].clean[["user", "item", "tag"]].drop_duplicates()
+                .sort_values(["user", "item"], kind="stable")  # a pair's events in one batch
                 if "taggings" in by_kind else None)
 
     named_users = [] if inter is None else [inter["user"].to_numpy(dtype=object)]
