@@ -55,6 +55,14 @@ class CSR:
         return rows * num_cols + self.indices
 
 
+def member(sorted_keys: Tensor, query: Tensor) -> Tensor:
+    """Bool, same shape as ``query``: whether each key is in ``sorted_keys`` (searchsorted)."""
+    if sorted_keys.numel() == 0:
+        return torch.zeros_like(query, dtype=torch.bool)
+    pos = torch.searchsorted(sorted_keys, query).clamp_(max=sorted_keys.numel() - 1)
+    return sorted_keys[pos] == query
+
+
 def build_csr(src: Tensor, dst: Tensor, num_src: int) -> CSR:
     """CSR of the edges ``src -> dst`` (Long[E] each) with ``num_src`` rows."""
     order = torch.argsort(src * (int(dst.max()) + 1 if dst.numel() else 1) + dst, stable=True)

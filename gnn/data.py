@@ -460,14 +460,10 @@ def train_subgraph(data: HeteroData) -> HeteroData:
 
 def heldout_events(data: HeteroData, user: Tensor, item: Tensor) -> Tensor:
     """Bool mask: which (user, item) events are a valid or test interaction of ``data``."""
-    ui, ni = data[UI], int(data["item"].num_nodes)
-    held = ui.split != 0
-    keys = torch.sort(ui.edge_index[0, held] * ni + ui.edge_index[1, held]).values
-    query = user * ni + item
-    if keys.numel() == 0:
-        return torch.zeros_like(query, dtype=torch.bool)
-    pos = torch.searchsorted(keys, query).clamp_(max=keys.numel() - 1)
-    return keys[pos] == query
+    from gnnrec.gnn.adjacency import interaction_csr, member  # adjacency imports this module
+
+    ni = int(data["item"].num_nodes)
+    return member(interaction_csr(data, (1, 2))[0].keys(ni), user * ni + item)
 
 
 def without_heldout_tagging(data: HeteroData) -> tuple[Tensor, Tensor]:
@@ -487,7 +483,7 @@ def without_heldout_tagging(data: HeteroData) -> tuple[Tensor, Tensor]:
     weight = it.weight.clone()
     if codes.numel():
         pos = torch.searchsorted(codes, edge_codes).clamp_(max=codes.numel() - 1)
-        hit = codes[pos] == edge_codes
+        hit = codes[pos] == edge_codes  # the edges some held-out event tagged
         weight[hit] -= counts[pos[hit]].to(weight.dtype)
     return weight > 0, weight
 

@@ -20,7 +20,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from gnnrec.errors import GnnrecError
-from gnnrec.gnn.adjacency import CSR, interaction_csr
+from gnnrec.gnn.adjacency import CSR, interaction_csr, member
 from gnnrec.gnn.metrics import MetricAccumulator
 from gnnrec.gnn.split import TEST, TRAIN, VALID
 
@@ -52,14 +52,6 @@ def top_k(scores: Tensor, exclude: CSR, users: Tensor, k: int) -> tuple[Tensor, 
     scores[row.to(scores.device), col.to(scores.device)] = float("-inf")
     values, items = torch.topk(scores, min(k, scores.size(1)), dim=1)
     return items, values
-
-
-def _member(sorted_keys: Tensor, query: Tensor) -> Tensor:
-    """Bool, same shape as ``query``: whether each key is in ``sorted_keys``."""
-    if sorted_keys.numel() == 0:
-        return torch.zeros_like(query, dtype=torch.bool)
-    pos = torch.searchsorted(sorted_keys, query).clamp_(max=sorted_keys.numel() - 1)
-    return sorted_keys[pos] == query
 
 
 class Evaluator:
@@ -133,7 +125,7 @@ class Evaluator:
                 items = torch.cat([items, items.new_zeros(items.size(0), pad)], 1)
                 values = torch.cat([values, values.new_full((values.size(0), pad), -torch.inf)], 1)
             items, values = items.cpu(), values.cpu()
-            hits = _member(self.target_keys, batch[:, None] * self.num_items + items)
+            hits = member(self.target_keys, batch[:, None] * self.num_items + items)
             acc.update(items, hits, self.target.degree()[batch], valid=values > -torch.inf)
         return acc, users
 

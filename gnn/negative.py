@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from gnnrec.errors import GnnrecError
-from gnnrec.gnn.adjacency import CSR, build_csr
+from gnnrec.gnn.adjacency import CSR, build_csr, member
 
 
 class NegativeSamplingError(GnnrecError):
@@ -76,9 +76,7 @@ class NegativeSampler:
 
     def is_positive(self, users: Tensor, items: Tensor) -> Tensor:
         """Bool[...] whether ``items`` is a train item of ``users`` (same shapes)."""
-        q = users * self.num_items + items
-        pos = torch.searchsorted(self.keys, q).clamp_(max=max(self.keys.numel() - 1, 0))
-        return (self.keys[pos] == q) if self.keys.numel() else torch.zeros_like(q, dtype=torch.bool)
+        return member(self.keys, users * self.num_items + items)
 
     def _exact(self, users: Tensor) -> Tensor:
         """Uniform draws from each user's non-train items (no rejection)."""
