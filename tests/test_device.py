@@ -1,11 +1,12 @@
 """The GPU path: train, evaluate and recommend from an exported file, without Ray or Neo4j.
 
-The CLI test runs everywhere (on ``cpu``, and on ``cuda`` where there is one): its
-subprocess makes ``import ray`` and ``import neo4j`` fail, so a GPU host needs neither.
-The ``cuda`` tests compare every model on the GPU with the same model on the CPU; they
-are skipped on a machine without CUDA (CI) and run on a GPU host with
-``python -m pytest --noconftest tests/test_device.py`` (``--noconftest``: the shared
-fixtures import the Neo4j driver).
+The CLI test runs everywhere (on ``cpu``, and on ``cuda`` where there is one): full-graph
+LightGCN and mini-batch LightGCN and GraphSAGE are trained, evaluated and asked for
+recommendations in a fresh process where ``import ray`` and ``import neo4j`` fail, so a
+GPU host needs neither. The ``cuda`` tests compare every model on the GPU with the same
+model on the CPU; they are skipped on a machine without CUDA (CI) and run on a GPU host
+with ``python -m pytest --noconftest tests/test_device.py`` (``--noconftest``: the shared
+fixtures import the Neo4j driver), as ``experiments/gpu_check.sh`` does.
 """
 
 from __future__ import annotations
@@ -37,9 +38,22 @@ CONFIGS = {
     "mf": ("mf", {"embedding_dim": 16}),
 }
 
-# Runs the gnnrec CLI with Ray and the Neo4j driver made unimportable.
-NO_RAY_NO_NEO4J = ("import sys; sys.modules.update(ray=None, neo4j=None); "
-                   "from gnnrec.cli import main; raise SystemExit(main(sys.argv[1:]))")
+# Runs gnnrec CLI commands in one fresh process where `import ray` and `import neo4j` fail;
+# prints one JSON list of {"code", "out"} (each command's exit code and stdout).
+NO_RAY_NO_NEO4J = """
+import contextlib, io, json, sys
+sys.modules.update(ray=None, neo4j=None)
+from gnnrec.cli import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(argv)
+    results.append({"code": code, "out": out.getvalue()})
+    if code:
+        break
+print(json.dumps(results))
+"""
 
 
 def _graph():
@@ -47,30 +61,42 @@ def _graph():
                                        friends_per_user=3, seed=2), "random", seed=2)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+def _cli(*commands: list[str]) -> list[dict[str, object]]:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-c", NO_RAY_NO_NEO4J, *args], capture_output=True,
-                          text=True, env=env, timeout=300, check=False)
+    done = subprocess.run([sys.executable, "-c", NO_RAY_NO_NEO4J, json.dumps(commands)],
+                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [r["code"] for r in results] == [0] * len(commands), (results, done.stderr[-3000:])
+    return results
+
+
+# Full-graph LightGCN, and both models trained on sampled subgraphs (in-process sampler).
+TRAININGS = {
+    "lightgcn": ["--model", "lightgcn"],
+    "lightgcn_minibatch": ["--model", "lightgcn", "--minibatch", "--num-neighbors", "5", "5"],
+    "graphsage_minibatch": ["--model", "graphsage", "--minibatch", "--num-neighbors", "5", "5"],
+}
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_cli_trains_evaluates_and_recommends_without_ray_or_neo4j(tmp_path: Path,
-                                                                   device: str) -> None:
+@pytest.mark.parametrize("training", list(TRAININGS))
+def test_cli_trains_evaluates_and_recommends_without_ray_or_neo4j(tmp_path: Path, device: str,
+                                                                   training: str) -> None:
     graph_file = save_graph(_graph(), tmp_path / "g.pt")
     run = tmp_path / "run"
-    done = _cli("train", "--model", "lightgcn", "--graph", str(graph_file), "--out", str(run),
-                "--epochs", "3", "--embedding-dim", "16", "--device", device, "--no-progress")
-    assert done.returncode == 0, done.stderr
+    _, evaluated, recommended = _cli(
+        ["train", *TRAININGS[training], "--graph", str(graph_file), "--out", str(run),
+         "--epochs", "3", "--embedding-dim", "16", "--num-layers", "2", "--batch-size", "256",
+         "--device", device, "--no-progress"],
+        ["evaluate", str(run), "--split", "test", "--device", device, "--json"],
+        ["recommend", "u0", "-k", "5", "--run", str(run), "--device", device, "--json"])
     meta = json.loads((run / "meta.json").read_text())
     assert meta["train_config"]["device"] == device
     assert len(meta["history"]) == 3
-    done = _cli("evaluate", str(run), "--split", "test", "--device", device, "--json")
-    assert done.returncode == 0, done.stderr
-    metrics = json.loads(done.stdout)
-    assert 0.0 < metrics["recall@20"] <= 1.0
-    done = _cli("recommend", "u0", "-k", "5", "--run", str(run), "--device", device, "--json")
-    assert done.returncode == 0, done.stderr
-    assert len(json.loads(done.stdout)["items"]) == 5
+    assert ("minibatch" in meta) == ("--minibatch" in TRAININGS[training])
+    assert 0.0 < json.loads(str(evaluated["out"]))["recall@20"] <= 1.0
+    assert len(json.loads(str(recommended["out"]))["items"]) == 5
 
 
 @needs_cuda
