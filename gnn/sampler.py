@@ -36,7 +36,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from gnnrec.errors import GnnrecError
-from gnnrec.gnn.data import UI
+from gnnrec.gnn.data import IT, TI, UI, has_split, without_heldout_tagging
 from gnnrec.gnn.negative import NegativeSampler
 
 EdgeType = tuple[str, str, str]
@@ -118,17 +118,24 @@ class HeteroCSR:
     def from_data(cls, data: HeteroData, *, train_only: bool = True) -> HeteroCSR:
         """CSR of every edge type of ``data`` (train edges only where ``split`` exists).
 
-        Edge ``weight`` travels with the CSR; other edge attributes are not sampled.
+        Edge ``weight`` travels with the CSR; other edge attributes are not sampled. With
+        ``train_only``, tag edges lose the tagging of held-out pairs as in
+        :func:`~gnnrec.gnn.data.train_subgraph` (when the graph records ``tag_events``);
+        edge ids stay those of ``data``.
         """
         num_nodes = {nt: int(data[nt].num_nodes) for nt in data.node_types}
+        tags = (without_heldout_tagging(data)
+                if train_only and has_split(data) and "tag_events" in data else None)
         csr: dict[EdgeType, EdgeCSR] = {}
         for et in data.edge_types:
             store = data[et]
             ei = store.edge_index.cpu().numpy().astype(np.int64, copy=False)
             eid = np.arange(ei.shape[1], dtype=np.int64)
+            weight = store.weight.cpu().numpy() if "weight" in store else None
             if train_only and "split" in store:
                 eid = np.flatnonzero(store.split.cpu().numpy() == 0)
-            weight = store.weight.cpu().numpy() if "weight" in store else None
+            elif tags is not None and et in (IT, TI):  # TI is IT flipped, same order
+                eid, weight = np.flatnonzero(tags[0].numpy()), tags[1].numpy()
             csr[et] = EdgeCSR.build(ei[0, eid], ei[1, eid], eid, num_nodes[et[2]], weight,
                                     num_nodes[et[0]])
         x = {nt: data[nt].x.cpu().numpy() for nt in data.node_types if "x" in data[nt]}

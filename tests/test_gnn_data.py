@@ -178,6 +178,22 @@ def test_train_subgraph_drops_the_tagging_of_heldout_pairs(tmp_path: Path) -> No
     assert weights(train_subgraph(g)) == weights(g)
 
 
+def test_the_sampler_sees_the_train_subgraphs_tag_edges() -> None:
+    from gnnrec.gnn.sampler import HeteroCSR
+
+    g = _tagged_graph()
+    t = train_subgraph(g)
+    view = HeteroCSR.from_data(g)  # mini-batch training samples from this
+    for et in (IT, TI):
+        src, dst, eid = view.train_pairs(et)
+        assert torch.equal(torch.from_numpy(np.stack([src, dst])), t[et].edge_index)
+        assert eid.tolist() == [0, 1, 3]  # ids in g: (i1, b) is gone
+        c = view.csr[et]
+        _, ids, weights = c.gather(np.arange(c.eid.size))
+        assert weights is not None  # u0's test pair took one of (i1, a)'s three events
+        assert dict(zip(ids.tolist(), weights.tolist(), strict=True)) == {0: 1.0, 1: 2.0, 3: 1.0}
+
+
 def test_tag_events_are_checked_and_fingerprinted() -> None:
     g, h = _tagged_graph(), _tagged_graph()
     h.tag_events = h.tag_events[:, :3]
