@@ -37,7 +37,9 @@ _MAX_CATEGORIES = 32
 
 _NODES = "MATCH (n:$($label)) RETURN collect(id(n)) AS nid, collect(n[$key]) AS ext"
 _NODE_KEYS = "MATCH (n:$($label)) UNWIND keys(n) AS k RETURN DISTINCT k"
-_NODE_COLUMN = "MATCH (n:$($label)) RETURN collect(id(n)) AS nid, collect(n[$key]) AS v"
+# collect() drops nulls, so only nodes that have the property are read (both lists align).
+_NODE_COLUMN = ("MATCH (n:$($label)) WHERE n[$key] IS NOT NULL "
+                "RETURN collect(id(n)) AS nid, collect(n[$key]) AS v")
 _RELS = {
     "INTERACTED": (
         "User",
