@@ -101,6 +101,7 @@ class LocalNeo4j:
         home: Path | None = None,
         bolt_port: int | None = None,
         http_port: int | None = None,
+        allow_csv_urls: bool | None = None,
     ) -> None:
         self.home = Path(home or gnnrec_home()).resolve()
         self.dir = self.home / "neo4j"
@@ -108,6 +109,9 @@ class LocalNeo4j:
         saved = self._saved_ports()
         self.bolt_port = bolt_port or saved.get("bolt_port") or DEFAULT_BOLT_PORT
         self.http_port = http_port or saved.get("http_port") or DEFAULT_HTTP_PORT
+        if allow_csv_urls is None:
+            allow_csv_urls = os.environ.get("GNNREC_NEO4J_ALLOW_CSV_URLS", "") not in ("", "0")
+        self.allow_csv_urls = allow_csv_urls
 
     # -- paths and files ---------------------------------------------------------
     @property
@@ -203,6 +207,8 @@ class LocalNeo4j:
             "server.memory.pagecache.size": os.environ.get("GNNREC_NEO4J_PAGECACHE", "512m"),
             "db.tx_log.rotation.retention_policy": "1 files",
         }
+        if not self.allow_csv_urls:  # LOAD CSV may read the import folder, never the network
+            settings["internal.dbms.cypher_ip_blocklist"] = "0.0.0.0/0,::/0"
         text = "".join(f"{k}={v}\n" for k, v in settings.items())
         (conf_dir / "neo4j.conf").write_text(text)
         (self.dir / "server.json").write_text(

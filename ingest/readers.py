@@ -8,9 +8,12 @@ Parquet keeps its own column types (ids are turned into strings there too).
 
 from __future__ import annotations
 
+import csv
 import io
+import sys
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -36,12 +39,14 @@ class Source:
     kind: SourceKind
     frame: pd.DataFrame
     name: str
+    malformed: dict[int, str] = field(default_factory=dict)  # row -> why the reader refused it
 
     @classmethod
     def from_frame(cls, kind: SourceKind, frame: pd.DataFrame, name: str = "") -> Source:
         """Wrap an in-memory DataFrame (its index is dropped; rows are numbered 1..n)."""
         if kind not in SOURCE_KINDS:
             raise ValueError(f"unknown source kind {kind!r}; expected one of {SOURCE_KINDS}")
+        _refuse_repeated(name or f"<{kind} DataFrame>", [str(c) for c in frame.columns])
         return cls(kind, frame.reset_index(drop=True), name or f"<{kind} DataFrame>")
 
 
@@ -62,9 +67,14 @@ def read_table(path: str | Path) -> pd.DataFrame:
     """Read a CSV (strings only, ``,`` or tab for ``.tsv``) or Parquet file.
 
     Raises :class:`SourceFileError` naming the file when it is missing, empty,
-    not decodable as UTF-8 or malformed (the parser's line number is kept).
+    not decodable as UTF-8 or malformed (the parser's line number is kept). Rows of a
+    CSV whose field count differs from the header's are kept (see :func:`read_csv_file`;
+    :func:`read_source` passes them on to validation as rejected rows).
     """
-    path = Path(path)
+    return _read(Path(path))[0]
+
+
+def _read(path: Path) -> tuple[pd.DataFrame, dict[int, str]]:
     if not path.exists():
         raise SourceFileError(f"{path}: file not found")
     if not path.is_file():
@@ -72,20 +82,75 @@ def read_table(path: str | Path) -> pd.DataFrame:
     fmt = file_format(path)
     try:
         if fmt == "parquet":
-            return pd.read_parquet(path)
-        sep = "\t" if ".tsv" in path.name.lower() else ","
-        return read_csv_strings(path, sep=sep)
+            frame = pd.read_parquet(path)
+            _refuse_repeated(path, [str(c) for c in frame.columns])
+            return frame, {}
+        return read_csv_file(path, sep="\t" if ".tsv" in path.name.lower() else ",")
     except SourceFileError:
         raise
     except pd.errors.EmptyDataError as exc:
         raise SourceFileError(f"{path}: the file is empty (no header row)") from exc
     except UnicodeDecodeError as exc:
         raise SourceFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
+    except (OSError, ValueError, csv.Error, pd.errors.ParserError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SourceFileError(f"{path}: cannot read {fmt}: {first_line}") from exc
     except Exception as exc:  # pyarrow raises its own types for corrupt Parquet
         raise SourceFileError(f"{path}: cannot read {fmt}: {exc}") from exc
+
+
+def _refuse_repeated(name: object, columns: list[str]) -> None:
+    """A :class:`SourceFileError` naming the first column that appears more than once."""
+    counts = Counter(columns)
+    for column, n in counts.items():
+        if n > 1:
+            raise SourceFileError(f"{name}: column {column!r} appears {n} times in the header; "
+                                  f"every column needs its own name")
+
+
+def _scan_fields(path: Path, sep: str) -> tuple[list[str], dict[int, int], int]:
+    """The header, the data rows whose field count differs from it (row -> count), and
+    the widest row's count. Blank lines are skipped, as pandas skips them."""
+    from pandas.io.common import get_handle
+
+    limit = csv.field_size_limit()
+    csv.field_size_limit(sys.maxsize)
+    try:
+        with get_handle(path, "r", encoding="utf-8-sig", compression="infer") as handles:
+            rows = (r for r in csv.reader(handles.handle, delimiter=sep) if r)
+            header = next(rows, [])
+            width, ragged, widest, row = len(header), {}, len(header), 0
+            for row, fields in enumerate(rows, start=1):
+                if len(fields) != width:
+                    ragged[row] = len(fields)
+                    widest = max(widest, len(fields))
+    finally:
+        csv.field_size_limit(limit)
+    return header, ragged, widest
+
+
+def read_csv_file(path: str | Path, sep: str = ",") -> tuple[pd.DataFrame, dict[int, str]]:
+    """A CSV file as strings (:func:`read_csv_strings`) plus its malformed rows.
+
+    A row with more or fewer fields than the header is kept in the frame (its first
+    fields, padded with ``""``) and named in the second result (1-based data row ->
+    reason), so validation rejects it with the others instead of failing the file. A
+    header naming one column twice is a :class:`SourceFileError` naming the column.
+    """
+    header, ragged, widest = _scan_fields(Path(path), sep)
+    if not header:
+        raise pd.errors.EmptyDataError("no header row")
+    _refuse_repeated(path, header)
+    if not ragged:
+        return read_csv_strings(path, sep=sep), {}
+    frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_filter=False,
+                        encoding="utf-8-sig", header=None, names=range(widest),
+                        index_col=False)
+    frame = frame.iloc[1:, : len(header)].reset_index(drop=True)  # row 0 is the header
+    frame.columns = header
+    reasons = {row: f"row has {n} fields, the header has {len(header)}"
+               for row, n in ragged.items()}
+    return frame, reasons
 
 
 def read_csv_strings(source: str | Path | io.IOBase, sep: str = ",") -> pd.DataFrame:
@@ -101,8 +166,9 @@ def read_csv_strings(source: str | Path | io.IOBase, sep: str = ",") -> pd.DataF
 
 
 def read_source(kind: SourceKind, path: str | Path) -> Source:
-    """Read one file as a :class:`Source` of the given kind."""
-    return Source(kind, read_table(path).reset_index(drop=True), str(path))
+    """Read one file as a :class:`Source` of the given kind (ragged CSV rows in ``malformed``)."""
+    frame, malformed = _read(Path(path))
+    return Source(kind, frame.reset_index(drop=True), str(path), malformed)
 
 
 def sources_from_files(

@@ -9,7 +9,10 @@ anything is written. ``read == loaded + rejected`` holds for every source.
 Reasons (one per rejected row, the first that applies):
 
 * ``empty user id`` / ``empty item id`` / ``empty friend id`` / ``empty tag`` (empty or
-  only spaces)
+  only spaces); ``user id longer than 2,000 characters`` (and so on: Neo4j cannot index
+  longer keys), ``... is a boolean``, ``... is a non-integral number``, ``... is not UTF-8
+  text`` (the id rule of :func:`parse_ids`, the same for every reader)
+* ``row has N fields, the header has M`` (a ragged CSV row, found by the reader)
 * ``missing weight``, ``weight is not a number``, ``weight is not finite``, ``negative weight``
 * ``unparseable timestamp`` (neither a number of unix seconds nor an ISO-8601 date),
   ``timestamp out of range`` (beyond +-1e11 s: milliseconds given as seconds?)
@@ -32,6 +35,7 @@ TAG_SEPARATOR = "|"
 MAX_ABS_TIMESTAMP = 100_000_000_000  # seconds; ~ year 5138
 _EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
 _LEADING_ZERO = r"^\s*[+-]?0\d"
+MAX_ID_LENGTH = 2_000  # characters of an id or tag name (Neo4j's index key limit: ~8 KB)
 
 UNKNOWN_USER = "unknown user (not in the users file nor in the database)"
 
@@ -119,6 +123,14 @@ class _Reasons:
     def __init__(self, n: int) -> None:
         self.values = np.full(n, "", dtype=object)
 
+    @classmethod
+    def of(cls, source: Source) -> _Reasons:
+        """Reasons for ``source``'s rows, starting with the reader's (ragged CSV rows)."""
+        reasons = cls(len(source.frame))
+        for row, reason in source.malformed.items():
+            reasons.values[row - 1] = reason
+        return reasons
+
     def add(self, mask: pd.Series | np.ndarray, reason: str) -> None:
         mask = np.asarray(mask, dtype=bool)
         self.values[mask & (self.values == "")] = reason
@@ -140,23 +152,87 @@ def require_columns(source: Source, required: list[str]) -> None:
         )
 
 
-def normalize_ids(values: pd.Series) -> pd.Series:
-    """Ids as strings, verbatim; missing cells become NaN (integral floats lose ``.0``)."""
-    missing = values.isna().to_numpy()
-    if ptypes.is_float_dtype(values.dtype):
-        known = values[~missing]
-        if np.isfinite(known).all() and bool((known == np.floor(known)).all()):
-            values = values.astype("Int64")
-    out = values.astype(object)
-    if pd.api.types.infer_dtype(out, skipna=True) not in ("string", "empty"):
-        out = out.map(str, na_action="ignore").astype(object)
-    out[missing] = np.nan
-    return out
+def _canonical_id(value: object, label: str) -> tuple[str | None, str]:
+    """One cell by the id rule: ``(id, "")`` or ``(None, reason)``; see :func:`parse_ids`."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None, f"empty {label}"
+    if isinstance(value, bool | np.bool_):
+        return None, f"{label} is a boolean"
+    if isinstance(value, bytes | bytearray | memoryview):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return None, f"{label} is not UTF-8 text"
+    elif isinstance(value, float | np.floating):
+        if value != value:
+            return None, f"empty {label}"
+        if not np.isfinite(value) or value != np.floor(value):
+            return None, f"{label} is a non-integral number"
+        value = int(value)
+    elif isinstance(value, np.integer):
+        value = int(value)
+    text = value if isinstance(value, str) else str(value)
+    return _checked_text(text, label)
 
 
-def empty_ids(ids: pd.Series) -> np.ndarray:
-    """True where the id is missing or only whitespace."""
-    return (ids.isna() | ids.astype(str).str.strip().eq("")).to_numpy()
+def _checked_text(text: str, label: str) -> tuple[str | None, str]:
+    if not text.strip():
+        return None, f"empty {label}"
+    if len(text) > MAX_ID_LENGTH:
+        return None, f"{label} longer than {MAX_ID_LENGTH:,} characters"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (e.g. from JSON "\\ud800")
+        return None, f"{label} is not UTF-8 text"
+    return text, ""
+
+
+def parse_ids(values: pd.Series, label: str, reasons: _Reasons | None = None) -> pd.Series:
+    """Ids by the one rule every reader follows (CSV, Parquet, DataFrames, the HTTP API).
+
+    An id is text, kept verbatim: strings as they are, integers as their decimal digits,
+    bytes decoded as UTF-8, floats only when integral (``1.0`` is ``"1"``, always, whatever
+    the other rows hold). Rejected, with ``label`` in the reason (``"user id"``, ``"tag"``):
+    missing or blank cells (``empty user id``), booleans, non-integral or infinite floats,
+    bytes that are not UTF-8 and text longer than :data:`MAX_ID_LENGTH` characters (Neo4j
+    cannot index a key above about 8 KB; 2,000 characters are at most 8,000 bytes).
+    Rejected cells are NaN in the result; ``reasons`` gets their reasons.
+    """
+    values = values.reset_index(drop=True)
+    n = len(values)
+    out = np.empty(n, dtype=object)
+    bad = np.full(n, "", dtype=object)
+    kind = pd.api.types.infer_dtype(values, skipna=True)
+    if kind in ("string", "empty") or ptypes.is_integer_dtype(values.dtype):
+        missing = values.isna().to_numpy()
+        text = values.astype(object).where(~missing, "").map(str)
+        blank = missing | text.str.strip().eq("").to_numpy()
+        long = text.str.len().to_numpy() > MAX_ID_LENGTH
+        out[:] = text.to_numpy(dtype=object)
+        bad[long] = f"{label} longer than {MAX_ID_LENGTH:,} characters"
+        bad[blank] = f"empty {label}"
+        if kind == "string" and not long.any():  # lone surrogates are rare: check all at once
+            try:
+                "".join(out[~blank]).encode("utf-8")
+            except UnicodeEncodeError:
+                for i in np.flatnonzero(~blank):
+                    out[i], bad[i] = _checked_text(out[i], label)
+    elif ptypes.is_float_dtype(values.dtype):
+        x = values.to_numpy(dtype="float64", na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(x) & (x == np.floor(x)) & (np.abs(x) < 2.0**63)
+        out[whole] = x[whole].astype("int64").astype(str).astype(object)
+        bad[~whole] = f"{label} is a non-integral number"
+        bad[np.isnan(x)] = f"empty {label}"
+    else:
+        for i, value in enumerate(values.astype(object).tolist()):
+            out[i], bad[i] = _canonical_id(value, label)
+    rejected = bad != ""
+    out[rejected] = np.nan
+    if reasons is not None:
+        for reason in pd.unique(bad[rejected]):
+            reasons.add(bad == reason, str(reason))
+    return pd.Series(out, dtype=object)
 
 
 def _text(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
@@ -295,11 +371,9 @@ def check_interactions(source: Source, columns: ColumnNames) -> Checked:
     required = [columns.user, columns.item]
     required += [c for c in (columns.weight, columns.time) if c is not None]
     require_columns(source, required)
-    reasons = _Reasons(len(frame))
-    users = normalize_ids(frame[columns.user])
-    items = normalize_ids(frame[columns.item])
-    reasons.add(empty_ids(users), "empty user id")
-    reasons.add(empty_ids(items), "empty item id")
+    reasons = _Reasons.of(source)
+    users = parse_ids(frame[columns.user], "user id", reasons)
+    items = parse_ids(frame[columns.item], "item id", reasons)
     used = [columns.user, columns.item]
     if columns.weight_name in frame.columns:
         weights = parse_weights(frame[columns.weight_name], reasons)
@@ -321,11 +395,9 @@ def check_social(source: Source, columns: ColumnNames) -> Checked:
     """``user, friend`` rows; self-friendships are rejected."""
     frame = source.frame
     require_columns(source, [columns.user, columns.friend])
-    reasons = _Reasons(len(frame))
-    users = normalize_ids(frame[columns.user])
-    friends = normalize_ids(frame[columns.friend])
-    reasons.add(empty_ids(users), "empty user id")
-    reasons.add(empty_ids(friends), "empty friend id")
+    reasons = _Reasons.of(source)
+    users = parse_ids(frame[columns.user], "user id", reasons)
+    friends = parse_ids(frame[columns.friend], "friend id", reasons)
     reasons.add((users == friends).fillna(False).to_numpy(dtype=bool), "self-friendship")
     clean = pd.DataFrame({"user": users.to_numpy(), "friend": friends.to_numpy()})
     return _finish(source, clean, reasons, [columns.user, columns.friend])
@@ -335,13 +407,10 @@ def check_taggings(source: Source, columns: ColumnNames) -> Checked:
     """``user, item, tag`` rows: one tagging event each (who put which tag on which item)."""
     frame = source.frame
     require_columns(source, [columns.user, columns.item, columns.tag])
-    reasons = _Reasons(len(frame))
-    users = normalize_ids(frame[columns.user])
-    items = normalize_ids(frame[columns.item])
-    tags = normalize_ids(frame[columns.tag])
-    reasons.add(empty_ids(users), "empty user id")
-    reasons.add(empty_ids(items), "empty item id")
-    reasons.add(empty_ids(tags), "empty tag")
+    reasons = _Reasons.of(source)
+    users = parse_ids(frame[columns.user], "user id", reasons)
+    items = parse_ids(frame[columns.item], "item id", reasons)
+    tags = parse_ids(frame[columns.tag], "tag", reasons)
     tags = tags.where(tags.isna(), tags.astype(str).str.strip())  # as split_tags does
     clean = pd.DataFrame({"user": users.to_numpy(), "item": items.to_numpy(),
                           "tag": tags.to_numpy()})
@@ -357,11 +426,10 @@ def _check_nodes(source: Source, id_col: str, what: str, skip: list[str]) -> Che
             f"{source.name}: column 'id' would overwrite the {what} node key "
             f"(the key comes from column {id_col!r}); rename it"
         )
-    reasons = _Reasons(len(frame))
-    ids = normalize_ids(frame[id_col])
-    empty = empty_ids(ids)
-    reasons.add(empty, f"empty {what} id")
-    reasons.add(ids.duplicated(keep="first").to_numpy() & ~empty, f"duplicate {what} id")
+    reasons = _Reasons.of(source)
+    ids = parse_ids(frame[id_col], f"{what} id", reasons)
+    reasons.add(ids.duplicated(keep="first").to_numpy() & ids.notna().to_numpy(),
+                f"duplicate {what} id")
     attrs = typed_attributes(frame[attr_cols])
     clean = pd.concat([pd.DataFrame({"id": ids.to_numpy()}), attrs], axis=1)
     return _finish(source, clean, reasons, [id_col, *attr_cols])
@@ -381,6 +449,9 @@ def check_items(source: Source, columns: ColumnNames) -> Checked:
         checked.tags = split_tags(
             source.frame[columns.tags].iloc[keep], checked.clean["id"]
         )
+        long = checked.tags.loc[checked.tags["tag"].str.len() > MAX_ID_LENGTH, "item"]
+        checked.reject(checked.clean["id"].isin(long),
+                       f"tag longer than {MAX_ID_LENGTH:,} characters")
         checked.ignored_columns = [c for c in checked.ignored_columns if c != columns.tags]
     else:
         checked.tags = pd.DataFrame({"item": [], "tag": [], "weight": []})
