@@ -3,6 +3,11 @@
     python -m experiments.epoch_time --dataset ml-1m \\
         --json experiments/results/epoch_time_ml-1m.json
 
+The graph comes through the product: the dataset ingested into Neo4j (a throw-away local
+server unless ``--ingest-into configured``) and exported as ``gnnrec export`` does, cached
+by content (:func:`experiments.graphs.product_graph`), then a seeded random 80/10/10 split;
+``--graph FILE`` reads an exported file instead (a GPU host needs neither Neo4j nor network).
+
 One training epoch = every TRAIN (user, item) edge of the seeded 80/10/10 split once, in
 shuffled mini-batches of 2,048, one uniform negative per positive from the project's
 :class:`~gnnrec.gnn.negative.NegativeSampler`, BPR loss + L2 (1e-4), Adam (lr 1e-3),
@@ -45,7 +50,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from experiments.common import dataset_graph, loadavg, machine, peak_rss_gb, write_json
+from experiments.common import loadavg, machine, peak_rss_gb, write_json
+from experiments.graphs import GraphSource, add_graph_arguments, product_graph
 
 DIM, LAYERS, BATCH, LR, L2 = 64, 3, 2048, 1e-3, 1e-4
 
@@ -57,9 +63,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="ml-1m")
     p.add_argument("--graph", type=Path, default=None,
-                   help="an exported graph file (gnnrec export) instead of building "
-                        "--dataset from its package: a GPU host needs neither Neo4j nor "
-                        "network")
+                   help="an exported graph file (gnnrec export) instead of ingesting and "
+                        "exporting --dataset: a GPU host needs neither Neo4j nor network")
     p.add_argument("--device", default="cpu", help="cpu or cuda (both models, same device)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--repeats", type=int, default=3, help="timed epochs of each model")
@@ -71,16 +76,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="epochs of the peak-memory training run (0 = skip it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--child-full-run", action="store_true", help=argparse.SUPPRESS)
+    add_graph_arguments(p)
     return p.parse_args(argv)
 
 
 def load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """The split graph: ``--graph`` (its own split, else a seeded random one) or ``--dataset``."""
+    """The split graph: ``--graph`` (its own split, else a seeded random one) or ``--dataset``
+    through the product (ingest → Neo4j → export, cached) with a seeded random split."""
     from gnnrec.gnn.data import has_split, load_graph
     from gnnrec.gnn.split import apply_split
 
     if args.graph is None:
-        graph, info = dataset_graph(args.dataset)
+        graph, info = product_graph(args.dataset, GraphSource.from_args(args))
         return apply_split(graph, "random", seed=args.seed), info
     graph = load_graph(args.graph)
     info = {"dataset": args.dataset, "source": f"exported graph file {args.graph}",
@@ -201,11 +208,12 @@ def full_run(args: argparse.Namespace) -> dict[str, Any]:
             "peak_rss_gb": round(peak_rss_gb(), 3), **gpu}
 
 
-def run_full_in_child(args: argparse.Namespace) -> dict[str, Any]:
+def run_full_in_child(args: argparse.Namespace, graph_file: str | Path) -> dict[str, Any]:
+    """The peak-memory run in a child process, on the same graph file (and seeded split)."""
     cmd = [sys.executable, "-m", "experiments.epoch_time", "--child-full-run",
            "--dataset", args.dataset, "--full-run-epochs", str(args.full_run_epochs),
            "--threads", str(args.threads), "--seed", str(args.seed), "--device", args.device,
-           *(["--graph", str(args.graph)] if args.graph else [])]
+           "--graph", str(graph_file)]
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
@@ -281,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
           f"speedup x{result['speedup']:.2f} wall, x{result['speedup_cpu_time']:.2f} CPU time")
     del ours, pyg, ours_model, pyg_model
     if args.full_run_epochs > 0:
-        full = run_full_in_child(args)
+        full = run_full_in_child(args, args.graph or info["graph_file"])
         result["full_run"] = full
         result["peak_rss_gb"] = full["peak_rss_gb"]
         result["goal_peak_rss_lt_4gb"] = bool(full["peak_rss_gb"] < 4)

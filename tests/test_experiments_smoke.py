@@ -1,8 +1,11 @@
 """Smoke test of the benchmark scripts (quality.py, epoch_time.py, sampling_scaling.py) on a tiny
-synthetic graph: the code paths run end to end in a few seconds, so they cannot rot."""
+synthetic graph: the code paths run end to end in a few seconds, so they cannot rot. The
+benchmarks' graph source (experiments/graphs.py: ingest -> Neo4j -> export, cached) is
+checked against `gnnrec export` on the real Neo4j."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections import Counter
@@ -15,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `experiments` is a folder at the root, not an installed package
     sys.path.insert(0, str(ROOT))
 
-from experiments import common, epoch_time, quality  # noqa: E402
+from experiments import common, epoch_time, graphs, ingest_bench, quality  # noqa: E402
 from gnnrec.gnn.data import synthetic_graph  # noqa: E402
 from gnnrec.gnn.split import apply_split  # noqa: E402
 
@@ -207,3 +210,126 @@ def test_reuse_skips_tag_trials_counted_with_heldout_tagging() -> None:
     assert set(quality.merge_results([old])["models"]) == {"lightgcn"}
     assert len(quality.merge_results([old, new])["models"]["graphsage"]["trials"]) == 1
     assert set(quality.merge_results([result("ml-100k")])["models"]) == {"lightgcn", "graphsage"}
+
+
+TINY_OPTIONS = {"num_users": 60, "num_items": 40, "seed": 1, "friend_density": 0.05}
+
+
+@pytest.mark.integration
+def test_product_graph_is_what_gnnrec_export_writes_and_is_cached(
+        graph_client: object, neo4j_env: object, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The benchmarks' graph: ingest into the configured Neo4j, the export `gnnrec export`
+    runs, a cache keyed by content that a second run reads without Neo4j."""
+    from gnnrec.cli import main as gnnrec
+    from gnnrec.gnn.data import fingerprint, load_graph
+    from gnnrec.graph.load import graph_stats
+
+    source = graphs.GraphSource("configured", yes=False, cache=tmp_path / "cache")
+    graph, info = graphs.product_graph("synthetic", source, options=TINY_OPTIONS)
+    assert info["cached"] is False and info["neo4j"]["ingest_into"] == "configured"
+    assert info["ingest"]["rejected"] == 0
+    assert info["ingest"]["read"] == info["ingest"]["loaded"] > 0
+    assert info["num_users"] == 60 and info["num_items"] == 40
+    assert info["num_friendships"] == graph_stats(graph_client)["relationships"]["FRIEND"] > 0
+    assert Path(info["graph_file"]).parent == tmp_path / "cache"
+    assert fingerprint(graph) == info["fingerprint"]
+    # with the benchmarks' split, the very file `gnnrec export --out` writes (its default
+    # split is the same seeded random one) from the database it left behind
+    out = tmp_path / "exported.pt"
+    assert gnnrec(["export", "--out", str(out)]) == 0
+    exported = load_graph(out)
+    assert fingerprint(apply_split(graph, "random", seed=0)) == fingerprint(exported)
+    for nt in ("user", "item", "tag"):
+        assert list(graph[nt].ext_id) == list(exported[nt].ext_id)
+    for nt in ("user", "item"):
+        assert torch.equal(graph[nt].x, exported[nt].x)
+        assert graph[nt].feature_names == exported[nt].feature_names
+    # a second run reads the cache: no Neo4j, no ingest
+    def no_neo4j(_source: object) -> None:
+        raise AssertionError("a cached graph must not touch Neo4j")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(graphs, "bench_neo4j", no_neo4j)
+        again, info2 = graphs.product_graph("synthetic", source, options=TINY_OPTIONS)
+        assert info2["cached"] is True and info2["graph_file"] == info["graph_file"]
+        assert fingerprint(again) == info["fingerprint"]
+        # other data (another seed) or a refresh goes to Neo4j again
+        with pytest.raises(AssertionError, match="must not touch Neo4j"):
+            graphs.product_graph("synthetic", source, options={**TINY_OPTIONS, "seed": 2})
+        with pytest.raises(AssertionError, match="must not touch Neo4j"):
+            graphs.product_graph("synthetic", graphs.GraphSource(
+                "configured", cache=tmp_path / "cache", refresh=True), options=TINY_OPTIONS)
+    # the configured database holds the dataset now: it is not cleared without consent
+    with pytest.raises(SystemExit, match="refusing: the database .* holds"):
+        graphs.product_graph("synthetic", graphs.GraphSource(
+            "configured", cache=tmp_path / "cache", refresh=True), options=TINY_OPTIONS)
+    # the record next to the graph file holds no path of this machine
+    record = Path(info["graph_file"] + ".json").read_text()
+    assert str(tmp_path) not in record and str(ROOT) not in record
+
+
+def test_cache_key_follows_the_data_and_the_code() -> None:
+    sources = graphs.dataset_sources("synthetic", TINY_OPTIONS)
+    key = graphs.cache_key("synthetic", TINY_OPTIONS, sources)
+    assert key == graphs.cache_key("synthetic", TINY_OPTIONS,
+                                   graphs.dataset_sources("synthetic", TINY_OPTIONS))
+    other = graphs.dataset_sources("synthetic", {**TINY_OPTIONS, "seed": 2})
+    assert graphs.cache_key("synthetic", TINY_OPTIONS, other) != key  # the frames differ
+    frame = sources[-1].frame.copy()
+    frame.iloc[0, 0] = "someone-else"
+    changed = [*sources[:-1], dataclasses.replace(sources[-1], frame=frame)]
+    assert graphs.cache_key("synthetic", TINY_OPTIONS, changed) != key  # one cell changed
+    assert {"ingest", "graph/export.py"} <= set(graphs.CODE)
+    with pytest.raises(ValueError, match="synthetic dataset only"):
+        graphs.dataset_sources("ml-100k", {"seed": 1})
+
+
+def test_results_hold_no_machine_paths(tmp_path: Path) -> None:
+    wheel = "/".join(["", "opt", "cache", "wheels", "recbole-1.2.1-py3-none-any.whl"])
+    result = {"graph": str(ROOT / "experiments" / "results" / "g.pt"),
+              "source": f"PackageFiles({tmp_path / 'x.whl'}):recbole/ml-100k.inter",
+              "list": [str(tmp_path / "runs" / "r1"), "rels/s", "GET /recommend/u?k=10"],
+              str(tmp_path / "key"): 1.5, "not_a_path": wheel}
+    path = common.write_json(tmp_path / "r.json", result)
+    text = path.read_text()
+    assert str(tmp_path) not in text and str(ROOT) not in text
+    back = json.loads(text)
+    assert back["graph"] == "experiments/results/g.pt"
+    assert back["source"] == "PackageFiles(x.whl):recbole/ml-100k.inter"
+    assert back["list"] == ["r1", "rels/s", "GET /recommend/u?k=10"]
+    assert back["key"] == 1.5
+
+
+def test_ingest_bench_checks_the_counts_that_matter() -> None:
+    """After a write-back, a cleared database still lists RECOMMENDED with 0: not a mismatch."""
+    expected = ingest_bench.EXPECTED
+    used = {"nodes": {**expected["nodes"], "Run": 0},
+            "relationships": {**expected["relationships"], "RECOMMENDED": 0}}
+    ingest_bench.check_counts(used)
+    ingest_bench.check_counts(expected)
+    wrong = {**used, "relationships": {**used["relationships"], "FRIEND": 12_716}}
+    with pytest.raises(SystemExit, match="FRIEND 12,716 != 12,717"):
+        ingest_bench.check_counts(wrong)
+    extra = {**used, "relationships": {**used["relationships"], "RECOMMENDED": 3}}
+    with pytest.raises(SystemExit, match="RECOMMENDED 3 != 0"):
+        ingest_bench.check_counts(extra)
+    missing = {**used, "nodes": {"User": 1_892, "Item": 18_022}}
+    with pytest.raises(SystemExit, match="Tag 0 != 9,749"):
+        ingest_bench.check_counts(missing)
+
+
+@pytest.mark.integration
+def test_a_used_database_lists_types_with_zero_counts(graph_client: object) -> None:
+    """What made ingest_bench stop after `make demo`: relationship types outlive their
+    relationships, and graph_stats lists them with a count of 0."""
+    from gnnrec.graph.load import graph_stats
+    from gnnrec.graph.schema import clear_database
+
+    graph_client.write("CREATE (:User {id: 'a'})-[:RECOMMENDED {rank: 1}]->(:Item {id: 'b'})")
+    clear_database(graph_client)
+    stats = graph_stats(graph_client)
+    assert stats["relationships"].get("RECOMMENDED") == 0
+    expected = ingest_bench.EXPECTED
+    ingest_bench.check_counts({
+        section: {**stats[section], **expected[section]} for section in expected})
