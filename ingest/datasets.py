@@ -201,7 +201,8 @@ def _lastfm_tag_events(parquet: Callable[[str], pd.DataFrame]) -> pd.DataFrame:
 def lastfm_tag_events() -> pd.DataFrame:
     """LastFM's tagging events (who tagged which artist with which tag); the graph holds
     only their counts per (artist, tag). An evaluation needs them to drop the tagging of
-    held-out (user, artist) pairs (``experiments.common.drop_heldout_tag_events``)."""
+    held-out (user, artist) pairs (``gnnrec.gnn.data.without_heldout_tagging`` does so on
+    an export, which carries them as ``tag_events``)."""
     return _lastfm_tag_events(_lastfm_files()[0])
 
 
