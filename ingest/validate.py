@@ -172,10 +172,11 @@ def _canonical_id(value: object, label: str) -> tuple[str | None, str]:
     elif isinstance(value, np.integer):
         value = int(value)
     text = value if isinstance(value, str) else str(value)
-    return _checked_text(text, label)
+    return check_id_text(text, label)
 
 
-def _checked_text(text: str, label: str) -> tuple[str | None, str]:
+def check_id_text(text: str, label: str) -> tuple[str | None, str]:
+    """``(text, "")`` for a usable id, else ``(None, reason)``: blank, too long, not UTF-8."""
     if not text.strip():
         return None, f"empty {label}"
     if len(text) > MAX_ID_LENGTH:
@@ -216,7 +217,7 @@ def parse_ids(values: pd.Series, label: str, reasons: _Reasons | None = None) ->
                 "".join(out[~blank]).encode("utf-8")
             except UnicodeEncodeError:
                 for i in np.flatnonzero(~blank):
-                    out[i], bad[i] = _checked_text(out[i], label)
+                    out[i], bad[i] = check_id_text(out[i], label)
     elif ptypes.is_float_dtype(values.dtype):
         x = values.to_numpy(dtype="float64", na_value=np.nan)
         with np.errstate(invalid="ignore"):

@@ -17,16 +17,22 @@ Endpoints: ``GET /health``, ``GET /recommend/{user}``, ``GET /similar/{item}``,
 # No ``from __future__ import annotations``: FastAPI must see the route annotations,
 # which use types built inside create_app, as real objects.
 
+import json
 import os
 from typing import Annotated, Any
 
-from fastapi import Body, Depends, FastAPI, Query, Request, Security
-from fastapi.responses import JSONResponse
+from fastapi import Body, Depends, FastAPI, Path, Query, Request, Security
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException
 
 from gnnrec import __version__
+from gnnrec.ingest.validate import MAX_ID_LENGTH
 from gnnrec.serve.errors import ServingError
 from gnnrec.serve.options import ResourceOptions, ServeOptions
 from gnnrec.serve.schemas import (
@@ -53,7 +59,7 @@ _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
     403: {"model": ErrorBody, "description": "writes disabled (no token configured)"},
     413: {"description": "body larger than the configured limit"},
-    422: {"description": "invalid body (JSON, types or ingest validation rules)"},
+    422: {"description": "invalid body (not JSON, wrong types, ingest validation rules)"},
     503: {"model": ErrorBody, "description": "Neo4j unreachable: nothing was applied"},
 }
 
@@ -65,11 +71,28 @@ retraining. Write endpoints need `Authorization: Bearer <token>`."""
 def create_app(service: RecommenderService) -> FastAPI:
     """The FastAPI app answering with ``service`` (one per replica)."""
     opts = service.options
+    # No trailing-slash redirects: /users/abc%2F is the user "abc/", never a 307 to /users/abc.
     app = FastAPI(title="gnnrec", version=__version__, description=_DESCRIPTION,
-                  max_body_size=opts.max_body_bytes)
+                  max_body_size=opts.max_body_bytes, redirect_slashes=False)
     bearer = HTTPBearer(auto_error=False, description="the service's API token")
     default_k = min(10, opts.max_k)
     K = Annotated[int, Query(ge=1, le=opts.max_k, description=f"1..{opts.max_k}")]
+    # Path ids may hold "/" (sent as %2F): the path converter takes the rest of the path.
+    UserPath = Annotated[str, Path(max_length=MAX_ID_LENGTH, description="user id")]
+    ItemPath = Annotated[str, Path(max_length=MAX_ID_LENGTH, description="item id")]
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 400:  # FastAPI could not decode the body (not UTF-8 JSON)
+            return JSONResponse({"detail": "the body is not JSON (UTF-8)"}, status_code=422)
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        # ASCII JSON: the errors echo the input, which may hold a lone surrogate ("\ud800")
+        # that UTF-8 cannot encode (FastAPI's own handler answers 500 then).
+        body = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True)
+        return Response(body, status_code=422, media_type="application/json")
 
     @app.exception_handler(ServingError)
     async def _serving_error(_: Request, exc: ServingError) -> JSONResponse:
@@ -86,10 +109,10 @@ def create_app(service: RecommenderService) -> FastAPI:
         """The served run, its metrics, sizes, and whether Neo4j answers."""
         return await service.health()
 
-    @app.get("/recommend/{user}", response_model=Recommendations, responses=_ERRORS,
+    @app.get("/recommend/{user:path}", response_model=Recommendations, responses=_ERRORS,
              tags=["read"])
     async def recommend(
-        user: str,
+        user: UserPath,
         k: K = default_k,
         tag: Annotated[str | None, Query(description="only items carrying this tag")] = None,
         exclude: Annotated[list[str] | None,
@@ -100,21 +123,30 @@ def create_app(service: RecommenderService) -> FastAPI:
         """Top-k items the user has not interacted with (404: create the user first)."""
         return service.recommend(user, k, tag, exclude or [], diversity)
 
-    @app.get("/similar/{item}", response_model=SimilarItems, responses=_ERRORS, tags=["read"])
-    async def similar(item: str, k: K = default_k) -> SimilarItems:
+    @app.get("/similar/{item:path}", response_model=SimilarItems, responses=_ERRORS,
+             tags=["read"])
+    async def similar(item: ItemPath, k: K = default_k) -> SimilarItems:
         """Nearest items by cosine similarity of their embeddings."""
         return service.similar(item, k)
 
     @app.get("/explain/{user}/{item}", response_model=Explanation, responses=_ERRORS,
              tags=["read"])
-    async def explain(user: str, item: str) -> Explanation:
+    async def explain(user: Annotated[str, Path(max_length=MAX_ID_LENGTH)],
+                      item: Annotated[str, Path(max_length=MAX_ID_LENGTH)]) -> Explanation:
         """Friends, co-interacting users and shared tags linking the user to the item."""
+        return await service.explain(user, item)
+
+    @app.get("/explain", response_model=Explanation, responses=_ERRORS, tags=["read"])
+    async def explain_query(user: Annotated[str, Query(max_length=MAX_ID_LENGTH)],
+                            item: Annotated[str, Query(max_length=MAX_ID_LENGTH)],
+                            ) -> Explanation:
+        """The same for any ids (also ids holding ``/``): ``/explain?user=U&item=I``."""
         return await service.explain(user, item)
 
     @app.post("/interactions", response_model=InteractionsResult, responses=_WRITE_ERRORS,
               dependencies=[Depends(authorized)], tags=["write"])
     async def interactions(
-        rows: Annotated[list[InteractionIn], Body(max_length=1_000_000)],
+        rows: Annotated[list[InteractionIn], Body(min_length=1, max_length=1_000_000)],
     ) -> InteractionsResult:
         """Record interactions (Neo4j first) and fold them into the embeddings at once."""
         return await service.record_interactions(rows)
@@ -126,10 +158,10 @@ def create_app(service: RecommenderService) -> FastAPI:
         """Create a user from its items and friends (cold start; popularity if neither)."""
         return await service.create_user(body)
 
-    @app.delete("/users/{user}", response_model=ForgetResult,
+    @app.delete("/users/{user:path}", response_model=ForgetResult,
                 responses={**_WRITE_ERRORS, 404: {"model": ErrorBody}},
                 dependencies=[Depends(authorized)], tags=["write"])
-    async def forget(user: str) -> ForgetResult:
+    async def forget(user: UserPath) -> ForgetResult:
         """Forget a user in Neo4j and in memory (interactions and friendships too)."""
         return await service.forget_user(user)
 

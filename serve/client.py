@@ -93,7 +93,7 @@ class ServeClient:
         return self.call("GET", f"/similar/{_segment(item)}", params=[("k", k)])
 
     def explain(self, user: str, item: str) -> Any:
-        return self.call("GET", f"/explain/{_segment(user)}/{_segment(item)}")
+        return self.call("GET", "/explain", params=[("user", user), ("item", item)])
 
     def add_interactions(self, rows: Sequence[dict[str, Any]]) -> Any:
         return self.call("POST", "/interactions", list(rows))

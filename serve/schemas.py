@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+)
 
-Id = str | int  # ids are strings; integers are accepted and turned into strings
+from gnnrec.ingest.validate import MAX_ID_LENGTH, check_id_text
+
+
+def _as_id(value: str | int) -> str:
+    text, reason = check_id_text(str(value), "id")
+    if text is None:
+        raise ValueError(reason)
+    return text
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    return value
+
+
+IdText = Annotated[StrictStr, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH,
+                                                pattern=r"\S")]
+# The id rule of the ingest path (gnnrec.ingest.validate.parse_ids): text of 1 to
+# MAX_ID_LENGTH characters, not only spaces, or an integer (its digits); never a boolean.
+Id = Annotated[IdText | StrictInt, AfterValidator(_as_id)]
 Source = Literal["neo4j", "memory"]
 
 
@@ -20,8 +50,10 @@ class InteractionIn(_Body):
 
     user: Id
     item: Id
-    weight: float | None = Field(None, description="non-negative, finite; default 1")
-    timestamp: int | float | str | None = Field(None, description="unix s or ISO-8601")
+    weight: Annotated[float, BeforeValidator(_not_bool)] | None = Field(
+        None, description="non-negative, finite; default 1")
+    timestamp: StrictInt | StrictFloat | StrictStr | None = Field(
+        None, description="unix s or ISO-8601")
 
 
 class NewUserIn(_Body):

@@ -324,3 +324,78 @@ def test_app_builder_takes_config_args(monkeypatch: pytest.MonkeyPatch) -> None:
     app = app_builder({"run": "/srv/run", "neo4j": {"enabled": False},
                        "resources": {"replicas": 2, "num_cpus": 0.25}})
     assert isinstance(app, Application)
+
+
+# -- hostile input (issue 21, items 3, 4 and 9) ---------------------------------------------------
+def _no_users(served: Served, *ids: str) -> bool:
+    return load.existing_user_ids(served.neo4j, list(ids)) == set()
+
+
+def test_json_booleans_are_never_ids_timestamps_or_weights(served: Served) -> None:
+    c = served.client()
+    for rows in ([{"user": True, "item": "i1"}], [{"user": "u0", "item": False}],
+                 [{"user": "u0", "item": "i1", "timestamp": False}],
+                 [{"user": "u0", "item": "i1", "weight": True}]):
+        status, body = c.request("POST", "/interactions", rows)
+        assert status == 422, (rows, body)
+    for body in ({"user": False}, {"user": "fresh", "items": [True]},
+                 {"user": "fresh", "friends": [False]}):
+        assert c.request("POST", "/users", body)[0] == 422, body
+    assert _no_users(served, "True", "False", "fresh")
+    assert c.request("GET", "/recommend/0")[0] == 404  # POST /users {"user": false} made none
+
+
+def test_openapi_states_the_limits_the_server_enforces(served: Served) -> None:
+    from gnnrec.ingest.validate import MAX_ID_LENGTH
+
+    spec = served.client().request("GET", "/openapi.json")[1]
+    schemas = spec["components"]["schemas"]
+    user = schemas["InteractionIn"]["properties"]["user"]
+    text = next(s for s in user["anyOf"] if s.get("type") == "string")
+    assert text["minLength"] == 1 and text["maxLength"] == MAX_ID_LENGTH
+    assert {s.get("type") for s in user["anyOf"]} == {"string", "integer"}
+    body = spec["paths"]["/interactions"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"]["minItems"] == 1
+    path_user = spec["paths"]["/users/{user}"]["delete"]["parameters"][0]["schema"]
+    assert path_user["maxLength"] == MAX_ID_LENGTH
+    assert "422" in spec["paths"]["/interactions"]["post"]["responses"]
+
+
+def test_bodies_that_are_not_json_answer_422(served: Served) -> None:
+    c = served.client()
+    for raw, headers in ((b"\xff\xfe[", {}), (b"hello", {"Content-Type": "text/plain"}),
+                         (b'[{"user": "\\ud800", "item": "i1"}]', {}), (b"", {})):
+        status, body = c.request("POST", "/interactions", raw=raw, headers=headers)
+        assert status == 422, (raw, status, body)
+
+
+def test_over_long_ids_answer_422_and_write_nothing(served: Served) -> None:
+    from gnnrec.ingest.validate import MAX_ID_LENGTH
+
+    long = "u" * 9_000  # the probe's id: a 503 "retry later" from Neo4j's index before
+    c = served.client("/down")  # validation answers before Neo4j is asked (here: unreachable)
+    status, body = c.request("POST", "/interactions", [{"user": long, "item": "i1"}])
+    assert status == 422 and str(MAX_ID_LENGTH) in json.dumps(body)
+    assert c.request("POST", "/users", {"user": "ok", "items": ["i" * 9_000]})[0] == 422
+    assert c.request("DELETE", f"/users/{long}")[0] == 422
+    just_over = "v" * (MAX_ID_LENGTH + 1)
+    assert served.client().request("POST", "/users", {"user": just_over})[0] == 422
+    assert _no_users(served, just_over)
+
+
+def test_ids_with_a_slash_are_addressable_and_never_redirected(served: Served) -> None:
+    c = served.client()
+    c.add_user("x", items=["i1"])
+    c.add_user("x/", items=["i2"])
+    c.add_user("a/b", items=["i3"])
+    assert c.recommend("a/b", 3)["user"] == "a/b"  # GET /recommend/a%2Fb
+    status, body = c.request("GET", "/explain", params=[("user", "a/b"), ("item", "i3")])
+    assert status == 200 and body["user"] == "a/b" and body["item"] == "i3"
+    status, body = c.request("DELETE", "/users/x%2F")
+    assert status == 200 and body["user"] == "x/"
+    assert c.request("GET", "/recommend/x")[0] == 200  # "x" untouched
+    assert c.request("GET", "/recommend/x%2F")[0] == 404
+    assert c.request("DELETE", "/users/nobody%2F")[0] == 404  # not a 307 to /users/nobody
+    c.forget("x")
+    c.forget("a/b")
+    assert _no_users(served, "x", "x/", "a/b")
