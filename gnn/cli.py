@@ -1,4 +1,4 @@
-"""``gnnrec split | train | evaluate | recommend | synth``.
+"""``gnnrec split | train | tune | evaluate | recommend | synth``.
 
 Heavy imports (torch, PyG) happen inside the handlers, never at import time.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 from gnnrec.errors import GnnrecError
 
-MODEL_NAMES = ("lightgcn", "graphsage", "mf", "pop")
+MODEL_NAMES = ("lightgcn", "xsimgcl", "graphsage", "mf", "pop", "ials", "ease")
 # Model hyper-parameter flags -> constructor argument names (only passed when given).
 _HYPER_FLAGS = {"embedding_dim": "embedding_dim", "num_layers": "num_layers",
                 "social_weight": "social_weight", "tag_weight": "tag_weight"}
@@ -91,6 +91,41 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     dist.add_argument("--max-failures", type=int, default=2,
                       help="worker-group restarts from the last checkpoint")
     tr.set_defaults(handler=_train)
+
+    tu = sub.add_parser("tune", help="tune a model's hyper-parameters on valid with Ray Tune "
+                        "(ASHA); the best configuration becomes a run directory")
+    tu.add_argument("--model", choices=MODEL_NAMES, required=True)
+    tu.add_argument("--graph", required=True, help="split graph file (`gnnrec split`)")
+    tu.add_argument("--out", required=True, help="run directory of the best configuration; "
+                    "trials.csv, trials.json and curves.png are written there too")
+    tu.add_argument("--space", help="YAML file replacing entries of the model's search space")
+    tu.add_argument("--trials", type=int, default=16, help="configurations tried (default 16)")
+    tu.add_argument("--max-evaluations", type=int, default=40,
+                    help="valid evaluations a trial may reach (ASHA max_t; default 40)")
+    tu.add_argument("--eval-every", type=int, default=5,
+                    help="epochs between evaluations (iALS/EASE: every step; default 5)")
+    tu.add_argument("--grace", type=int, default=4,
+                    help="evaluations before ASHA may stop a trial (default 4)")
+    tu.add_argument("--reduction-factor", type=int, default=3, help="ASHA's (default 3)")
+    tu.add_argument("--patience", type=int, default=6,
+                    help="a trial's evaluations without improvement before it stops (default 6)")
+    tu.add_argument("--metric", default="recall@20", help="valid metric to maximise")
+    tu.add_argument("--seed", type=int, default=0, help="seed of the search and of every trial")
+    tu.add_argument("--cpus-per-trial", type=int, default=1,
+                    help="CPUs (and threads) per trial (default 1)")
+    tu.add_argument("--gpus-per-trial", type=float, default=0.0)
+    tu.add_argument("--concurrency", type=int, help="trials at once (default: CPUs / "
+                    "cpus-per-trial)")
+    tu.add_argument("--address", help="Ray cluster to join (auto, ray://HOST:10001; default "
+                    "RAY_ADDRESS, else a local Ray)")
+    tu.add_argument("--storage-path", help="experiment folder (default OUT/tune; a shared "
+                    "path on a multi-node cluster)")
+    tu.add_argument("--resume", action="store_true",
+                    help="continue an interrupted experiment (Tuner.restore)")
+    tu.add_argument("--overwrite", action="store_true", help="start the experiment again")
+    tu.add_argument("--no-progress", action="store_true", help="no progress table")
+    tu.add_argument("--json", action="store_true", help="print the summary as JSON")
+    tu.set_defaults(handler=_tune)
 
     ev = sub.add_parser("evaluate", help="full-ranking metrics of a run on valid or test")
     ev.add_argument("run", help="run directory")
@@ -263,6 +298,24 @@ def _fit(args: argparse.Namespace, model: Any, graph: Any, config: Any, run: Any
     with ray_batches(sampler, mb.sampler_workers, mb.prefetch, args.address) as batches:
         return train_minibatch(model, graph, config, mb, run=run, resume=args.resume,
                                progress=not args.no_progress, batches=batches)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from gnnrec.gnn.tune import TuneResources, TuneSettings, describe, load_space, tune_model
+
+    settings = TuneSettings(trials=args.trials, max_evaluations=args.max_evaluations,
+                            eval_every=args.eval_every, grace=args.grace,
+                            reduction_factor=args.reduction_factor, patience=args.patience,
+                            metric=args.metric, seed=args.seed)
+    resources = TuneResources(cpus_per_trial=args.cpus_per_trial,
+                              gpus_per_trial=args.gpus_per_trial, concurrency=args.concurrency,
+                              address=args.address, storage_path=args.storage_path)
+    space = load_space(args.space) if args.space else None
+    summary = tune_model(args.model, args.graph, args.out, settings, resources, space=space,
+                         resume=args.resume, overwrite=args.overwrite,
+                         progress=not args.no_progress)
+    print(json.dumps(summary) if args.json else describe(summary))
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:

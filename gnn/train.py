@@ -15,7 +15,11 @@ dropout uses, is checkpointed too), so a run is reproducible on CPU and a resume
 CPU with any number of threads, because :func:`seed_everything` selects torch's
 deterministic kernels.
 Models without trainable parameters (``trainable = False``, e.g. popularity) are
-evaluated, not trained.
+evaluated, not trained. Solver models (``solver = True``: iALS, EASE) are not trained by
+gradients either: each epoch is one ``model.solve_step()`` (an ALS sweep; EASE's closed
+form, ``max_steps = 1``), evaluated on valid after every step, with the same early stopping,
+run directory and resume as the gradient models. ``report(epoch, valid_metrics)``, when
+given, is called after every valid evaluation (the tuner's hook).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -159,8 +163,10 @@ class EarlyStopping:
     :meth:`load_state`.
     """
 
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(self, config: TrainConfig,
+                 report: Callable[[int, dict[str, float]], None] | None = None) -> None:
         self.config = config
+        self.report = report
         self.history: list[dict[str, Any]] = []
         self.best_metric, self.best_epoch, self.bad = -math.inf, 0, 0
         self.best_state: dict[str, Tensor] | None = None
@@ -174,7 +180,7 @@ class EarlyStopping:
         return epoch % self.config.eval_every == 0 or epoch == self.config.epochs
 
     def resume(self, run: Run | None, model: nn.Module,
-               optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], int]:
+               optimizer: torch.optim.Optimizer | None) -> tuple[dict[str, Any], int]:
         """Load ``run``'s ``last.pt`` into ``model``, ``optimizer`` and this bookkeeping.
 
         Returns the checkpoint (its ``rng`` entry is the caller's to restore) and the epoch
@@ -184,7 +190,8 @@ class EarlyStopping:
         if ckpt is None:
             raise TrainingError("nothing to resume: the run has no last.pt yet")
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        if optimizer is not None:
+            optimizer.load_state_dict(ckpt["optimizer"])
         best = run.load_model_state() if ckpt["best_epoch"] else None  # type: ignore[union-attr]
         return ckpt, self.load_state(ckpt, best)
 
@@ -216,7 +223,7 @@ class EarlyStopping:
             self.bad += 1
 
     def end_epoch(self, record: dict[str, Any], evaluate: Callable[[], dict[str, float]],
-                  model: nn.Module, optimizer: torch.optim.Optimizer,
+                  model: nn.Module, optimizer: torch.optim.Optimizer | None,
                   rng_state: Callable[[], dict[str, Any]], run: Run | None, bar: Any) -> bool:
         """Record an epoch (``record`` has ``epoch`` and ``loss``); on an evaluation epoch,
         score valid with ``evaluate()``, keep the best weights and write ``last.pt`` (with
@@ -231,11 +238,14 @@ class EarlyStopping:
         self.observe(epoch, metrics[metric], model, run)
         if run is not None:
             run.save_last({"epoch": epoch, "model": cpu_state(model),
-                           "optimizer": optimizer.state_dict(), "rng": rng_state(),
+                           "optimizer": optimizer.state_dict() if optimizer else {},
+                           "rng": rng_state(),
                            **self.state()})
             run.update_meta(history=self.history, best_epoch=self.best_epoch,
                             best_valid=valid_of(self.history, self.best_epoch))
         bar.set_postfix({"loss": f"{loss:.4f}", metric: f"{metrics[metric]:.4f}"})
+        if self.report is not None:
+            self.report(epoch, metrics)
         return self.should_stop
 
     def finish(self, model: nn.Module, run: Run | None, stopped: str) -> TrainResult:
@@ -252,7 +262,8 @@ class EarlyStopping:
 
 
 def train(model: nn.Module, graph: HeteroData, config: TrainConfig, *, run: Run | None = None,
-          resume: bool = False, progress: bool = True) -> TrainResult:
+          resume: bool = False, progress: bool = True,
+          report: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
     """Train ``model`` (built from ``train_subgraph(graph)``) on ``graph``'s train edges.
 
     ``graph`` must carry a split. With ``run``, the best model, the resume checkpoint and
@@ -277,6 +288,8 @@ def train(model: nn.Module, graph: HeteroData, config: TrainConfig, *, run: Run 
         model.train()
         return metrics
 
+    if getattr(model, "solver", False):
+        return _solve(model, config, validate_model, run, resume, progress, report)
     if not params:  # e.g. popularity: nothing to optimise
         metrics = validate_model()
         model.eval()
@@ -293,7 +306,7 @@ def train(model: nn.Module, graph: HeteroData, config: TrainConfig, *, run: Run 
     sampler = NegativeSampler(users, items, num_users, num_items, seed=config.seed + 1,
                               popularity=config.negatives == "popularity")
     shuffle = torch.Generator().manual_seed(config.seed)
-    stopping, start = EarlyStopping(config), 1
+    stopping, start = EarlyStopping(config, report), 1
     if resume:
         ckpt, start = stopping.resume(run, model, optimizer)
         _restore_rng(ckpt["rng"], shuffle, sampler)
@@ -331,6 +344,34 @@ def train(model: nn.Module, graph: HeteroData, config: TrainConfig, *, run: Run 
                                   "reg": reg_mean, "seconds": round(time.perf_counter() - t0, 4)}
         if stopping.end_epoch(record, validate_model, model, optimizer,
                               lambda: _rng_state(shuffle, sampler), run, bar):
+            stopped = "early_stopping"
+            break
+    bar.close()
+    return stopping.finish(model, run, stopped)
+
+
+def _solve(model: nn.Module, config: TrainConfig, validate_model: Callable[[], dict[str, float]],
+           run: Run | None, resume: bool, progress: bool,
+           report: Callable[[int, dict[str, float]], None] | None) -> TrainResult:
+    """The epochs of a solver model: one ``solve_step()`` each, valid after every step."""
+    max_steps = getattr(model, "max_steps", None)
+    epochs = min(config.epochs, max_steps) if max_steps else config.epochs
+    steps = replace(config, epochs=epochs, eval_every=1)
+    stopping, start = EarlyStopping(steps, report), 1
+    if resume:
+        ckpt, start = stopping.resume(run, model, None)
+        torch.set_rng_state(ckpt["rng"]["torch"])
+    if run is not None:
+        run.update_meta(status="running", train_config=config.to_dict())
+    stopped = "max_epochs"
+    bar = tqdm(range(start, epochs + 1), desc="solve", unit="step", disable=not progress,
+               initial=start - 1, total=epochs)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        model.solve_step()  # type: ignore[operator]
+        record = {"epoch": epoch, "loss": math.nan, "seconds": round(time.perf_counter() - t0, 4)}
+        if stopping.end_epoch(record, validate_model, model, None,
+                              lambda: {"torch": torch.get_rng_state()}, run, bar):
             stopped = "early_stopping"
             break
     bar.close()

@@ -100,7 +100,7 @@ def normalized_adjacency(
     return to_csr(coo.coalesce())
 
 
-def _edge_dropout(adj: Tensor, p: float) -> Tensor:
+def edge_dropout(adj: Tensor, p: float) -> Tensor:
     """Same CSR structure with each stored value zeroed with probability ``p`` and
     the rest scaled by ``1 / (1 - p)``."""
     values = adj.values()
@@ -207,7 +207,7 @@ class LightGCN(Recommender):
         ego = torch.cat(egos)  # [U+I(+T), d]
         adj, symmetric = self.adj, True
         if self.training and self.dropout > 0:
-            adj, symmetric = _edge_dropout(adj, self.dropout), False
+            adj, symmetric = edge_dropout(adj, self.dropout), False
         out = ego * self.layer_weights[0]
         x = ego
         for layer in range(1, self.num_layers + 1):

@@ -1,0 +1,478 @@
+"""Hyper-parameter tuning on Ray Tune: ``gnnrec tune``.
+
+One call tunes one model family on a split graph file:
+
+* the search space is the family's (:data:`SPACES`, plus the social and tag edge weights
+  of LightGCN and XSimGCL where the graph has friendships or tags), with any key replaced
+  by a YAML file (:func:`load_space`). A space maps a setting (a model constructor
+  argument or a :class:`~gnnrec.gnn.train.TrainConfig` field) to a plain value or to one
+  of ``{loguniform: [lo, hi]}``, ``{uniform: [lo, hi]}``, ``{randint: [lo, hi]}``
+  (inclusive) or ``{choice: [...]}``; a choice of mappings sets several settings together
+  (e.g. a loss with its number of negatives);
+* ``trials`` configurations are drawn at random (seeded); the first is the family's
+  defaults (what ``gnnrec train --model M`` uses), so tuning never reports less than them;
+* every trial trains with the one training loop (:func:`gnnrec.gnn.train.train`), reports
+  valid metrics at each evaluation (every ``eval_every`` epochs; each step of a solver
+  model, iALS or EASE), and an ASHA scheduler stops the weak ones early at rungs of
+  ``grace``, ``grace * 3``, ... evaluations up to ``max_evaluations``; a trial also stops
+  on its own after ``patience`` evaluations without improvement;
+* the experiment lives under ``storage_path`` (default ``OUT/tune``) and continues after an
+  interruption with ``resume=True`` (``Tuner.restore``: finished trials are kept, a trial
+  in progress starts again);
+* at the end the best configuration (best valid ``metric`` at any evaluation) is trained
+  again into ``OUT`` as a normal run directory (deterministic: it reproduces the trial),
+  next to ``trials.csv`` / ``trials.json`` (one row per trial) and ``curves.png`` (valid
+  ``metric`` per epoch of every trial).
+
+This module and :mod:`gnnrec.gnn.distributed` are the only training modules that import
+``ray``; ``address`` joins a Ray cluster as ``gnnrec train --address`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from torch_geometric.data import HeteroData
+
+from gnnrec.errors import GnnrecError
+from gnnrec.gnn.data import IT, UU, load_graph
+from gnnrec.gnn.run import Run, build_model, model_class, write_json
+from gnnrec.gnn.train import TrainConfig, seed_everything, train
+
+TRIALS_CSV, TRIALS_JSON, CURVES_PNG = "trials.csv", "trials.json", "curves.png"
+_TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
+_SOFTMAX_16 = {"loss": "softmax", "num_negatives": 16}
+_BPR_1 = {"loss": "bpr", "num_negatives": 1}
+
+# Search spaces per family (see the module docstring for the format). Embedding sizes and
+# factors go up to 256 or more for every family; rates and regularisation cover orders of
+# magnitude on a log scale.
+SPACES: dict[str, dict[str, Any]] = {
+    "lightgcn": {
+        "embedding_dim": {"choice": [64, 128, 256]},
+        "num_layers": {"choice": [1, 2, 3, 4]},
+        "lr": {"loguniform": [5e-4, 2e-2]},
+        "l2": {"loguniform": [1e-5, 3e-2]},
+    },
+    "xsimgcl": {
+        "embedding_dim": {"choice": [64, 128, 256]},
+        "num_layers": {"choice": [2, 3]},
+        "lr": {"loguniform": [5e-4, 2e-2]},
+        "l2": {"loguniform": [1e-6, 1e-2]},
+        "eps": {"choice": [0.05, 0.1, 0.2]},
+        "cl_weight": {"loguniform": [0.01, 1.0]},
+        "cl_temperature": {"choice": [0.1, 0.2, 0.5]},
+        "objective": {"choice": [_BPR_1, _SOFTMAX_16]},
+    },
+    "graphsage": {
+        "embedding_dim": {"choice": [64, 128, 256]},
+        "num_layers": {"choice": [1, 2, 3]},
+        "lr": {"loguniform": [5e-4, 2e-2]},
+        "l2": {"loguniform": [1e-6, 1e-2]},
+        "id_dropout": {"choice": [0.0, 0.2, 0.5]},
+    },
+    "mf": {
+        "embedding_dim": {"choice": [64, 128, 256]},
+        "lr": {"loguniform": [5e-4, 2e-2]},
+        "l2": {"loguniform": [1e-6, 1e-2]},
+    },
+    "ials": {
+        "factors": {"choice": [32, 64, 128, 256, 512]},
+        "regularization": {"loguniform": [1e-3, 1e3]},
+        "alpha": {"loguniform": [0.1, 100.0]},
+    },
+    "ease": {
+        "regularization": {"loguniform": [1.0, 1e5]},
+    },
+    "pop": {},
+}
+# Extra dimensions where the graph has the edges they weigh: (space entry, graph needs).
+_EDGE_OPTIONS = {"social_weight": ({"choice": [0.0, 0.25, 0.5, 1.0]}, UU),
+                 "tag_weight": ({"choice": [0.0, 0.2, 0.5, 1.0]}, IT)}
+_EDGE_FAMILIES = ("lightgcn", "xsimgcl")
+_DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
+
+
+class TuneError(GnnrecError):
+    """A tuning experiment that cannot start, resume or finish."""
+
+
+@dataclass
+class TuneSettings:
+    """What to search and how long (resources live in :class:`TuneResources`).
+
+    ``trials``: configurations drawn (the budget); ``max_evaluations``: valid evaluations a
+    trial may reach (the ASHA ``max_t``), each ``eval_every`` epochs apart (solver models
+    evaluate every step); ``grace``: evaluations before ASHA may stop a trial;
+    ``reduction_factor``: ASHA keeps the top 1/rf at each rung; ``patience``: a trial's own
+    early stopping; ``seed``: the search's and every trial's seed.
+    """
+
+    trials: int = 16
+    max_evaluations: int = 40
+    eval_every: int = 5
+    grace: int = 4
+    reduction_factor: int = 3
+    patience: int = 6
+    metric: str = "recall@20"
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("trials", "max_evaluations", "eval_every", "grace", "patience"):
+            if getattr(self, name) < 1:
+                raise TuneError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.reduction_factor < 2:
+            raise TuneError(f"reduction_factor must be at least 2, got {self.reduction_factor}")
+
+
+@dataclass(frozen=True)
+class TuneResources:
+    """Where trials run: CPUs (also torch / solver threads) and GPUs per trial, trials at
+    once (default: as many as the cluster's CPUs allow), the Ray cluster (``address``,
+    default ``RAY_ADDRESS``, else a local Ray) and the experiment folder."""
+
+    cpus_per_trial: int = 1
+    gpus_per_trial: float = 0.0
+    concurrency: int | None = None
+    address: str | None = None
+    storage_path: str | None = None
+
+
+def default_config(family: str) -> dict[str, Any]:
+    """The settings ``gnnrec train --model family`` uses without flags: the model's
+    constructor defaults and its ``train_defaults`` over :class:`TrainConfig`'s."""
+    import inspect
+
+    cls = model_class(family)
+    params = inspect.signature(cls.__init__).parameters
+    model = {k: p.default for k, p in params.items()
+             if k not in ("self", "graph") and p.default is not inspect.Parameter.empty}
+    return {**model, **TrainConfig().to_dict(), **getattr(cls, "train_defaults", {})}
+
+
+def search_space(family: str, graph: HeteroData | None = None,
+                 overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The family's space (module docstring), edge weights where ``graph`` has the edges,
+    then ``overrides`` (a key set to ``None`` is removed)."""
+    if family not in SPACES:
+        raise TuneError(f"no search space for model {family!r}; known: {', '.join(SPACES)}")
+    space = dict(SPACES[family])
+    if family in _EDGE_FAMILIES and graph is not None:
+        for name, (spec, edge_type) in _EDGE_OPTIONS.items():
+            if edge_type in graph.edge_types and graph[edge_type].edge_index.size(1) > 0:
+                space[name] = spec
+    for key, value in (overrides or {}).items():
+        if value is None:
+            space.pop(key, None)
+        else:
+            space[key] = value
+    for key, value in space.items():
+        check_spec(key, value)
+    return space
+
+
+def check_spec(key: str, spec: Any) -> None:
+    """Refuse a malformed space entry, naming it."""
+    if not isinstance(spec, Mapping):
+        return  # a constant
+    if len(spec) != 1 or next(iter(spec)) not in _DISTRIBUTIONS:
+        raise TuneError(f"search space {key!r}: expected a value or one of "
+                        f"{', '.join(_DISTRIBUTIONS)} as the only key, got {dict(spec)}")
+    kind, args = next(iter(spec.items()))
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise TuneError(f"search space {key!r}: choice needs a non-empty list")
+    elif not (isinstance(args, list) and len(args) == 2 and args[0] <= args[1]
+              and (kind != "loguniform" or args[0] > 0)):
+        raise TuneError(f"search space {key!r}: {kind} needs [low, high] with low <= high"
+                        + (" and low > 0" if kind == "loguniform" else ""))
+
+
+def load_space(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A YAML file mapping settings to values or distributions (overrides of the space)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise TuneError(f"cannot read the search space {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise TuneError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def _to_tune(spec: Any) -> Any:
+    if not isinstance(spec, Mapping):
+        return spec
+    kind, args = next(iter(spec.items()))
+    if kind == "loguniform":
+        return tune.loguniform(args[0], args[1])
+    if kind == "uniform":
+        return tune.uniform(args[0], args[1])
+    if kind == "randint":
+        return tune.randint(args[0], args[1] + 1)
+    return tune.choice(list(args))
+
+
+def trial_settings(family: str, sampled: Mapping[str, Any],
+                   settings: TuneSettings) -> tuple[dict[str, Any], TrainConfig]:
+    """``(model arguments, TrainConfig)`` of one trial: the family's defaults, then the
+    sampled values (a mapping value sets several settings), then the tuning budget."""
+    flat: dict[str, Any] = {}
+    for key, value in sampled.items():
+        if isinstance(value, Mapping):
+            flat.update(value)
+        else:
+            flat[key] = value.item() if hasattr(value, "item") else value
+    cls = model_class(family)
+    base = {**TrainConfig().to_dict(), **getattr(cls, "train_defaults", {})}
+    train_args = {k: v for k, v in {**base, **flat}.items() if k in _TRAIN_KEYS}
+    train_args.update(epochs=settings.max_evaluations * settings.eval_every,
+                      eval_every=settings.eval_every, patience=settings.patience,
+                      metric=settings.metric, seed=settings.seed)
+    model_args = {k: v for k, v in flat.items() if k not in _TRAIN_KEYS}
+    return model_args, TrainConfig(**train_args)
+
+
+def _trial(config: dict[str, Any], *, family: str, settings: TuneSettings, graph: HeteroData,
+           threads: int) -> None:
+    """One trial (runs in a Ray worker): train and report every valid evaluation."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(threads)
+    model_args, train_config = trial_settings(family, config, settings)
+    if "num_threads" in _constructor_args(family):
+        model_args.setdefault("num_threads", threads)
+    seed_everything(train_config.seed, train_config.deterministic)
+    model = build_model(family, graph, model_args)
+    state = {"best": -math.inf, "bad": 0, "t0": time.perf_counter()}
+
+    def report(epoch: int, metrics: dict[str, float]) -> None:
+        value = metrics[settings.metric]
+        if value > state["best"]:
+            state["best"], state["bad"] = value, 0
+        else:
+            state["bad"] += 1
+        tune.report({**metrics, "epoch": epoch, "best": state["best"], "bad": state["bad"],
+                     "seconds": time.perf_counter() - state["t0"]})
+
+    with threadpool_limits(threads):
+        train(model, graph, train_config, progress=False, report=report)
+
+
+def _constructor_args(family: str) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(model_class(family).__init__).parameters)
+
+
+def tune_model(family: str, graph_path: str | os.PathLike[str], out: str | os.PathLike[str],
+               settings: TuneSettings | None = None, resources: TuneResources | None = None, *,
+               space: Mapping[str, Any] | None = None, resume: bool = False,
+               overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Tune ``family`` on the split graph at ``graph_path``; the best run goes to ``out``.
+
+    Returns a summary (best configuration and valid metrics, trial counts, seconds, the
+    files written). ``space`` overrides entries of the family's space.
+    """
+    from gnnrec.gnn.distributed import init_ray
+    from gnnrec.gnn.split import ensure_split
+
+    settings = settings or TuneSettings()
+    resources = resources or TuneResources()
+    settings.validate()
+    out = Path(out).resolve()
+    storage = Path(resources.storage_path or out / "tune").resolve()
+    name = f"{family}"
+    experiment = storage / name
+    if experiment.exists() and not resume:
+        if not overwrite:
+            raise TuneError(f"{experiment} holds a tuning experiment: pass --resume to "
+                            "continue it or --overwrite to start again")
+        shutil.rmtree(experiment)
+    if resume and not tune.Tuner.can_restore(str(experiment)):
+        raise TuneError(f"nothing to resume in {experiment}")
+    graph, applied = ensure_split(load_graph(graph_path))
+    if applied:
+        raise TuneError(f"{graph_path} has no split: make one with `gnnrec split` first "
+                        "(tuning selects on valid)")
+    param_space = {k: _to_tune(v) for k, v in search_space(family, graph, space).items()}
+    init_ray(resources.address)
+    cpus = max(1, int(resources.cpus_per_trial))
+    concurrency = resources.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1))
+                                               // cpus)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, family=family, settings=settings, graph=graph,
+                             threads=cpus),
+        {"cpu": cpus, "gpu": resources.gpus_per_trial})
+    started = time.perf_counter()
+    if resume:
+        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True,
+                                   restart_errored=True, param_space=param_space)
+    else:
+        defaults = {k: _default_point(family, k, v) for k, v in param_space.items()}
+        scheduler = tune.schedulers.ASHAScheduler(
+            time_attr="training_iteration", max_t=settings.max_evaluations,
+            grace_period=min(settings.grace, settings.max_evaluations),
+            reduction_factor=settings.reduction_factor)
+        search = tune.search.BasicVariantGenerator(
+            points_to_evaluate=[defaults] if defaults else None, random_state=settings.seed)
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(metric=settings.metric, mode="max",
+                                        num_samples=settings.trials, scheduler=scheduler,
+                                        search_alg=search, max_concurrent_trials=concurrency),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage),
+                                      verbose=1 if progress else 0,
+                                      failure_config=tune.FailureConfig(max_failures=1)))
+    results = tuner.fit()
+    seconds = time.perf_counter() - started
+    table = trial_table(results, settings)
+    errors = [r for r in table if r["status"] == "ERROR"]
+    done = [r for r in table if r["best_" + settings.metric] is not None]
+    if not done:
+        raise TuneError(f"no trial finished an evaluation ({len(errors)} errors): see "
+                        f"{experiment}")
+    best = max(done, key=lambda r: r["best_" + settings.metric])
+    out.mkdir(parents=True, exist_ok=True)
+    write_table(table, out)
+    plot_curves(results, settings, out / CURVES_PNG, best["trial_id"])
+    model_args, train_config = trial_settings(family, best["config"], settings)
+    refit = refit_run(family, graph, graph_path, model_args, train_config, out, progress)
+    summary = {
+        "family": family, "graph": str(Path(graph_path).resolve()), "trials": len(table),
+        "errors": len(errors), "settings": asdict(settings),
+        "space": search_space(family, graph, space), "best_trial": best["trial_id"],
+        "best_config": {"model": model_args, "train": train_config.to_dict()},
+        "best_valid_in_tuning": best["best_" + settings.metric],
+        "refit_valid": refit, "tune_seconds": round(seconds, 1),
+        "experiment": str(experiment), "run": str(out),
+        "files": [str(out / n) for n in (TRIALS_CSV, TRIALS_JSON, CURVES_PNG)],
+    }
+    Run.open(out).update_meta(tuning=summary)
+    return summary
+
+
+def _default_point(family: str, key: str, space_value: Any) -> Any:
+    """The family's default for a searched key (the first trial), as a value of the space."""
+    if not isinstance(space_value, tune.search.sample.Domain):
+        return space_value
+    defaults = default_config(family)
+    if key == "objective":
+        return next((c for c in space_value.categories
+                     if all(defaults.get(k) == v for k, v in c.items())),
+                    space_value.categories[0])
+    value = defaults.get(key)
+    if isinstance(space_value, tune.search.sample.Categorical):
+        return value if value in space_value.categories else space_value.categories[0]
+    return value if value is not None else space_value.sample()
+
+
+def trial_table(results: Any, settings: TuneSettings) -> list[dict[str, Any]]:
+    """One row per trial: id, status, configuration, best and last valid metrics, epochs,
+    evaluations, why it stopped and seconds."""
+    rows = []
+    metric = settings.metric
+    for result in results:
+        hist = result.metrics_dataframe
+        rows_hist = [] if hist is None else hist.to_dict("records")
+        trial_id = (result.metrics or {}).get("trial_id") or Path(str(result.path)).name
+        row: dict[str, Any] = {"trial_id": trial_id,
+                               "status": "ERROR" if result.error else "TERMINATED",
+                               "config": _plain(result.config)}
+        if rows_hist:
+            best = max(rows_hist, key=lambda r: r[metric])
+            last = rows_hist[-1]
+            stopped = ("patience" if last["bad"] >= settings.patience else
+                       "max_evaluations" if len(rows_hist) >= settings.max_evaluations
+                       else "asha" if not result.error else "error")
+            row.update({f"best_{metric}": best[metric], "best_epoch": int(best["epoch"]),
+                        **{f"best_{k}": best[k] for k in ("ndcg@20", "recall@10")
+                           if k in best and k != metric},
+                        "evaluations": len(rows_hist), "last_epoch": int(last["epoch"]),
+                        "stopped": stopped, "seconds": round(float(last["seconds"]), 1),
+                        "curve": [[int(r["epoch"]), float(r[metric])] for r in rows_hist]})
+        else:
+            row.update({f"best_{metric}": None, "evaluations": 0, "stopped": "error"})
+        rows.append(row)
+    return rows
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value.item() if hasattr(value, "item") else value
+
+
+def write_table(table: list[dict[str, Any]], out: Path) -> None:
+    """``trials.json`` (every field) and ``trials.csv`` (one column per setting)."""
+    import pandas as pd
+
+    write_json(out / TRIALS_JSON, table)
+    flat = []
+    for row in table:
+        config = {}
+        for key, value in row["config"].items():
+            if isinstance(value, Mapping):
+                config.update(value)
+            else:
+                config[key] = value
+        flat.append({k: v for k, v in row.items() if k not in ("config", "curve")} | config)
+    pd.DataFrame(flat).to_csv(out / TRIALS_CSV, index=False)
+
+
+def plot_curves(results: Any, settings: TuneSettings, path: Path, best_trial: str) -> None:
+    """Valid ``metric`` per epoch of every trial; the best one drawn thick."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in trial_table(results, settings):
+        if not row.get("curve"):
+            continue
+        epochs, values = zip(*row["curve"], strict=True)
+        best = row["trial_id"] == best_trial
+        ax.plot(epochs, values, lw=2.5 if best else 0.8, alpha=1.0 if best else 0.6,
+                color="C3" if best else "C0", label="best" if best else None)
+    ax.set_xlabel("epoch (solver models: step)")
+    ax.set_ylabel(f"valid {settings.metric}")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def refit_run(family: str, graph: HeteroData, graph_path: str | os.PathLike[str],
+              model_args: dict[str, Any], config: TrainConfig, out: Path,
+              progress: bool) -> dict[str, float]:
+    """Train the selected configuration into the run directory ``out`` (valid metrics)."""
+    seed_everything(config.seed, config.deterministic)
+    model = build_model(family, graph, model_args)
+    run = Run.create(out, model_name=family, model=model, graph=graph, graph_path=graph_path,
+                     train_config=config.to_dict(), overwrite=True)
+    return train(model, graph, config, run=run, progress=progress).best_valid
+
+
+def describe(summary: Mapping[str, Any]) -> str:
+    """One line for the terminal."""
+    metric = summary["settings"]["metric"]
+    return (f"{summary['family']}: {summary['trials']} trials in {summary['tune_seconds']:.0f} s, "
+            f"best valid {metric} {summary['best_valid_in_tuning']:.4f} "
+            f"(refit {summary['refit_valid'].get(metric, float('nan')):.4f}) with "
+            f"{json.dumps(summary['best_config']['model'])}; run in {summary['run']}")

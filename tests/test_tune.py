@@ -1,0 +1,133 @@
+"""``gnnrec tune``: search spaces (unit) and a small real Ray Tune experiment (integration:
+a tiny graph, the test session's local Ray; tens of seconds)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gnn_fixtures import small_graph  # noqa: E402
+
+from gnnrec.gnn.data import save_graph  # noqa: E402
+from gnnrec.gnn.run import Run, load_run  # noqa: E402
+from gnnrec.gnn.tune import (  # noqa: E402
+    SPACES,
+    TuneError,
+    TuneSettings,
+    default_config,
+    load_space,
+    search_space,
+    trial_settings,
+)
+
+
+def test_every_family_has_a_space_and_defaults() -> None:
+    from gnnrec.gnn.models import MODELS
+
+    assert set(SPACES) == set(MODELS)
+    for family in MODELS:
+        defaults = default_config(family)
+        assert defaults["epochs"] > 0 and "lr" in defaults
+
+
+def test_edge_weights_are_searched_only_where_the_graph_has_the_edges() -> None:
+    graph = small_graph()
+    space = search_space("lightgcn", graph)
+    assert "social_weight" in space and "tag_weight" in space
+    bare = graph.clone()
+    bare["user", "friend", "user"].edge_index = bare["user", "friend", "user"].edge_index[:, :0]
+    assert "social_weight" not in search_space("lightgcn", bare)
+    assert "social_weight" not in search_space("ials", graph)
+
+
+def test_baseline_spaces_are_as_wide_as_the_protocol_asks() -> None:
+    assert max(SPACES["ials"]["factors"]["choice"]) >= 256
+    lo, hi = SPACES["ials"]["regularization"]["loguniform"]
+    assert hi / lo >= 1e4
+    lo, hi = SPACES["ials"]["alpha"]["loguniform"]
+    assert hi / lo >= 1e2
+    lo, hi = SPACES["ease"]["regularization"]["loguniform"]
+    assert hi / lo >= 1e4
+
+
+def test_yaml_overrides_and_bad_entries(tmp_path: Path) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text("lr: {loguniform: [0.001, 0.01]}\nnum_layers: 2\nl2: null\n")
+    space = search_space("lightgcn", None, load_space(path))
+    assert space["lr"] == {"loguniform": [0.001, 0.01]} and space["num_layers"] == 2
+    assert "l2" not in space
+    for bad in ("lr: {loguniform: [0, 1]}", "lr: {normal: [0, 1]}", "lr: {choice: []}"):
+        path.write_text(bad)
+        with pytest.raises(TuneError, match="lr"):
+            search_space("lightgcn", None, load_space(path))
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(TuneError, match="mapping"):
+        load_space(path)
+
+
+def test_trial_settings_split_model_and_training() -> None:
+    settings = TuneSettings(max_evaluations=7, eval_every=3, patience=2, seed=5)
+    model, train = trial_settings("xsimgcl", {"embedding_dim": 32, "lr": 0.01,
+                                              "objective": {"loss": "softmax",
+                                                            "num_negatives": 16}}, settings)
+    assert model == {"embedding_dim": 32}
+    assert (train.lr, train.loss, train.num_negatives) == (0.01, "softmax", 16)
+    assert (train.epochs, train.eval_every, train.patience, train.seed) == (21, 3, 2, 5)
+
+
+@pytest.mark.integration
+def test_tune_cli_writes_the_best_run_a_table_and_curves_and_resumes(
+        ray_session: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gnnrec.cli import main
+
+    graph_path = tmp_path / "g.pt"
+    save_graph(small_graph(users=120, items=50), graph_path)
+    out = tmp_path / "best"
+    args = ["tune", "--model", "ials", "--graph", str(graph_path), "--out", str(out),
+            "--trials", "3", "--max-evaluations", "3", "--grace", "1", "--no-progress",
+            "--json"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["trials"] == 3 and summary["errors"] == 0
+    # the refit of the best configuration reproduces its trial (deterministic training)
+    assert summary["refit_valid"]["recall@20"] == pytest.approx(
+        summary["best_valid_in_tuning"], abs=1e-9)
+    with open(out / "trials.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 3 and {"factors", "regularization", "alpha"} <= set(rows[0])
+    assert (out / "curves.png").stat().st_size > 1000
+    table = json.loads((out / "trials.json").read_text())
+    assert table[0]["config"]["factors"] == default_config("ials")["factors"]  # defaults first
+    assert max(r["best_recall@20"] for r in table) == summary["best_valid_in_tuning"]
+    model, meta, _ = load_run(out)
+    assert meta["model"]["name"] == "ials" and meta["tuning"]["best_trial"]
+    assert Run.open(out).meta()["status"] == "finished"
+    # a finished experiment is refused without --resume, and resumes with it
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main([*args, "--resume"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["best_trial"] == summary["best_trial"] and again["trials"] == 3
+
+
+@pytest.mark.integration
+def test_tune_a_graph_model_with_asha(ray_session: None, tmp_path: Path) -> None:
+    from gnnrec.gnn.tune import tune_model
+
+    graph_path = tmp_path / "g.pt"
+    save_graph(small_graph(users=100, items=40), graph_path)
+    settings = TuneSettings(trials=3, max_evaluations=3, eval_every=1, grace=1, patience=3)
+    summary = tune_model("lightgcn", graph_path, tmp_path / "lg", settings,
+                         space={"embedding_dim": {"choice": [8, 16]}, "num_layers": 1},
+                         progress=False)
+    table = json.loads((tmp_path / "lg" / "trials.json").read_text())
+    assert len(table) == 3 and all(r["evaluations"] >= 1 for r in table)
+    assert {r["config"]["embedding_dim"] for r in table} <= {8, 16}
+    assert summary["best_config"]["model"]["num_layers"] == 1
+    assert summary["refit_valid"]["recall@20"] == pytest.approx(
+        summary["best_valid_in_tuning"], abs=1e-9)
