@@ -219,14 +219,29 @@ class LocalNeo4j:
     def _java_cmd(self, main: str, *args: str) -> list[str]:
         return [self._java(), *_JVM_FLAGS, "-cp", f"{self.lib}/*", main, *args]
 
-    def _set_initial_password(self, conf_dir: Path) -> None:
+    def admin(self, *args: str, heap: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``neo4j-admin ARGS`` (``org.neo4j.cli.AdminTool``) on this server's home.
+
+        It reads the same ``neo4j.conf`` as the server, so it sees the same data folder.
+        ``heap`` sets the JVM's ``-Xmx``; the output is captured.
+        """
+        self.install()
+        conf_dir = self._write_config()
+        env = {**os.environ, "NEO4J_HOME": str(self.dir), "NEO4J_CONF": str(conf_dir)}
+        cmd = self._java_cmd("org.neo4j.cli.AdminTool", *args)
+        if heap:
+            cmd.insert(1, f"-Xmx{heap}")
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=self.dir)
+
+    def database_dirs(self, database: str = "neo4j") -> list[Path]:
+        """The store and transaction-log folders of ``database``."""
+        data = self.dir / "data"
+        return [data / "databases" / database, data / "transactions" / database]
+
+    def _set_initial_password(self) -> None:
         if (self.dir / "data" / "dbms" / "auth.ini").exists():
             return
-        env = {**os.environ, "NEO4J_HOME": str(self.dir), "NEO4J_CONF": str(conf_dir)}
-        cmd = self._java_cmd(
-            "org.neo4j.cli.AdminTool", "dbms", "set-initial-password", self.password()
-        )
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        proc = self.admin("dbms", "set-initial-password", self.password())
         if proc.returncode != 0:
             raise Neo4jServerError(f"setting the initial password failed:\n{proc.stderr[-3000:]}")
 
@@ -243,7 +258,7 @@ class LocalNeo4j:
                 )
         self.install()
         conf_dir = self._write_config()
-        self._set_initial_password(conf_dir)
+        self._set_initial_password()
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
         (self.dir / "run").mkdir(parents=True, exist_ok=True)
         console = self.dir / "logs" / "console.log"

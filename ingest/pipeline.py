@@ -81,10 +81,17 @@ def ingest(
     started = time.perf_counter()
     checked = prepare(client, sources, options)
     validated = time.perf_counter()
-    reject_file = write_rejects(checked, options.reject_file or default_reject_path(
-        options.label or _label(sources)))
+    reject_file = write_rejects(checked, reject_path(options, sources))
     merged, timings = _write(client, checked, options)
     timings = {"read_and_check": validated - started, **timings}
+    return summarize(checked, options, reject_file, merged, timings, started)
+
+
+def summarize(
+    checked: Sequence[Checked], options: IngestOptions, reject_file: Path | None,
+    merged: dict[str, int], timings: dict[str, float], started: float,
+) -> dict[str, Any]:
+    """The JSON summary of one ingest (the same for the MERGE path and ``--bulk``)."""
     read = sum(c.read for c in checked)
     loaded = sum(c.loaded for c in checked)
     rejected = sum(c.rejected for c in checked)
@@ -164,6 +171,11 @@ def apply_strict(client: GraphClient, checked: list[Checked]) -> None:
     if "social" in by_kind:
         c = by_kind["social"]
         c.reject(~(c.clean["user"].isin(known) & c.clean["friend"].isin(known)), UNKNOWN_USER)
+
+
+def reject_path(options: IngestOptions, sources: Sequence[Source]) -> Path:
+    """``--reject-file`` when given, else :func:`default_reject_path` for the sources."""
+    return options.reject_file or default_reject_path(options.label or _label(sources))
 
 
 def default_reject_path(label: str) -> Path:
@@ -249,9 +261,30 @@ def _extra_ids(named: list[np.ndarray], present: pd.Series | None) -> list[str]:
     return [str(i) for i in ids]
 
 
-def _write(
-    client: GraphClient, checked: Sequence[Checked], options: IngestOptions
-) -> tuple[dict[str, int], dict[str, float]]:
+@dataclass(frozen=True)
+class GraphRows:
+    """The accepted rows of one ingest shaped as the graph stores them.
+
+    ``extra_users`` / ``extra_items``: ids named only by an edge (nodes without
+    attributes); ``item_tags``: ``item, tag, weight`` from an items file;
+    ``interactions``: one row per (user, item) (:func:`aggregate_interactions`);
+    ``friendships``: ``a < b`` pairs; ``taggings``: distinct ``user, item, tag`` events,
+    grouped by (user, item).
+    """
+
+    users: pd.DataFrame
+    extra_users: list[str]
+    items: pd.DataFrame
+    extra_items: list[str]
+    tag_names: pd.DataFrame
+    item_tags: pd.DataFrame
+    interactions: pd.DataFrame | None
+    friendships: pd.DataFrame | None
+    taggings: pd.DataFrame | None
+
+
+def graph_rows(checked: Sequence[Checked]) -> GraphRows:
+    """Shape checked sources into :class:`GraphRows` (both write paths start here)."""
     by_kind = {c.source.kind: c for c in checked}
     empty = pd.DataFrame({"id": pd.Series([], dtype=object)})
     users = by_kind["users"].clean if "users" in by_kind else empty
@@ -274,9 +307,21 @@ def _write(
         named_users.append(taggings["user"].to_numpy(dtype=object))
         named_items.append(taggings["item"].to_numpy(dtype=object))
         named_tags.append(taggings["tag"].to_numpy(dtype=object))
-    extra_users = _extra_ids(named_users, users["id"])
-    extra_items = _extra_ids(named_items, items["id"])
-    tag_names = pd.DataFrame({"name": pd.unique(np.concatenate(named_tags))})
+    return GraphRows(
+        users=users, extra_users=_extra_ids(named_users, users["id"]),
+        items=items, extra_items=_extra_ids(named_items, items["id"]),
+        tag_names=pd.DataFrame({"name": pd.unique(np.concatenate(named_tags))}),
+        item_tags=tags, interactions=inter, friendships=pairs, taggings=taggings,
+    )
+
+
+def _write(
+    client: GraphClient, checked: Sequence[Checked], options: IngestOptions
+) -> tuple[dict[str, int], dict[str, float]]:
+    g = graph_rows(checked)
+    users, items, extra_users, extra_items = g.users, g.items, g.extra_users, g.extra_items
+    tag_names, tags, inter, pairs, taggings = (g.tag_names, g.item_tags, g.interactions,
+                                               g.friendships, g.taggings)
 
     plan: list[tuple[str, Any, Iterator[Record], int]] = [
         ("User", load.merge_users, _node_records(users, extra_users),
