@@ -22,11 +22,26 @@ events) per second end to end; ``naive_rows_per_second`` = sample rows per secon
 The LastFM counts are checked label by label and type by type (:func:`check_counts`):
 a database a user has worked with also lists labels and relationship types that once
 existed (``RECOMMENDED`` after a write-back), with a count of 0.
+
+Bulk load and export at scale (leaves the configured database alone)::
+
+    nice -n 10 python -m experiments.ingest_bench --bulk 10000000 \
+        --json experiments/results/ingest_bench_bulk10m.json
+
+writes a seeded synthetic graph (``gnnrec.ingest.synthetic``: about ``N`` interactions,
+``N / 20`` users with about 10 friends each, ``N / 100`` items with 1-3 tags, user and
+item attributes) as Parquet source files, starts a throw-away local Neo4j (temporary
+home, free ports), then times the two commands a user runs, as subprocesses:
+``gnnrec ingest --bulk --users … --items … --interactions … --social …`` (reading the
+files, validation, import files, stop, ``neo4j-admin database import full``, start,
+constraints) and ``gnnrec export --out graph.pt`` (with its default random split), and
+checks the counts. Goals (issue 20): bulk load <= 120 s, export <= 60 s at 10M.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -60,6 +75,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ingest-into", choices=INGEST_INTO, default="configured",
                         help="configured (default): the configured Neo4j, CLEARED; temp: a "
                              "throw-away local server")
+    parser.add_argument("--bulk", type=int, default=None, metavar="N",
+                        help="instead: bulk-load and export a synthetic graph of about N "
+                             "interactions into a throw-away Neo4j")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic graph seed (--bulk)")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="where the source files and the temporary Neo4j go (--bulk)")
     return parser.parse_args(argv)
 
 
@@ -162,6 +183,104 @@ def _measure(client: Any, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, dict[str, Any]]:
+    """Run a gnnrec command; (wall seconds, its JSON summary)."""
+    import subprocess
+
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return seconds, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_bulk(args: argparse.Namespace) -> dict[str, Any]:
+    """Synthetic source files -> ``gnnrec ingest --bulk`` -> ``gnnrec export``, timed."""
+    import shutil
+    import tempfile
+
+    from experiments.common import loadavg, machine
+    from gnnrec.graph.server import LocalNeo4j, free_port
+    from gnnrec.graph.settings import gnnrec_home
+    from gnnrec.ingest.synthetic import generate
+
+    work = Path(tempfile.mkdtemp(prefix="bulk-bench-", dir=args.work_dir))
+    num_users, num_items = max(args.bulk // 20, 10), max(args.bulk // 100, 10)
+    try:
+        t0 = time.perf_counter()
+        data = generate(num_users=num_users, num_items=num_items, seed=args.seed,
+                        friend_density=min(1.0, 10 / num_users))
+        files = {}
+        for kind in ("users", "items", "interactions", "social"):
+            files[kind] = work / f"{kind}.parquet"
+            getattr(data, kind).to_parquet(files[kind], index=False)
+        prepare_seconds = time.perf_counter() - t0
+        sizes = {kind: len(getattr(data, kind)) for kind in files}
+        del data
+
+        env = {**os.environ, "GNNREC_HOME": str(work / "home"),
+               "GNNREC_NEO4J_LIB": os.environ.get("GNNREC_NEO4J_LIB",
+                                                  str(gnnrec_home() / "neo4j-lib"))}
+        env.pop("NEO4J_URI", None)
+        server = LocalNeo4j(home=work / "home", bolt_port=free_port(), http_port=free_port())
+        os.environ["GNNREC_NEO4J_LIB"] = env["GNNREC_NEO4J_LIB"]
+        server.start()
+        try:
+            gnnrec = [sys.executable, "-m", "gnnrec.cli"]
+            load_before = loadavg()
+            ingest_seconds, ingest_summary = _timed(
+                [*gnnrec, "ingest", "--bulk", "--no-progress",
+                 *[f"--{kind}={path}" for kind, path in files.items()]], env)
+            load_between = loadavg()
+            export_seconds, export_summary = _timed(
+                [*gnnrec, "export", "--out", str(work / "graph.pt")], env)
+            graph_mb = (work / "graph.pt").stat().st_size / 2**20
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if ingest_summary["rejected"] or export_summary["interactions"] != ingest_summary[
+            "merged"]["INTERACTED"]:
+        raise SystemExit(f"counts do not reconcile: {ingest_summary} / {export_summary}")
+    return {
+        "benchmark": "ingest_bench --bulk",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "source_rows": sizes,
+        "prepare_seconds": round(prepare_seconds, 3),
+        "bulk_seconds": round(ingest_seconds, 3),
+        "bulk_rows_per_second": round(ingest_summary["read"] / ingest_seconds),
+        "bulk_summary": {k: ingest_summary[k] for k in
+                         ("read", "loaded", "rejected", "merged", "timings", "bulk")},
+        "export_seconds": round(export_seconds, 3),
+        "export_relationships_per_second": round(
+            sum(export_summary[k] for k in ("interactions", "friendships", "item_tags",
+                                             "taggings")) / export_seconds),
+        "export_summary": export_summary,
+        "graph_file_mb": round(graph_mb, 1),
+        "loadavg_before": load_before, "loadavg_between": load_between,
+        "loadavg_after": loadavg(),
+        "goals": {"bulk_seconds": 120, "export_seconds": 60},
+    }
+
+
+def bulk_table(result: dict[str, Any]) -> str:
+    s = result["bulk_summary"]
+    e = result["export_summary"]
+    return "\n".join([
+        f"{'step':<34}{'rows':>12}{'seconds':>10}{'goal':>8}",
+        f"{'gnnrec ingest --bulk':<34}{s['read']:>12,}{result['bulk_seconds']:>10.1f}{120:>8}",
+        f"{'gnnrec export':<34}{e['interactions']:>12,}{result['export_seconds']:>10.1f}{60:>8}",
+        "bulk steps: " + ", ".join(f"{k} {v:.1f}" for k, v in s["timings"].items()),
+        f"graph: {e['users']:,} users, {e['items']:,} items, {e['tags']:,} tags, "
+        f"{e['interactions']:,} interactions, {e['friendships']:,} friendships, "
+        f"{e['item_tags']:,} item tags; file {result['graph_file_mb']} MB",
+        f"load average before/between/after: {result['loadavg_before']} / "
+        f"{result['loadavg_between']} / {result['loadavg_after']}",
+    ])
+
+
 def table(result: dict[str, Any]) -> str:
     """A plain-text table of the headline numbers."""
     lines = [
@@ -182,8 +301,8 @@ def table(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    result = run(args)
-    print(table(result))
+    result = run_bulk(args) if args.bulk else run(args)
+    print(bulk_table(result) if args.bulk else table(result))
     if args.json:
         write_json(args.json, result, indent=2)
         print(f"wrote {args.json}", file=sys.stderr)
