@@ -43,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ex.add_argument("--split", choices=["random", "temporal", "none"], default="random",
                     help="add a seeded train/valid/test split to the file (default random)")
     ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--no-progress", action="store_true", help="no progress bar")
     ex.set_defaults(handler=_export)
 
     wb = sub.add_parser("writeback", help="write a run's top-k and embeddings into Neo4j")
@@ -185,7 +186,8 @@ def _export(args: argparse.Namespace) -> int:
     from gnnrec.graph.export import export_hetero
 
     with GraphClient() as client:
-        data, summary = export_hetero(client, page_size=args.page_size)
+        data, summary = export_hetero(client, page_size=args.page_size,
+                                      progress=not args.no_progress)
     from gnnrec.gnn.data import save_graph
 
     if args.split != "none":
