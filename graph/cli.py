@@ -51,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     wb.add_argument("--k", type=int, default=20)
     wb.add_argument("--batch-size", type=int, default=5_000)
     wb.add_argument("--no-embeddings", action="store_true", help="write recommendations only")
+    wb.add_argument("--no-progress", action="store_true", help="no progress bar")
     wb.set_defaults(handler=_writeback)
 
 
@@ -204,6 +205,7 @@ def _writeback(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import torch
+    from tqdm import tqdm
 
     from gnnrec.gnn.recommend import TopKRecommender
     from gnnrec.gnn.run import load_run
@@ -218,12 +220,16 @@ def _writeback(args: argparse.Namespace) -> int:
     if not args.no_embeddings and any(True for _ in model.parameters()):
         with torch.no_grad():
             user_emb, item_emb = (e.detach().cpu().numpy() for e in model.embeddings())
-    with GraphClient() as client:
+    rows = len(graph["user"].ext_id) * (1 if user_emb is None else 2)
+    rows += 0 if item_emb is None else len(graph["item"].ext_id)
+    with GraphClient() as client, tqdm(total=rows, desc="writeback", unit="row",
+                                       disable=args.no_progress, leave=False) as bar:
         summary = writeback(
             client, run=Path(args.run).name, model=meta["model"]["name"],
             user_ids=graph["user"].ext_id, item_ids=graph["item"].ext_id,
             top_items=items.numpy(), top_scores=scores.numpy(),
             user_emb=user_emb, item_emb=item_emb, batch_size=args.batch_size,
+            progress=bar.update,
         )
     print(json.dumps(summary))
     return 0

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from gnnrec.graph.client import GraphClient
+from gnnrec.graph.client import GraphClient, Progress
 
 _DELETE_RUN = (
     "MATCH ()-[r:RECOMMENDED {run: $run}]->() "
@@ -66,15 +66,18 @@ def write_recommendations(
     model: str,
     run: str,
     batch_size: int = 1_000,
+    progress: Progress | None = None,
 ) -> int:
     """Replace run ``run``'s RECOMMENDED edges by the given top-k.
 
     ``top_items`` [U, k] are item indices into ``item_ids``, row u for ``user_ids[u]``;
-    ``top_scores`` [U, k]. Returns the number of relationships written.
+    ``top_scores`` [U, k]. Returns the number of relationships written; ``progress``
+    is called with the number of users of each batch written.
     """
     client.run_auto(_DELETE_RUN, {"run": run})
     rows = _rec_rows(user_ids, item_ids, top_items, top_scores)
-    client.write_batches(_WRITE_RECS, rows, batch_size=batch_size, model=model, run=run)
+    client.write_batches(_WRITE_RECS, rows, batch_size=batch_size, progress=progress,
+                         model=model, run=run)
     return int(top_items.size)
 
 
@@ -85,10 +88,12 @@ def write_embeddings(
     embeddings: np.ndarray,
     run: str,
     batch_size: int = 2_000,
+    progress: Progress | None = None,
 ) -> int:
     """Store ``embeddings[n]`` on node ``ids[n]`` of ``label`` ('User' or 'Item')."""
     rows = ({"id": i, "emb": e.tolist()} for i, e in zip(ids, embeddings, strict=True))
-    written = client.write_batches(_WRITE_EMBEDDINGS[label], rows, batch_size=batch_size, run=run)
+    written = client.write_batches(_WRITE_EMBEDDINGS[label], rows, batch_size=batch_size,
+                                   progress=progress, run=run)
     if label == "Item":
         dims = int(embeddings.shape[1])
         current = client.read(_INDEX_DIMS)
@@ -109,14 +114,21 @@ def writeback(
     user_emb: np.ndarray | None = None,
     item_emb: np.ndarray | None = None,
     batch_size: int = 1_000,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Recommendations, then (optionally) embeddings; returns a JSON-able summary."""
+    """Recommendations, then (optionally) embeddings; returns a JSON-able summary.
+
+    ``progress`` is called with the rows of each batch written: one per user for the
+    recommendations, then one per user and per item for the embeddings.
+    """
     start = time.perf_counter()
     recs = write_recommendations(client, user_ids, item_ids, top_items, top_scores, model, run,
-                                 batch_size=batch_size)
+                                 batch_size=batch_size, progress=progress)
     summary: dict[str, Any] = {"run": run, "model": model, "recommended": recs}
     if user_emb is not None and item_emb is not None:
-        summary["user_embeddings"] = write_embeddings(client, "User", user_ids, user_emb, run)
-        summary["item_embeddings"] = write_embeddings(client, "Item", item_ids, item_emb, run)
+        summary["user_embeddings"] = write_embeddings(client, "User", user_ids, user_emb, run,
+                                                      progress=progress)
+        summary["item_embeddings"] = write_embeddings(client, "Item", item_ids, item_emb, run,
+                                                      progress=progress)
     summary["seconds"] = round(time.perf_counter() - start, 3)
     return summary

@@ -152,3 +152,15 @@ def test_unusable_relationship_values_are_defaulted_and_counted(graph_client: Gr
         {"relationship": "INTERACTED", "count": 1,
          "reason": "its start or end node has no id (the node is skipped)"}]
     assert summary["interactions"] == 4
+
+
+def test_every_long_command_takes_no_progress() -> None:
+    """The commands that draw a progress bar all turn it off with --no-progress."""
+    from gnnrec.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["ingest", "--dataset", "synthetic"], ["export", "--out", "g.pt"],
+                 ["train", "--out", "runs/x"], ["writeback", "--run", "runs/x"],
+                 ["tune", "--model", "lightgcn", "--graph", "g.pt", "--out", "runs/x"]):
+        assert parser.parse_args([*argv, "--no-progress"]).no_progress is True, argv[0]
+        assert parser.parse_args(argv).no_progress is False, argv[0]
