@@ -54,6 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GnnrecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - the driver's errors, mid-command
+        if not type(exc).__module__.startswith("neo4j"):
+            raise
+        message = (getattr(exc, "message", None) or str(exc) or type(exc).__name__).strip()
+        print(f"error: Neo4j failed: {message.splitlines()[0]}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

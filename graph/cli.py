@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     start.add_argument("--bolt-port", type=int, default=None, help="default 7687")
     start.add_argument("--http-port", type=int, default=None, help="default 7474 (Browser)")
     start.add_argument("--timeout", type=float, default=180.0)
+    start.add_argument("--allow-csv-urls", action="store_true", default=None,
+                       help="let LOAD CSV fetch http(s)/ftp URLs (refused by default; also "
+                            "GNNREC_NEO4J_ALLOW_CSV_URLS=1)")
     start.set_defaults(handler=_start)
     stop = neo_sub.add_parser("stop", help="shut the local server down cleanly")
     stop.set_defaults(handler=_stop)
@@ -26,6 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     status.set_defaults(handler=_status)
     install = neo_sub.add_parser("install", help="fetch the Neo4j jars with Maven (idempotent)")
     install.set_defaults(handler=_install)
+    reset = neo_sub.add_parser(
+        "reset", help="delete every node and relationship of the configured database",
+        description="Empty the database (the local server, or NEO4J_URI's) in batches of "
+                    "--batch-size, so no transaction outgrows the server's memory; "
+                    "constraints and indexes stay. Asks for confirmation unless --yes.")
+    reset.add_argument("--yes", action="store_true", help="do not ask")
+    reset.add_argument("--batch-size", type=int, default=10_000)
+    reset.set_defaults(handler=_reset)
 
     cy = sub.add_parser("cypher", help="run a Cypher query (read-only unless --write)")
     cy.add_argument("query")
@@ -33,7 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--param", "-p", action="append", default=[], metavar="NAME[:TYPE]=VALUE",
         help="query parameter, text by default (ids are text); TYPE is int, float, bool or json",
     )
-    cy.add_argument("--write", action="store_true", help="run in a write transaction")
+    cy.add_argument("--write", action="store_true",
+                    help="allow writes: run in an auto-commit transaction (so CALL { ... } IN "
+                         "TRANSACTIONS works); without it the query must only read")
     cy.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     cy.set_defaults(handler=_cypher)
 
@@ -59,7 +72,8 @@ def _local(args: argparse.Namespace):  # noqa: ANN202 - LocalNeo4j, imported laz
     from gnnrec.graph.server import LocalNeo4j
 
     return LocalNeo4j(
-        bolt_port=getattr(args, "bolt_port", None), http_port=getattr(args, "http_port", None)
+        bolt_port=getattr(args, "bolt_port", None), http_port=getattr(args, "http_port", None),
+        allow_csv_urls=getattr(args, "allow_csv_urls", None),
     )
 
 
@@ -102,10 +116,9 @@ def _status(args: argparse.Namespace) -> int:
         from gnnrec.graph.client import GraphClient
 
         settings = Neo4jSettings.resolve()
-        with GraphClient(settings) as client:
-            running = client.ping()
-            version = client.server_version() if running else "unknown"
-        info: dict[str, Any] = {"running": running, "uri": settings.uri, "version": version,
+        with GraphClient.connect(settings) as client:  # one clear line when it cannot
+            version = client.server_version()
+        info: dict[str, Any] = {"running": True, "uri": settings.uri, "version": version,
                                 "external": True}
     else:
         info = _local(args).status().to_dict()
@@ -169,9 +182,13 @@ def _cypher(args: argparse.Namespace) -> int:
     from gnnrec.graph.client import GraphClient
 
     params = dict(parse_param(p) for p in args.param)
-    with GraphClient() as client:
+    with GraphClient.connect() as client:
         try:
-            rows = (client.write if args.write else client.read)(args.query, params)
+            if args.write:  # auto-commit: CALL { ... } IN TRANSACTIONS needs it
+                rows = client.run_auto(args.query, params)
+            else:
+                client.check_read_only(args.query, params)
+                rows = client.read(args.query, params)
         except Neo4jError as exc:
             hint = " (this looks like a write: add --write)" if "write" in str(exc).lower() else ""
             raise GnnrecError(f"Cypher failed: {exc.message}{hint}") from exc
@@ -186,7 +203,7 @@ def _export(args: argparse.Namespace) -> int:
     from gnnrec.graph.client import GraphClient
     from gnnrec.graph.export import export_hetero
 
-    with GraphClient() as client:
+    with GraphClient.connect() as client:
         data, summary = export_hetero(client, page_size=args.page_size,
                                       progress=not args.no_progress)
     from gnnrec.gnn.data import save_graph
@@ -197,6 +214,30 @@ def _export(args: argparse.Namespace) -> int:
         data = apply_split(data, kind=args.split, seed=args.seed)
     save_graph(data, args.out)
     print(json.dumps({**summary, "out": str(args.out), "split": args.split}))
+    return 0
+
+
+def _reset(args: argparse.Namespace) -> int:
+    """Empty the configured database after a confirmation (or ``--yes``)."""
+    from gnnrec.graph.client import GraphClient
+    from gnnrec.graph.load import graph_stats
+    from gnnrec.graph.schema import clear_database
+
+    with GraphClient.connect() as client:
+        target = f"database {client.settings.database!r} at {client.settings.uri}"
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise GnnrecError(f"refusing to empty {target} without a confirmation: "
+                                  "add --yes")
+            print(f"Delete every node and relationship of {target}? Type 'yes': ", end="",
+                  file=sys.stderr, flush=True)
+            if sys.stdin.readline().strip().lower() != "yes":
+                raise GnnrecError("not confirmed; nothing was deleted")
+        before = graph_stats(client)
+        clear_database(client, batch_size=args.batch_size)
+    nodes, rels = (sum(part.values()) for part in (before["nodes"], before["relationships"]))
+    print(f"emptied {target}: deleted {nodes:,} nodes and {rels:,} relationships "
+          f"(constraints and indexes kept)")
     return 0
 
 
@@ -222,8 +263,8 @@ def _writeback(args: argparse.Namespace) -> int:
             user_emb, item_emb = (e.detach().cpu().numpy() for e in model.embeddings())
     rows = len(graph["user"].ext_id) * (1 if user_emb is None else 2)
     rows += 0 if item_emb is None else len(graph["item"].ext_id)
-    with GraphClient() as client, tqdm(total=rows, desc="writeback", unit="row",
-                                       disable=args.no_progress, leave=False) as bar:
+    with GraphClient.connect() as client, tqdm(total=rows, desc="writeback", unit="row",
+                                               disable=args.no_progress, leave=False) as bar:
         summary = writeback(
             client, run=Path(args.run).name, model=meta["model"]["name"],
             user_ids=graph["user"].ext_id, item_ids=graph["item"].ext_id,

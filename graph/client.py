@@ -11,10 +11,48 @@ from typing import Any
 
 from neo4j import Driver, GraphDatabase, Query, Session
 
+from gnnrec.errors import GnnrecError
 from gnnrec.graph.settings import Neo4jSettings
 
 Record = dict[str, Any]
 Progress = Callable[[int], None]
+
+# Plan operators a read-only query may not contain, with the reason it is refused.
+_NOT_READ_ONLY = {
+    "TerminateTransactions": "it terminates other clients' transactions",
+    "LoadCSV": "LOAD CSV fetches files or URLs from the server",
+    "AdministrationCommand": "it is an administration command",
+}
+
+
+class Neo4jConnectionError(GnnrecError):
+    """Neo4j cannot be used: unreachable, credentials refused, or no such database."""
+
+
+class NotReadOnlyError(GnnrecError):
+    """A query given as read-only would write, administer or reach outside the database."""
+
+
+def describe_neo4j_error(exc: BaseException, settings: Neo4jSettings) -> str:
+    """One line for a driver or server error, naming the server and what to do."""
+    from neo4j.exceptions import AuthError, ClientError, DriverError, ServiceUnavailable
+
+    where = f"Neo4j at {settings.uri}"
+    code = getattr(exc, "code", None) or ""
+    if isinstance(exc, ServiceUnavailable | OSError) or (
+            isinstance(exc, DriverError) and "connect" in str(exc).lower()):
+        hint = ("set NEO4J_URI / NEO4J_USER / NEO4J_PASSWORD" if settings.external
+                else "start it with 'gnnrec neo4j start', or set NEO4J_URI")
+        return f"{where} is not reachable ({hint})"
+    if isinstance(exc, AuthError) or code.startswith("Neo.ClientError.Security"):
+        source = ("NEO4J_USER / NEO4J_PASSWORD" if settings.external
+                  else "the password file of the local server")
+        return f"{where} refused the credentials of user {settings.user!r} (check {source})"
+    if code == "Neo.ClientError.Database.DatabaseNotFound" or (
+            isinstance(exc, ClientError) and "graph not found" in str(exc).lower()):
+        return f"{where} has no database {settings.database!r} (NEO4J_DATABASE)"
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return f"{where}: {str(message).strip().splitlines()[0]}"
 
 
 class GraphClient:
@@ -35,6 +73,25 @@ class GraphClient:
             # optional properties; those notifications are noise on every call.
             notifications_disabled_classifications=["DEPRECATION", "UNRECOGNIZED"],
         )
+
+    @classmethod
+    def connect(cls, settings: Neo4jSettings | None = None) -> GraphClient:
+        """A client whose server answered :meth:`check` (what every CLI command uses)."""
+        client = cls(settings)
+        try:
+            client.check()
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def check(self) -> None:
+        """Raise :class:`Neo4jConnectionError` (one clear line) unless the database answers."""
+        try:
+            with self.session() as session:  # auto-commit: no retry loop, fails at once
+                session.run("RETURN 1").consume()
+        except Exception as exc:  # noqa: BLE001 - every failure gets its one-line reason
+            raise Neo4jConnectionError(describe_neo4j_error(exc, self.settings)) from exc
 
     # -- context management --------------------------------------------------
     def __enter__(self) -> GraphClient:
@@ -67,6 +124,36 @@ class GraphClient:
         """Run ``cypher`` in a write transaction (retried on transient errors)."""
         with self.session() as session:
             return session.execute_write(lambda tx: tx.run(cypher, params or {}).data())
+
+    def check_read_only(self, cypher: str, params: dict[str, Any] | None = None) -> None:
+        """Raise :class:`NotReadOnlyError` unless ``cypher`` only reads the database.
+
+        The query is planned, not run (``EXPLAIN``): it must be a read query (no writes,
+        schema or DBMS procedures) with no administration command, no ``TERMINATE
+        TRANSACTIONS`` and no ``LOAD CSV``, which would fetch a file or a URL.
+        """
+        text = cypher.lstrip()
+        head = text[:8].upper()
+        if head.startswith("EXPLAIN"):
+            return  # plans only
+        if head.startswith("PROFILE"):
+            text = text[len("PROFILE"):]
+        with self.session(default_access_mode="READ") as session:
+            summary = session.run(Query("EXPLAIN " + text), params or {}).consume()  # type: ignore[arg-type]
+        operators: list[str] = []
+        stack = [summary.plan] if summary.plan else []
+        while stack:
+            plan = stack.pop()
+            operators.append(str(plan.get("operatorType", "")).split("@")[0])
+            stack.extend(plan.get("children", []))
+        for operator, why in _NOT_READ_ONLY.items():
+            if operator in operators:
+                raise NotReadOnlyError(f"refused in read-only mode: {why}; add --write to run it")
+        if summary.query_type != "r":
+            kind = {"w": "writes", "rw": "writes", "s": "changes the schema or the DBMS"}.get(
+                str(summary.query_type), f"is of type {summary.query_type!r}")
+            raise NotReadOnlyError(f"refused in read-only mode: the query {kind}; add --write "
+                                   f"to run it")
 
     def run_auto(self, cypher: str, params: dict[str, Any] | None = None) -> list[Record]:
         """Run in an auto-commit transaction (schema commands, ``CALL {} IN TRANSACTIONS``)."""

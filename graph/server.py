@@ -102,6 +102,7 @@ class LocalNeo4j:
         bolt_port: int | None = None,
         http_port: int | None = None,
         allow_csv_urls: bool | None = None,
+        extra_settings: dict[str, str] | None = None,
     ) -> None:
         self.home = Path(home or gnnrec_home()).resolve()
         self.dir = self.home / "neo4j"
@@ -112,6 +113,7 @@ class LocalNeo4j:
         if allow_csv_urls is None:
             allow_csv_urls = os.environ.get("GNNREC_NEO4J_ALLOW_CSV_URLS", "") not in ("", "0")
         self.allow_csv_urls = allow_csv_urls
+        self.extra_settings = dict(extra_settings or {})  # neo4j.conf lines (tests, tuning)
 
     # -- paths and files ---------------------------------------------------------
     @property
@@ -209,6 +211,7 @@ class LocalNeo4j:
         }
         if not self.allow_csv_urls:  # LOAD CSV may read the import folder, never the network
             settings["internal.dbms.cypher_ip_blocklist"] = "0.0.0.0/0,::/0"
+        settings.update(self.extra_settings)
         text = "".join(f"{k}={v}\n" for k, v in settings.items())
         (conf_dir / "neo4j.conf").write_text(text)
         (self.dir / "server.json").write_text(

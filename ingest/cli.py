@@ -100,14 +100,7 @@ def _client() -> Any:
     from gnnrec.graph.client import GraphClient
     from gnnrec.graph.settings import Neo4jSettings
 
-    client = GraphClient(Neo4jSettings.resolve())
-    if not client.ping():
-        client.close()
-        raise IngestError(
-            f"Neo4j is not reachable at {client.settings.uri} (start it with "
-            f"'gnnrec neo4j start' or set NEO4J_URI / NEO4J_USER / NEO4J_PASSWORD)"
-        )
-    return client
+    return GraphClient.connect(Neo4jSettings.resolve())
 
 
 def run_ingest(args: argparse.Namespace) -> int:
