@@ -399,3 +399,15 @@ def test_ids_with_a_slash_are_addressable_and_never_redirected(served: Served) -
     c.forget("x")
     c.forget("a/b")
     assert _no_users(served, "x", "x/", "a/b")
+
+
+def test_schemathesis_finds_no_5xx_and_no_schema_violation(served: Served) -> None:
+    """Generated requests for every operation of the served OpenAPI (bounded: 10 each).
+
+    Last in the module: its writes (random users and interactions) land in Neo4j and memory.
+    """
+    from api_fuzz import fuzz_openapi
+
+    result = fuzz_openapi(served.url, TOKEN, max_examples=10)
+    assert result["cases"] >= 50
+    assert result["failures"] == [], "\n".join(result["failures"][:5])
