@@ -28,19 +28,20 @@ def fuzz_openapi(url: str, token: str, max_examples: int = 15) -> dict[str, Any]
     cases = 0
     for result in schema.get_all_operations():
         operation = result.ok()
+        label = operation.label
 
         @settings(max_examples=max_examples, deadline=None, database=None,
                   phases=[Phase.explicit, Phase.generate],
                   suppress_health_check=list(HealthCheck))
         @given(case=operation.as_strategy())
-        def run(case: Any) -> None:
+        def run(case: Any, label: str = label) -> None:
             nonlocal cases
             cases += 1
             try:
                 case.call_and_validate(base_url=url, headers=headers, checks=checks,
                                        timeout=60)
             except Exception as exc:  # noqa: BLE001 - collected, reported by the test
-                failures.append(f"{operation.label}: {type(exc).__name__}: "
+                failures.append(f"{label}: {type(exc).__name__}: "
                                 f"{str(exc)[:600]}")
 
         run()
