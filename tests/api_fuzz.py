@@ -26,23 +26,23 @@ def fuzz_openapi(url: str, token: str, max_examples: int = 15) -> dict[str, Any]
     headers = {"Authorization": f"Bearer {token}"}
     failures: list[str] = []
     cases = 0
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        label = operation.label
-
+    def test_operation(operation: Any) -> None:
         @settings(max_examples=max_examples, deadline=None, database=None,
                   phases=[Phase.explicit, Phase.generate],
                   suppress_health_check=list(HealthCheck))
         @given(case=operation.as_strategy())
-        def run(case: Any, label: str = label) -> None:
+        def run(case: Any) -> None:
             nonlocal cases
             cases += 1
             try:
                 case.call_and_validate(base_url=url, headers=headers, checks=checks,
                                        timeout=60)
             except Exception as exc:  # noqa: BLE001 - collected, reported by the test
-                failures.append(f"{label}: {type(exc).__name__}: "
+                failures.append(f"{operation.label}: {type(exc).__name__}: "
                                 f"{str(exc)[:600]}")
 
         run()
+
+    for result in schema.get_all_operations():
+        test_operation(result.ok())
     return {"cases": cases, "failures": failures}
