@@ -79,6 +79,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     mb.add_argument("--sampler", choices=["inprocess", "ray"],
                     help="who samples the batches (default inprocess)")
     mb.add_argument("--sampler-workers", type=int, help="Ray sampler actors (default 2)")
+    mb.add_argument("--sampler-resources", type=_resources, metavar="JSON",
+                    help='custom Ray resources per sampler actor, e.g. \'{"sampler": 1}\' '
+                         "(actors only on nodes started with them; spread over the nodes)")
     dist = tr.add_argument_group("distributed training (Ray Train, DDP)")
     dist.add_argument("--workers", type=int, help="Ray Train workers (default: one process)")
     dist.add_argument("--gpus-per-worker", type=float, default=0.0,
@@ -89,7 +92,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     dist.add_argument("--storage-path", help="Ray Train checkpoints (default RUN/ray_train; "
                       "a shared path or s3:// on a multi-node cluster)")
     dist.add_argument("--max-failures", type=int, default=2,
-                      help="worker-group restarts from the last checkpoint")
+                      help="worker-group restarts from the last checkpoint (a lost worker "
+                           "process or node counts one)")
+    dist.add_argument("--placement-strategy", default="PACK",
+                      choices=["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"],
+                      help="where the workers go (default PACK; STRICT_SPREAD: one per node)")
+    dist.add_argument("--worker-resources", type=_resources, metavar="JSON",
+                      help='custom Ray resources per worker, e.g. \'{"trainer": 1}\'')
     tr.set_defaults(handler=_train)
 
     tu = sub.add_parser("tune", help="tune a model's hyper-parameters on valid with Ray Tune "
@@ -161,6 +170,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sy.add_argument("--seed", type=int, default=0)
     sy.add_argument("--split", choices=["random", "temporal", "none"], default="random")
     sy.set_defaults(handler=_synth)
+
+
+def _resources(text: str) -> dict[str, float]:
+    """``'{"name": amount}'`` -> custom Ray resources (argparse type)."""
+    try:
+        value = json.loads(text)
+        if not isinstance(value, dict) or not value:
+            raise ValueError
+        return {str(k): float(v) for k, v in value.items()}
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object of resource names and amounts, got {text!r}") from None
 
 
 def parse_model_arg(text: str) -> tuple[str, Any]:
@@ -280,7 +301,9 @@ def _fit(args: argparse.Namespace, model: Any, graph: Any, config: Any, run: Any
 
         params = RayTrainParams(num_workers=args.workers, gpus_per_worker=args.gpus_per_worker,
                                 cpus_per_worker=args.cpus_per_worker, address=args.address,
-                                storage_path=args.storage_path, max_failures=args.max_failures)
+                                storage_path=args.storage_path, max_failures=args.max_failures,
+                                placement_strategy=args.placement_strategy,
+                                resources_per_worker=args.worker_resources)
         return train_distributed(model, graph, config, params, run=run, minibatch=mb,
                                  resume=args.resume)
     if mb is None:
@@ -295,7 +318,8 @@ def _fit(args: argparse.Namespace, model: Any, graph: Any, config: Any, run: Any
 
     mb.validate(model)
     sampler = link_sampler(graph, model, config, mb)
-    with ray_batches(sampler, mb.sampler_workers, mb.prefetch, args.address) as batches:
+    with ray_batches(sampler, mb.sampler_workers, mb.prefetch, args.address,
+                     args.sampler_resources) as batches:
         return train_minibatch(model, graph, config, mb, run=run, resume=args.resume,
                                progress=not args.no_progress, batches=batches)
 

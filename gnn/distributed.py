@@ -18,11 +18,26 @@ Rank 0 evaluates on valid every ``eval_every`` epochs and broadcasts the metric 
 worker takes the same early-stopping decision); all workers call ``ray.train.report`` and
 rank 0 attaches a checkpoint (``state.pt``: model, optimiser, epoch, early-stopping state,
 history; ``best.pt``: the best weights so far). A restarted worker group
-(``FailureConfig(max_failures)``) resumes from ``ray.train.get_checkpoint()``. When the job
+(``FailureConfig(max_failures)``) resumes from ``ray.train.get_checkpoint()``: after a worker
+process dies, and after a whole node dies (its raylet with it; Ray declares the node dead
+after its health checks fail), the group is placed again on the nodes still alive. For
+that, checkpoints (``storage_path``) must be on storage every node reaches (a shared file
+system or ``s3://``); the graph travels through the object store from the driver's node.
+
+Placement: ``placement_strategy`` is the worker group's placement-group strategy (``PACK``
+by default; ``STRICT_SPREAD`` puts every worker on its own node) and ``resources_per_worker``
+adds custom node resources to each worker's reservation. Every attempt of the job records
+the node of each rank (``meta.json: distributed.placements``, one list per attempt that
+reported a checkpoint). When the job
 ends the driver writes the best model, ``last.pt`` and meta into the run directory with the
 same layout as single-process training (each file atomically, meta last), so
 ``gnnrec evaluate / recommend / writeback / serve`` read it unchanged, and ``--resume`` works
 with or without ``--workers``.
+
+Fault injection for tests: ``GNNREC_TRAIN_FAULT`` (JSON, read by the driver) or the
+``fault`` argument: ``{"rank", "epoch", "marker", "action"}``, where ``action`` ``"kill"``
+SIGKILLs that worker once and ``"pause"`` writes ``marker`` (JSON: rank, pid, placement)
+and waits there (up to ``pause_s``, default 300 s) so that a test can kill a node mid-job.
 
 Model buffers (sparse adjacencies, edge lists, features) are rebuilt from the graph by every
 worker and excluded from DDP's broadcast (``_ddp_params_and_buffers_to_ignore``): DDP cannot
@@ -35,6 +50,7 @@ This is the only training module that imports ``ray`` (with
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 import os
 import shutil
@@ -75,6 +91,8 @@ from gnnrec.gnn.train import (
 )
 
 STATE_FILE, BEST_FILE = "state.pt", "best.pt"
+FAULT_ENV = "GNNREC_TRAIN_FAULT"
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 class DistributedError(GnnrecError):
@@ -94,7 +112,12 @@ class RayTrainParams:
             ``RAY_ADDRESS``, else a local Ray with every CPU of this machine).
         storage_path: where Ray Train keeps checkpoints (default ``RUN/ray_train``; on a
             multi-node cluster a path every node sees, e.g. NFS or ``s3://bucket/dir``).
-        max_failures: worker-group restarts from the last checkpoint before giving up.
+        max_failures: worker-group restarts from the last checkpoint before giving up
+            (a worker process or a whole node lost counts one).
+        placement_strategy: placement-group strategy of the workers (``PACK``, ``SPREAD``,
+            ``STRICT_PACK``, ``STRICT_SPREAD``: one worker per node).
+        resources_per_worker: custom Ray resources each worker reserves besides its CPUs
+            and GPUs (e.g. ``{"trainer": 1}``: only nodes started with that resource).
     """
 
     num_workers: int = 2
@@ -103,10 +126,21 @@ class RayTrainParams:
     address: str | None = None
     storage_path: str | None = None
     max_failures: int = 2
+    placement_strategy: str = "PACK"
+    resources_per_worker: dict[str, float] | None = None
 
     def validate(self) -> None:
         if self.num_workers < 1 or self.gpus_per_worker < 0 or self.max_failures < -1:
             raise DistributedError(f"bad Ray Train settings {self}")
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            raise DistributedError(f"placement_strategy must be one of "
+                                   f"{', '.join(PLACEMENT_STRATEGIES)}, got "
+                                   f"{self.placement_strategy!r}")
+        bad = {k: v for k, v in (self.resources_per_worker or {}).items()
+               if k in ("CPU", "GPU") or not v > 0}
+        if bad:
+            raise DistributedError(f"resources_per_worker takes custom resources > 0 (CPUs and "
+                                   f"GPUs have their own settings), got {bad}")
         if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
             raise DistributedError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
 
@@ -124,14 +158,15 @@ def init_ray(address: str | None = None) -> None:
 
 
 @contextmanager
-def ray_batches(sampler: Any, workers: int, prefetch: int,
-                address: str | None = None) -> Iterator[BatchSource]:
-    """``epoch -> batches`` of ``sampler`` (a ``LinkBatchSampler``) sampled by Ray actors."""
+def ray_batches(sampler: Any, workers: int, prefetch: int, address: str | None = None,
+                resources: dict[str, float] | None = None) -> Iterator[BatchSource]:
+    """``epoch -> batches`` of ``sampler`` (a ``LinkBatchSampler``) sampled by Ray actors
+    (spread over the cluster's nodes; ``resources``: custom resources per actor)."""
     from gnnrec.gnn.distributed_sampling import RaySampledBatches, RaySamplingParams
 
     init_ray(address)
-    with RaySampledBatches(sampler, RaySamplingParams(num_workers=workers,
-                                                      prefetch=prefetch)) as remote:
+    with RaySampledBatches(sampler, RaySamplingParams(num_workers=workers, prefetch=prefetch,
+                                                      resources=resources)) as remote:
         yield remote.iter_epoch
 
 
@@ -185,21 +220,42 @@ def _load_dir(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, T
                    if best.is_file() else None)
 
 
-def _maybe_fail(fault: dict[str, Any] | None, rank: int, epoch: int) -> None:
-    """Test hook: SIGKILL this worker at ``fault['epoch']`` on ``fault['rank']``, once
-    (the first attempt creates ``fault['marker']``; a restarted worker finds it). It first
-    waits until Ray Train has registered every checkpoint reported so far, so the job
-    deterministically resumes from the previous epoch's checkpoint."""
+def _maybe_fail(fault: dict[str, Any] | None, rank: int, epoch: int,
+                placement: list[dict[str, str]]) -> None:
+    """Test hook: at ``fault['epoch']`` on ``fault['rank']``, once (the first attempt creates
+    ``fault['marker']``; a restarted worker finds it), SIGKILL this worker (``action``
+    ``"kill"``) or wait there (``"pause"``) for a test to kill a node. It first waits until
+    Ray Train has registered every checkpoint reported so far, so the job deterministically
+    resumes from the previous epoch's checkpoint."""
     if not fault or rank != fault["rank"] or epoch != fault["epoch"]:
         return
     marker = Path(fault["marker"])
-    if not marker.exists():
-        import ray.train
+    if marker.exists():
+        return
+    import ray.train
 
-        ray.train.get_all_reported_checkpoints(timeout_s=60)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(f"killed rank {rank} at epoch {epoch}, pid {os.getpid()}\n")
-        os.kill(os.getpid(), signal.SIGKILL)
+    ray.train.get_all_reported_checkpoints(timeout_s=60)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    if fault.get("action", "kill") == "pause":
+        tmp = marker.with_name(marker.name + ".tmp")
+        tmp.write_text(json.dumps({"rank": rank, "epoch": epoch, "pid": os.getpid(),
+                                   "placement": placement}))
+        tmp.replace(marker)
+        time.sleep(float(fault.get("pause_s", 300)))
+        return
+    marker.write_text(f"killed rank {rank} at epoch {epoch}, pid {os.getpid()}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _placement(world: int) -> list[dict[str, str]]:
+    """Where every rank of this worker group runs: ``[{"node": id, "ip": address}]``."""
+    ctx = ray.get_runtime_context()
+    here = {"node": str(ctx.get_node_id()), "ip": ray.util.get_node_ip_address()}
+    if world == 1:
+        return [here]
+    everyone: list[Any] = [None] * world
+    torch.distributed.all_gather_object(everyone, here)
+    return everyone
 
 
 def _worker_loop(cfg: dict[str, Any]) -> None:
@@ -233,9 +289,11 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
         candidates.append(ray.get(cfg["initial"][0]))
     stopping, start = EarlyStopping(config), 1
     resumes: list[int] = []  # epochs the job (re)started from, across worker-group restarts
+    placements = [_placement(world)]  # nodes of the ranks, one list per attempt
     if candidates:
         state, best_state = max(candidates, key=lambda c: int(c[0]["epoch"]))
         resumes = [*state.get("resumes", []), int(state["epoch"])]
+        placements = [*state.get("placements", []), *placements]
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = stopping.load_state(state, best_state)
@@ -254,7 +312,7 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
     stopped = "max_epochs"
     model.train()
     for epoch in range(start, config.epochs + 1):
-        _maybe_fail(cfg["fault"], rank, epoch)
+        _maybe_fail(cfg["fault"], rank, epoch, placements[-1])
         torch.manual_seed(_seed(config.seed, epoch, rank, 2))  # dropout etc., per rank
         t0 = time.perf_counter()
         if sampler is not None:
@@ -291,7 +349,8 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
                 report.update(record["valid"])
                 torch.save({"epoch": epoch, "model": model.state_dict(),
                             "optimizer": optimizer.state_dict(), **stopping.state(),
-                            "stopped": stopped, "resumes": resumes},
+                            "stopped": stopped, "resumes": resumes,
+                            "placements": placements},
                            Path(tmp) / STATE_FILE)
                 if stopping.best_state is not None:
                     torch.save(stopping.best_state, Path(tmp) / BEST_FILE)
@@ -323,10 +382,13 @@ def train_distributed(model: nn.Module, graph: HeteroData, config: TrainConfig,
     meta when the job ends; on return ``model`` holds the best weights (eval mode).
     ``resume`` continues ``run``: from the Ray Train storage of its last distributed job
     when that holds a newer checkpoint, else from its ``last.pt``. ``fault`` (tests only):
-    ``{"rank", "epoch", "marker"}`` kills that worker once with SIGKILL.
+    ``{"rank", "epoch", "marker", "action"}`` kills that worker once with SIGKILL or pauses
+    it (default: ``$GNNREC_TRAIN_FAULT``, see the module docstring).
     """
     _check_v2()
     params.validate()
+    if fault is None and os.environ.get(FAULT_ENV):
+        fault = json.loads(os.environ[FAULT_ENV])
     config.validate()
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -361,7 +423,8 @@ def train_distributed(model: nn.Module, graph: HeteroData, config: TrainConfig,
         initial = [ray.put((last, best))]
     cpus = params.cpus_per_worker or max(1.0, math.floor(_cluster_cpus() / params.num_workers))
     use_gpu = params.gpus_per_worker > 0
-    resources = {"CPU": cpus, **({"GPU": params.gpus_per_worker} if use_gpu else {})}
+    resources = {"CPU": cpus, **({"GPU": params.gpus_per_worker} if use_gpu else {}),
+                 **(params.resources_per_worker or {})}
     run.update_meta(status="running", train_config=config.to_dict(),
                     minibatch=minibatch.to_dict() if minibatch else None,
                     distributed={**asdict(params), "cpus_per_worker": cpus, "ray_name": name,
@@ -375,7 +438,8 @@ def train_distributed(model: nn.Module, graph: HeteroData, config: TrainConfig,
         _worker_loop, train_loop_config=cfg,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=params.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=resources,
+                                     placement_strategy=params.placement_strategy),
         run_config=RunConfig(name=name, storage_path=storage,
                              failure_config=FailureConfig(max_failures=params.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)))
@@ -392,8 +456,14 @@ def _finish(run: Run, model: nn.Module, checkpoint: Any, initial: list[Any] | No
             config: TrainConfig) -> TrainResult:
     """Write the job's outcome into the run directory (model.pt, last.pt, then meta)."""
     if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state, best = _load_dir(d)
+        try:
+            with checkpoint.as_directory() as d:
+                state, best = _load_dir(d)
+        except FileNotFoundError as exc:
+            raise DistributedError(
+                f"the job's last checkpoint {checkpoint.path} is not readable on the driver's "
+                f"node: on a multi-node cluster --storage-path must be storage every node "
+                f"shares (a shared file system or s3://...); {exc}") from exc
     elif initial is not None:  # nothing left to train (already finished or stopped early)
         state, best = ray.get(initial[0])
     else:
@@ -407,5 +477,6 @@ def _finish(run: Run, model: nn.Module, checkpoint: Any, initial: list[Any] | No
                    "optimizer": state["optimizer"], "rng": rng_checkpoint(config.seed),
                    **stopping.state()})
     run.update_meta(distributed={**(run.meta().get("distributed") or {}),
-                                 "resumes": state.get("resumes", [])})
+                                 "resumes": state.get("resumes", []),
+                                 "placements": state.get("placements", [])})
     return stopping.finish(model, run, state.get("stopped", "max_epochs"))

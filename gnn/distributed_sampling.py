@@ -12,6 +12,11 @@ the bytes through the object store); the driver only widens them and builds the
 ``(seed, epoch, index)``: the stream is identical to the in-process one, whatever the
 number of workers, and a retried batch is bit-identical to the lost one.
 
+Placement: actors are spread over the cluster's nodes (``scheduling_strategy="SPREAD"``);
+``resources`` (custom node resources, e.g. ``{"sampler": 1}``) keeps them on the nodes that
+carry them. An actor on another node than the driver pulls the CSR arrays once from the
+driver's object store (Ray's object transfer), then maps its node's copy.
+
 Fault tolerance: a worker process that dies is restarted (``max_restarts``) and its
 pending calls re-run (``max_task_retries``). ``GNNREC_SAMPLER_FAIL_ONCE=<path>`` in a
 worker's environment (e.g. through ``runtime_env``) makes the first worker call that finds
@@ -51,7 +56,10 @@ class RaySamplingParams:
         per-object cost of Ray when batches take a few milliseconds);
         cpus_per_worker: Ray CPUs reserved per actor; max_restarts / max_task_retries:
         how often a dead actor is restarted and its calls retried (-1 = forever);
-        runtime_env: optional Ray runtime environment of the actors.
+        runtime_env: optional Ray runtime environment of the actors;
+        resources: custom Ray resources reserved per actor (only nodes that carry them
+        host sampler actors); scheduling_strategy: ``"SPREAD"`` (default: over the nodes)
+        or ``"DEFAULT"`` (Ray's: fill the driver's node first).
     """
 
     num_workers: int = 2
@@ -61,6 +69,8 @@ class RaySamplingParams:
     max_restarts: int = 3
     max_task_retries: int = 3
     runtime_env: dict[str, Any] | None = None
+    resources: dict[str, float] | None = None
+    scheduling_strategy: str = "SPREAD"
 
 
 def _ship(sampler: BatchSampler, epoch: int, index: int) -> SampledArrays:
@@ -113,6 +123,9 @@ class _SamplerWorker:
     def ping(self) -> int:
         return os.getpid()
 
+    def node(self) -> str:
+        return str(ray.get_runtime_context().get_node_id())
+
 
 class RaySampledBatches:
     """The batches of a :class:`NodeBatchSampler` / :class:`LinkBatchSampler`, sampled by Ray.
@@ -133,6 +146,9 @@ class RaySampledBatches:
         if min(self.params.num_workers, self.params.prefetch, self.params.batches_per_task) < 1:
             raise SamplerError(f"num_workers, prefetch and batches_per_task must be >= 1, "
                                f"got {self.params}")
+        if self.params.scheduling_strategy not in ("SPREAD", "DEFAULT"):
+            raise SamplerError(f"scheduling_strategy must be SPREAD or DEFAULT, got "
+                               f"{self.params.scheduling_strategy!r}")
         if not ray.is_initialized():
             raise SamplerError("RaySampledBatches needs a running Ray (call ray.init() first)")
         self.epoch = 0
@@ -140,7 +156,10 @@ class RaySampledBatches:
         self.kwargs_ref = ray.put(sampler.rebuild_kwargs())
         p = self.params
         options: dict[str, Any] = dict(num_cpus=p.cpus_per_worker, max_restarts=p.max_restarts,
-                                       max_task_retries=p.max_task_retries)
+                                       max_task_retries=p.max_task_retries,
+                                       scheduling_strategy=p.scheduling_strategy)
+        if p.resources:
+            options["resources"] = dict(p.resources)
         if p.runtime_env:
             options["runtime_env"] = p.runtime_env
         actor = ray.remote(_SamplerWorker).options(**options)
@@ -155,6 +174,10 @@ class RaySampledBatches:
     def wait_ready(self) -> list[int]:
         """Block until every worker is built; returns the workers' process ids."""
         return list(ray.get([w.ping.remote() for w in self.workers]))
+
+    def nodes(self) -> list[str]:
+        """The Ray node id of each worker actor (where it samples), in worker order."""
+        return list(ray.get([w.node.remote() for w in self.workers]))
 
     def stream(self, keys: Iterable[tuple[int, int]]) -> Iterator[HeteroData]:
         """Batches for ``(epoch, index)`` keys, in order, with at most ``prefetch`` in flight.

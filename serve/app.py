@@ -207,6 +207,7 @@ def build(options: ServeOptions, resources: ResourceOptions | None = None) -> An
             "env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}}
     deployment = Recommender.options(
         num_replicas=resources.replicas,
+        max_replicas_per_node=resources.max_replicas_per_node,
         max_ongoing_requests=resources.max_ongoing_requests,
         ray_actor_options=actor_options,
         logging_config={"enable_access_log": resources.access_log},
@@ -236,6 +237,7 @@ def run(options: ServeOptions, resources: ResourceOptions | None = None, *,
     """Start Serve's HTTP proxy on ``resources.host:port`` and deploy the application."""
     resources = resources or ResourceOptions()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    serve.start(http_options={"host": resources.host, "port": resources.port})
+    serve.start(http_options={"host": resources.host, "port": resources.port},
+                proxy_location=resources.proxy_location)
     return serve.run(build(options, resources), name=resources.app_name,
                      route_prefix=resources.route_prefix, blocking=blocking)

@@ -25,6 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="graph file the run was trained on (default: the recorded one)")
     sv.add_argument("--replicas", type=int, default=1, help="Serve replicas (default 1)")
     sv.add_argument("--num-cpus", type=float, default=0.5, help="CPUs per replica (0.5)")
+    sv.add_argument("--max-replicas-per-node", type=int, default=None,
+                    help="at most this many replicas per Ray node (1: one per node)")
+    sv.add_argument("--proxy-location", choices=["EveryNode", "HeadOnly"], default="EveryNode",
+                    help="HTTP proxy on every Ray node (default) or on the head only")
     sv.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
     sv.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     sv.add_argument("--token", default=None,
@@ -65,7 +69,9 @@ def _serve(args: argparse.Namespace) -> int:
             max_k=args.max_k, max_body_bytes=args.max_body_bytes,
             neo4j=neo4j)
         resources = ResourceOptions(replicas=args.replicas, num_cpus=args.num_cpus,
-                                    host=args.host, port=args.port)
+                                    max_replicas_per_node=args.max_replicas_per_node,
+                                    host=args.host, port=args.port,
+                                    proxy_location=args.proxy_location)
     except ValidationError as exc:
         raise GnnrecError(f"invalid option: {exc}") from exc
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -15,7 +15,7 @@ Both are pydantic models, so they travel to Ray Serve replicas and from
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -94,7 +94,12 @@ class ResourceOptions(BaseModel):
             replica follows (see ``gnnrec.serve.feedback``).
         num_cpus: CPUs reserved per replica (fractions allowed).
         max_ongoing_requests: concurrent requests one replica accepts.
+        max_replicas_per_node: at most this many replicas on one Ray node (``1``: every
+            replica on its own node, so losing a node loses one replica; default: no limit).
         host, port: where Ray Serve's HTTP proxy listens.
+        proxy_location: which nodes run an HTTP proxy on ``host:port``: ``EveryNode``
+            (Serve's default; put a load balancer in front), ``HeadOnly`` (one address; also
+            what several Ray nodes on one host need, as they cannot share the port).
         app_name, route_prefix: name and URL prefix of the Serve application.
         access_log: log every request in the replica logs (costs latency; off by default).
         user_code_in_main_loop: run the handlers on the replica's main event loop
@@ -108,9 +113,11 @@ class ResourceOptions(BaseModel):
 
     replicas: int = Field(1, ge=1, le=64)
     num_cpus: float = Field(0.5, ge=0.0)
+    max_replicas_per_node: int | None = Field(None, ge=1)
     max_ongoing_requests: int = Field(64, ge=1)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    proxy_location: Literal["EveryNode", "HeadOnly"] = "EveryNode"
     app_name: str = "gnnrec"
     route_prefix: str = "/"
     access_log: bool = False
