@@ -100,8 +100,11 @@ class LocalRayCluster:
                "--dashboard-agent-listen-port", str(free_port()),
                "--min-worker-port", "0", "--max-worker-port", "0"]
         with log.open("wb") as out:
+            # RAY_ADDRESS: Ray's own helpers that look for "the" cluster (e.g. Ray Train's
+            # placement-group cleaner) must find this one, not another Ray on the host.
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                    env=cluster_env(), start_new_session=True)
+                                    env=cluster_env(RAY_ADDRESS=self.address),
+                                    start_new_session=True)
         self.nodes[name] = RayNode(name, proc, log)
 
     def start(self, head_cpus: float, workers: dict[str, tuple[float, dict[str, float]]],

@@ -87,6 +87,28 @@ def test_a_source_tree_imports_itself(tmp_path: Path) -> None:
                                    str(tmp_path / "serve" / "options.py")]
 
 
+def test_placement_options_are_checked(tmp_path: Path) -> None:
+    from gnnrec.cli import main
+    from gnnrec.gnn.distributed import DistributedError, RayTrainParams
+    from gnnrec.serve.options import ResourceOptions
+
+    RayTrainParams(placement_strategy="STRICT_SPREAD", resources_per_worker={"t": 1}).validate()
+    with pytest.raises(DistributedError, match="placement_strategy"):
+        RayTrainParams(placement_strategy="ANYWHERE").validate()
+    with pytest.raises(DistributedError, match="custom resources"):
+        RayTrainParams(resources_per_worker={"CPU": 2}).validate()
+    with pytest.raises(DistributedError, match="custom resources"):
+        RayTrainParams(resources_per_worker={"trainer": 0}).validate()
+    for bad in ("[1]", "{}", "{\"a\": \"x\"}", "nope"):
+        with pytest.raises(SystemExit):
+            main(["train", "--model", "mf", "--graph", "g.pt", "--out", str(tmp_path),
+                  "--worker-resources", bad])
+    with pytest.raises(ValueError):
+        ResourceOptions(proxy_location="Somewhere")
+    with pytest.raises(ValueError):
+        ResourceOptions(max_replicas_per_node=0)
+
+
 def test_sampler_actors_read_the_graph_from_other_nodes(cluster: LocalRayCluster) -> None:
     done = _run([sys.executable, str(REPO / "tests" / "cluster_driver.py"), "sampling"],
                 RAY_ADDRESS=cluster.address)
@@ -131,6 +153,30 @@ def test_ray_job_submit_trains_on_two_nodes(submitted: Submitted,
     # Run directory and checkpoints on the shared storage, not in the job's working dir.
     assert Path(dist["storage_path"]) == submitted.run / "ray_train"
     assert {"model.pt", "last.pt", "id_maps.json"} <= {p.name for p in submitted.run.iterdir()}
+
+
+def test_ray_job_submit_tunes_on_the_cluster(cluster: LocalRayCluster, shared: Path) -> None:
+    """``gnnrec tune`` submitted the same way: trials on several nodes, the best
+    configuration refit into a run directory on the shared storage."""
+    from ray.util.state import list_actors
+
+    out = shared / "runs" / "ials-tuned"
+    done = _run([str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard,
+                 "--working-dir", ".", "--", "gnnrec", "tune", "--model", "ials", "--graph",
+                 str(shared / "g.pt"), "--out", str(out), "--trials", "3",
+                 "--max-evaluations", "3", "--grace", "1", "--no-progress", "--json"])
+    logs = done.stdout + done.stderr
+    assert done.returncode == 0 and "succeeded" in logs, logs[-4000:]
+    summary = json.loads(next(line for line in done.stdout.splitlines()
+                              if line.startswith('{"family"')))
+    assert summary["trials"] == 3 and summary["errors"] == 0
+    assert summary["run"] == str(out) and summary["experiment"].startswith(str(out))
+    assert summary["refit_valid"]["recall@20"] == pytest.approx(
+        summary["best_valid_in_tuning"], abs=1e-9)
+    assert _meta(out)["status"] == "finished" and (out / "trials.csv").is_file()
+    trials = list_actors(address=cluster.dashboard, filters=[("class_name", "=", "ImplicitFunc")],
+                         raise_on_missing_output=False, limit=1000)
+    assert len({t.node_id for t in trials}) >= 2  # the trials ran on several nodes
 
 
 def test_a_killed_node_and_the_job_resumes_on_the_others(
