@@ -333,3 +333,11 @@ def test_a_used_database_lists_types_with_zero_counts(graph_client: object) -> N
     expected = ingest_bench.EXPECTED
     ingest_bench.check_counts({
         section: {**stats[section], **expected[section]} for section in expected})
+
+
+def test_committed_results_hold_no_machine_paths() -> None:
+    """experiments/results/ keeps results a reader can use anywhere: no absolute path of
+    the machine that made them (the writers go through common.write_json)."""
+    for path in sorted((ROOT / "experiments" / "results").glob("*.json")):
+        result = json.loads(path.read_text())
+        assert common.portable(result) == result, path.name
