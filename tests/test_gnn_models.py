@@ -13,6 +13,8 @@ from torch_geometric.nn import HeteroConv, SAGEConv
 from torch_geometric.nn.models import LightGCN as PygLightGCN
 
 from gnnrec.gnn.models import (
+    EASE,
+    IALS,
     MF,
     MODELS,
     HeteroGraphSAGE,
@@ -103,7 +105,7 @@ TRAINABLE = [LightGCN, HeteroGraphSAGE, MF]
 
 
 def test_registry() -> None:
-    assert set(MODELS) == {"lightgcn", "graphsage", "mf", "pop"}
+    assert set(MODELS) == {"lightgcn", "xsimgcl", "graphsage", "mf", "pop", "ials", "ease"}
     for name, cls in MODELS.items():
         assert issubclass(cls, Recommender) and cls.name == name
 
@@ -305,8 +307,11 @@ def test_sampled_softmax_loss_by_hand() -> None:
 @pytest.mark.parametrize("cls", list(MODELS.values()))
 def test_state_dict_round_trip(cls: type[Recommender], graph: HeteroData) -> None:
     torch.manual_seed(0)
-    kwargs = {"embedding_dim": 8} if cls is not Popularity else {"weighted": True}
+    kwargs = {Popularity: {"weighted": True}, IALS: {"factors": 8},
+              EASE: {"regularization": 10.0}}.get(cls, {"embedding_dim": 8})
     model = cls(graph, **kwargs).eval()
+    if getattr(model, "solver", False):  # iALS / EASE: solve once so the state is not zeros
+        model.solve_step()
     config = json.loads(json.dumps(model.config()))
     torch.manual_seed(123)
     again = cls(graph, **config).eval()

@@ -180,7 +180,7 @@ class EASE(Recommender):
         """Float [B, I]: ``x_u B`` for kept items, ``-inf`` for the others."""
         rows = self.user_rows(users)
         out = torch.full((users.numel(), self.num_items), float("-inf"),
-                         device=self.weights.device)
+                         dtype=self.weights.dtype, device=self.weights.device)
         out[:, self.items] = rows @ self.weights
         return out
 
@@ -193,14 +193,16 @@ class EASE(Recommender):
         pos = torch.repeat_interleave(torch.arange(users.numel(), device=crow.device), count)
         first = torch.cumsum(count, 0) - count
         entry = start[pos] + torch.arange(pos.numel(), device=crow.device) - first[pos]
-        rows = torch.zeros(users.numel(), self.items.numel(), device=self.weights.device)
+        rows = torch.zeros(users.numel(), self.items.numel(), dtype=self.weights.dtype,
+                           device=self.weights.device)
         rows[pos.to(rows.device), col[entry].to(rows.device)] = 1.0
         return rows
 
     def propagate(self) -> Propagation:
         users = torch.arange(self.num_users, device=self.weights.device)
         user = self.user_rows(users)
-        item = torch.zeros(self.num_items, self.items.numel(), device=self.weights.device)
+        item = torch.zeros(self.num_items, self.items.numel(), dtype=self.weights.dtype,
+                           device=self.weights.device)
         item[self.items] = self.weights.t()
         return Propagation(user, item, user, item)
 
@@ -208,7 +210,7 @@ class EASE(Recommender):
     def fold_in_user(self, items: Tensor, weight: Tensor | None = None) -> Tensor:
         """Float [n]: the row ``x_u`` of a user whose items are ``items`` (Long[k]); items
         outside the model add nothing. ``user_row @ item_embeddings.T`` are its scores."""
-        row = torch.zeros(self.items.numel())
+        row = torch.zeros(self.items.numel(), dtype=self.weights.dtype)
         cols = self.column.cpu()[items.long().cpu()]
         row[cols[cols >= 0]] = 1.0
         return row
