@@ -15,6 +15,20 @@ the run (``--neo4j temp``: the delay then includes the Neo4j commit).
 as ``gnnrec export`` does, cached by content: :func:`experiments.graphs.product_graph`),
 an untrained 64-d LightGCN (the latency does not depend on the weights).
 ``--make-run synthetic`` takes the product's synthetic dataset at the same size.
+
+A large catalogue in the same benchmark run (issue 20: 1M items, 64-d)::
+
+    nice -n 10 python -m experiments.serve_bench --run runs/lastfm-serve --make-run lastfm \
+        --large-run runs/synth1m-serve --large-items 1000000 \
+        --json experiments/results/serve_bench_1m.json
+
+after the run above, measures ``--large-run`` the same way (in-process, 1 and 8 clients;
+no feedback rounds), built when missing from the synthetic dataset with ``--large-items``
+items and a fifth as many users (15 interactions each, about 10 friends, 1-3 tags per
+item) through ``gnnrec ingest --bulk`` -> Neo4j -> export, an untrained 64-d LightGCN. Its
+replica serves through the approximate item index (``gnnrec.serve.ann``); recall@k of
+the index against exact scoring is measured in-process over ``--recall-users`` users.
+Goals: recall@20 >= 0.95; p99 and requests/s at 8 clients within x1.25 of the first run's.
 """
 
 from __future__ import annotations
@@ -41,15 +55,17 @@ LASTFM_USERS, LASTFM_ITEMS = 1892, 17632
 
 
 # -- building a run ----------------------------------------------------------------------
-def make_run(path: Path, source: str, graph_source: GraphSource, dim: int = 64) -> None:
+def make_run(path: Path, source: str, graph_source: GraphSource, dim: int = 64,
+             options: dict[str, Any] | None = None) -> None:
     from gnnrec.gnn.data import save_graph
     from gnnrec.gnn.models import LightGCN
     from gnnrec.gnn.run import Run
     from gnnrec.gnn.split import apply_split
 
-    options = None if source == "lastfm" else {
-        "num_users": LASTFM_USERS, "num_items": LASTFM_ITEMS, "interactions_per_user": 49.0,
-        "friend_density": 13 / (LASTFM_USERS - 1), "seed": 0}
+    if options is None and source != "lastfm":
+        options = {"num_users": LASTFM_USERS, "num_items": LASTFM_ITEMS,
+                   "interactions_per_user": 49.0, "friend_density": 13 / (LASTFM_USERS - 1),
+                   "seed": 0}
     graph, _ = product_graph(source, graph_source, options=options)
     graph = apply_split(graph, seed=0)
     graph_path = save_graph(graph, path.with_name(f"{path.name}.graph.pt"))
@@ -140,6 +156,91 @@ def feedback_delays(port: int, token: str, users: list[str], rounds: int) -> dic
     return {"visible_ms": visible, "post_ms": posts, "gets_until_visible": polls}
 
 
+def large_options(items: int) -> dict[str, Any]:
+    """The synthetic dataset of ``--large-items``: a fifth as many users, 15 interactions
+    each, about 10 friends each."""
+    users = max(items // 5, 10)
+    return {"num_users": users, "num_items": items, "interactions_per_user": 15.0,
+            "friend_density": min(1.0, 10 / users), "seed": 0}
+
+
+def inprocess(state: Any, users: list[str], requests: int, k: int) -> list[float]:
+    """Latencies (ms) of ``state.recommend`` for random users (after 50 warm-up calls)."""
+    rng = random.Random(0)
+    for u in users[:50]:
+        state.recommend(u, k)
+    out = []
+    for _ in range(requests):
+        u = rng.choice(users)
+        t0 = time.perf_counter()
+        state.recommend(u, k)
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def index_recall(state: Any, users: list[str], k: int, n: int) -> dict[str, Any]:
+    """recall@k of ``state.recommend`` (the index) against exact scoring, over ``n`` users;
+    also the exact path's latency."""
+    rng = random.Random(1)
+    recalls, exact_ms = [], []
+    for user in rng.sample(users, min(n, len(users))):
+        u = state.user_index(user)
+        got = {s.id for s in state.recommend(user, k).items}
+        t0 = time.perf_counter()
+        want = {s.id for s in state.rank(u, state.score_users([u])[0], k).items}
+        exact_ms.append((time.perf_counter() - t0) * 1e3)
+        recalls.append(len(got & want) / max(len(want), 1))
+    return {"recall": float(np.mean(recalls)), "min_recall": float(np.min(recalls)),
+            "users": len(recalls), "exact_p50_ms": float(np.percentile(exact_ms, 50)),
+            "exact_p99_ms": float(np.percentile(exact_ms, 99))}
+
+
+def measure_large(args: argparse.Namespace, port: int, token: str) -> dict[str, Any]:
+    """The large run: build it when missing, in-process (index vs exact), then HTTP."""
+    import gc
+
+    from pydantic import SecretStr
+    from ray import serve
+
+    from gnnrec.serve.app import run
+    from gnnrec.serve.options import Neo4jOptions, ResourceOptions, ServeOptions
+    from gnnrec.serve.state import ServingState
+
+    run_dir = Path(args.large_run)
+    if not (run_dir / "meta.json").is_file():
+        t0 = time.perf_counter()
+        make_run(run_dir, "synthetic", GraphSource(bulk=True, cache=args.graph_cache),
+                 options=large_options(args.large_items))
+        print(f"built {run_dir} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    t0 = time.perf_counter()
+    state = ServingState.from_run(run_dir)
+    load_s = time.perf_counter() - t0
+    users = state.user_ids()
+    recall = index_recall(state, users, 20, args.recall_users)
+    recall_k = index_recall(state, users, args.k, args.recall_users) if args.k != 20 else recall
+    lat = inprocess(state, users, args.requests, args.k)
+    sizes = {"users": state.num_users, "items": state.num_items, "dim": state.dim,
+             "scoring": state.info()["scoring"], "state_load_seconds": load_s}
+    del state
+    gc.collect()
+    serve.delete("gnnrec")
+    run(ServeOptions(run=str(run_dir.resolve()), token=SecretStr(token),
+                     neo4j=Neo4jOptions(enabled=False)),
+        ResourceOptions(replicas=args.replicas, num_cpus=args.num_cpus, port=port))
+    warm = Http(port)
+    for u in users[:200]:
+        warm.get(f"/recommend/{u}?k={args.k}")
+    c1, c1_s, c1_err = http_load(port, users, 1, args.requests, args.k)
+    c8, c8_s, c8_err = http_load(port, users, 8, args.per_client, args.k)
+    s1, s8, si = percentiles(c1), percentiles(c8), percentiles(lat)
+    return {"run": str(run_dir), **sizes, "recall@20": recall, f"recall@{args.k}": recall_k,
+            "p50_ms_c1": s1["p50"], "p99_ms_c1": s1["p99"], "rps_c1": len(c1) / c1_s,
+            "p50_ms_c8": s8["p50"], "p99_ms_c8": s8["p99"], "rps_c8": len(c8) / c8_s,
+            "errors": c1_err + c8_err, "inprocess_p50_ms": si["p50"],
+            "inprocess_p99_ms": si["p99"], "loadavg_1m_after": os.getloadavg()[0],
+            "detail": {"c1": s1, "c8": s8, "inprocess": si}}
+
+
 def machine() -> dict[str, Any]:
     import ray
 
@@ -190,6 +291,13 @@ def main(argv: list[str] | None = None) -> int:
                         "their queries); their delays are reported apart")
     p.add_argument("--neo4j", choices=["none", "temp"], default="none",
                    help="temp: write feedback to a throw-away local Neo4j too")
+    p.add_argument("--large-run", default=None,
+                   help="then measure this run too (a large catalogue, served through the "
+                        "approximate index); built when missing")
+    p.add_argument("--large-items", type=int, default=1_000_000,
+                   help="items of the --large-run when it is built (default 1,000,000)")
+    p.add_argument("--recall-users", type=int, default=300,
+                   help="users whose index top-k is compared with exact scoring")
     add_graph_arguments(p)  # the graph of --make-run
     args = p.parse_args(argv)
 
@@ -210,16 +318,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # (1) in-process scorer
     state = ServingState.from_run(run_dir)
-    rng = random.Random(0)
     users = state.user_ids()
-    for u in users[:50]:
-        state.recommend(u, args.k)
-    inproc = []
-    for _ in range(args.requests):
-        u = rng.choice(users)
-        t0 = time.perf_counter()
-        state.recommend(u, args.k)
-        inproc.append((time.perf_counter() - t0) * 1e3)
+    inproc = inprocess(state, users, args.requests, args.k)
 
     stack = contextlib.ExitStack()
     neo4j = Neo4jOptions(enabled=False)
@@ -254,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         cold = feedback_delays(port, token, users[-args.feedback_warmup:],
                                args.feedback_warmup) if args.feedback_warmup else None
         fb = feedback_delays(port, token, users, args.feedback_rounds)
+        large = measure_large(args, port, token) if args.large_run else None
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -281,6 +382,13 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
     }
+    if large is not None:
+        ratios = {"p99_ms_c8": large["p99_ms_c8"] / s8["p99"],
+                  "rps_c8": result["rps_c8"] / large["rps_c8"]}
+        result["large"] = {**large, "ratio_to_first_run": ratios,
+                           "goals": {"recall@20>=0.95": large["recall@20"]["recall"] >= 0.95,
+                                     "p99_c8_within_x1.25": ratios["p99_ms_c8"] <= 1.25,
+                                     "rps_c8_within_x1.25": ratios["rps_c8"] <= 1.25}}
     out = write_json(args.json, result)
     png = Path(args.png) if args.png else out.with_suffix(".png")
     plot(png, {"in-process scorer": inproc, "Ray Serve, 1 client": c1,

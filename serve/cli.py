@@ -35,6 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="API token for write endpoints (default $GNNREC_API_TOKEN; without "
                          "one, writes are refused)")
     sv.add_argument("--max-k", type=int, default=100, help="largest k a request may ask for")
+    sv.add_argument("--ann-threshold", type=int, default=100_000,
+                    help="catalogues of at least this many items are served through an "
+                         "approximate item index (faiss IVF); 0 = always exact "
+                         "(default 100000)")
+    sv.add_argument("--ann-nprobe", type=int, default=32,
+                    help="index lists scanned per request (recall vs speed; default 32)")
     sv.add_argument("--max-body-bytes", type=int, default=1 << 20,
                     help="largest request body (default 1 MiB; larger: 413)")
     sv.add_argument("--no-neo4j", action="store_true",
@@ -56,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def _serve(args: argparse.Namespace) -> int:
     from pydantic import SecretStr, ValidationError
 
+    from gnnrec.serve.ann import AnnOptions
     from gnnrec.serve.options import ResourceOptions, ServeOptions
 
     if not os.path.isfile(os.path.join(args.run, "meta.json")):
@@ -67,7 +74,7 @@ def _serve(args: argparse.Namespace) -> int:
             graph=os.path.abspath(args.graph) if args.graph else None,
             token=SecretStr(args.token) if args.token else None,
             max_k=args.max_k, max_body_bytes=args.max_body_bytes,
-            neo4j=neo4j)
+            neo4j=neo4j, ann=AnnOptions(threshold=args.ann_threshold, nprobe=args.ann_nprobe))
         resources = ResourceOptions(replicas=args.replicas, num_cpus=args.num_cpus,
                                     max_replicas_per_node=args.max_replicas_per_node,
                                     host=args.host, port=args.port,

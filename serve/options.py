@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from gnnrec.serve.ann import AnnOptions
+
 TOKEN_ENV = "GNNREC_API_TOKEN"
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB
 
@@ -63,6 +65,8 @@ class ServeOptions(BaseModel):
         mmr_pool: the MMR re-ranking picks among the ``max(mmr_pool * k, 50)`` best items.
         explain_limit: at most this many friends, co-interacting users and tags per answer.
         neo4j: where feedback is written and explanations are read.
+        ann: from how many items ``/recommend`` uses the approximate item index, and
+            its settings (:class:`~gnnrec.serve.ann.AnnOptions`).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -76,6 +80,7 @@ class ServeOptions(BaseModel):
     mmr_pool: int = Field(5, ge=1)
     explain_limit: int = Field(10, ge=1, le=1000)
     neo4j: Neo4jOptions = Field(default_factory=Neo4jOptions)
+    ann: AnnOptions = Field(default_factory=AnnOptions)
 
     @classmethod
     def with_env_token(cls, **fields: Any) -> ServeOptions:

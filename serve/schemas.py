@@ -147,6 +147,9 @@ class Health(BaseModel):
     items: int
     tags: int
     dim: int
+    scoring: Literal["exact", "approximate"] = Field(
+        "exact", description='"approximate": /recommend scores the candidates of the item '
+                             'index (a catalogue of at least --ann-threshold items)')
     neo4j: Neo4jStatus
     replica: str
     feedback: Literal["local", "log"] = Field(

@@ -83,7 +83,7 @@ Event = InteractionsEvent | NewUserEvent | ForgetEvent | ReloadEvent
 
 
 def load_state(run: str, graph: str | None, options: ServeOptions) -> ServingState:
-    return ServingState.from_run(run, graph, fold_in_mix=options.fold_in_mix)
+    return ServingState.from_run(run, graph, fold_in_mix=options.fold_in_mix, ann=options.ann)
 
 
 def validate_interactions(rows: Sequence[InteractionIn], now: int) -> list[dict[str, Any]]:
@@ -222,7 +222,8 @@ class RecommenderService:
         info = state.info()
         return Health(
             run=info["run"], model=info["model"], metrics=info["metrics"], users=info["users"],
-            items=info["items"], tags=info["tags"], dim=info["dim"], replica=self.replica,
+            items=info["items"], tags=info["tags"], dim=info["dim"], scoring=info["scoring"],
+            replica=self.replica,
             neo4j=Neo4jStatus(configured=self._graph is not None, reachable=reachable,
                               uri=self._neo4j_uri, error=self._graph_error),
             feedback="log" if self._log is not None else "local",

@@ -4,7 +4,9 @@ No Ray and no Neo4j here: :class:`ServingState` is built from plain arrays (test
 benchmarks) or from a run directory (:meth:`ServingState.from_run`) and answers
 
 * ``recommend``: top-k unseen items by dot product, with a tag filter, excluded ids and
-  an optional MMR re-ranking on item embeddings (``diversity`` in [0, 1]);
+  an optional MMR re-ranking on item embeddings (``diversity`` in [0, 1]); exact over
+  every item, or, for a catalogue of at least ``AnnOptions.threshold`` items, over the
+  candidates of an approximate index (:mod:`gnnrec.serve.ann`) with the same filters;
 * ``similar``: cosine nearest items;
 * ``explain_counts``: the graph facts an explanation is made of (see ``explain.py``);
 * ``add_interactions`` / ``add_user`` / ``forget_user``: online updates.
@@ -33,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from gnnrec.serve.ann import AnnOptions, ItemIndex
 from gnnrec.serve.arrays import Csr, Growing, median_norm, mmr, top_k, unit_rows
 from gnnrec.serve.errors import ConflictError, InvalidInputError, NotFoundError
 
@@ -91,6 +94,8 @@ class ServingState:
         popularity: Float [I] (default: number of users per item in ``seen``).
         model, run, metrics: shown by ``/health``.
         fold_in_mix: see the module docstring.
+        ann: when and how an approximate item index serves ``recommend``
+            (default :class:`~gnnrec.serve.ann.AnnOptions`: from 100,000 items).
     """
 
     def __init__(
@@ -109,6 +114,7 @@ class ServingState:
         run: str = "",
         metrics: dict[str, Any] | None = None,
         fold_in_mix: float = 0.5,
+        ann: AnnOptions | None = None,
     ) -> None:
         n_users, n_items = len(user_ids), len(item_ids)
         user_emb = np.asarray(user_emb, dtype=np.float32)
@@ -158,11 +164,13 @@ class ServingState:
         self._user_norm = median_norm(user_emb)
         self._item_norm = median_norm(item_emb)
         self._online_items: set[int] = set()
+        ann = ann or AnnOptions()
+        self._index = ItemIndex.build(item_emb, ann) if ann.applies_to(n_items) else None
 
     # -- construction -------------------------------------------------------------
     @classmethod
     def from_run(cls, path: str | os.PathLike[str], graph: str | os.PathLike[str] | None = None,
-                 *, fold_in_mix: float = 0.5) -> ServingState:
+                 *, fold_in_mix: float = 0.5, ann: AnnOptions | None = None) -> ServingState:
         """Load ``runs/NAME`` with :func:`gnnrec.gnn.run.load_run` (model + graph + meta)."""
         import torch
 
@@ -183,7 +191,7 @@ class ServingState:
             item_tags=Csr.from_pairs(it[0], it[1], n_items),
             tag_names=list(data["tag"].ext_id),
             model=str(meta["model"]["name"]), run=os.fspath(path),
-            metrics=meta.get("metrics") or {}, fold_in_mix=fold_in_mix,
+            metrics=meta.get("metrics") or {}, fold_in_mix=fold_in_mix, ann=ann,
         )
 
     # -- lookups ------------------------------------------------------------------
@@ -216,10 +224,15 @@ class ServingState:
         u = self._uidx(user)
         return self._user_emb.view[u].copy() if self._user_known.view[u] else None
 
+    @property
+    def index(self) -> ItemIndex | None:
+        """The approximate item index ``recommend`` uses (``None``: exact scoring)."""
+        return self._index
+
     def info(self) -> dict[str, Any]:
         return {"run": self.run, "model": self.model, "metrics": self.metrics,
                 "users": self.num_users, "items": self.num_items, "tags": len(self._tag_names),
-                "dim": self.dim}
+                "dim": self.dim, "scoring": "exact" if self._index is None else "approximate"}
 
     def _uidx(self, user: str) -> int:
         u = self._user_index.get(user)
@@ -248,6 +261,9 @@ class ServingState:
                   mmr_pool: int = 5) -> Ranking:
         """Top-``k`` items ``user`` has not interacted with, best first."""
         u = self._uidx(user)
+        if self._index is not None and self._user_known.view[u]:
+            return self._rank_indexed(u, k, tag=tag, exclude=exclude, diversity=diversity,
+                                      mmr_pool=mmr_pool)
         scores = self._item_emb.view @ self._user_emb.view[u] if self._user_known.view[u] else None
         return self.rank(u, scores, k, tag=tag, exclude=exclude, diversity=diversity,
                          mmr_pool=mmr_pool)
@@ -282,6 +298,59 @@ class ServingState:
         else:
             order = top_k(scores, k)
         return Ranking([Scored(self._items[i], float(scores[i])) for i in order.tolist()], cold)
+
+    def _rank_indexed(self, u: int, k: int, *, tag: str | None, exclude: Iterable[str],
+                      diversity: float, mmr_pool: int) -> Ranking:
+        """:meth:`rank` over the approximate index's candidates for user row ``u``.
+
+        The index is asked for enough neighbours to survive the filters (seen, excluded,
+        items without embedding, the tag), four times more while too few do; a tag that
+        few items carry is scored exactly over its items. Scores are exact dot products.
+        """
+        if not 0.0 <= diversity <= 1.0:
+            raise InvalidInputError(f"diversity must be in [0, 1], got {diversity}")
+        assert self._index is not None
+        query = self._user_emb.view[u]
+        want = max(mmr_pool * k, _MIN_POOL) if diversity > 0 else k
+        drop = [self._item_index[e] for e in exclude if e in self._item_index]
+        blocked = np.union1d(self._seen[u], np.asarray(drop, dtype=np.int64))
+        allowed: np.ndarray | None = None
+        if tag is not None:
+            t = self._tag_index.get(tag)
+            if t is None:
+                raise NotFoundError(f"unknown tag {tag!r}: no item carries it")
+            allowed = self._tag_items[t]
+            if len(allowed) <= self._index.options.exact_below:
+                return self._rank_rows(allowed[~np.isin(allowed, blocked)], query, k,
+                                       want, diversity)
+        n = want + len(blocked) + 32
+        while True:
+            cand = self._index.search(query, n)
+            keep = self._item_ok.view[cand] & ~np.isin(cand, blocked)
+            if allowed is not None:
+                keep &= np.isin(cand, allowed)
+            if keep.sum() >= want or len(cand) < n:
+                return self._rank_rows(cand[keep], query, k, want, diversity)
+            if 4 * n > self._index.options.max_fetch_share * self.num_items:
+                scores = self._item_emb.view @ query  # too much filtered out: score exactly
+                return self.rank(u, scores, k, tag=tag, exclude=exclude, diversity=diversity,
+                                 mmr_pool=mmr_pool)
+            n *= 4
+
+    def _rank_rows(self, rows: np.ndarray, query: np.ndarray, k: int, want: int,
+                   diversity: float) -> Ranking:
+        """The best ``k`` of candidate ``rows`` by exact score (MMR over the best ``want``)."""
+        rows = np.unique(rows)  # ascending: ties go to the lower row, as in exact ranking
+        rows = rows[self._item_ok.view[rows]]
+        scores = (self._item_emb.view[rows] @ query).astype(np.float32)
+        pool = top_k(scores, want)
+        if diversity > 0:
+            order = mmr(rows[pool], scores[pool], self._item_unit.view, k, diversity)
+            by_row = dict(zip(rows[pool].tolist(), scores[pool].tolist(), strict=True))
+            return Ranking([Scored(self._items[i], float(by_row[i])) for i in order.tolist()])
+        pool = pool[:k]
+        return Ranking([Scored(self._items[i], float(s))
+                        for i, s in zip(rows[pool].tolist(), scores[pool].tolist(), strict=True)])
 
     def similar(self, item: str, k: int = 10) -> list[Scored]:
         """The ``k`` items of highest cosine similarity to ``item`` (itself excluded)."""
@@ -487,3 +556,5 @@ class ServingState:
             self._item_emb.view[i] = emb * self._item_norm / norm
             self._item_unit.view[i] = emb / norm
             self._item_ok.view[i] = True
+            if self._index is not None:
+                self._index.add(np.array([i]), self._item_emb.view[i:i + 1])
