@@ -258,8 +258,9 @@ def _train(args: argparse.Namespace) -> int:
         if not args.model or not args.graph:
             raise GnnrecError("gnnrec train needs --model and --graph (or --resume)")
         model_name, graph_path = args.model, args.graph
-        hyper = _hyper(args, model_class(model_name))
-        config = TrainConfig(**given)
+        cls = model_class(model_name)
+        hyper = _hyper(args, cls)
+        config = TrainConfig(**{**getattr(cls, "train_defaults", {}), **given})
     graph, applied = ensure_split(load_graph(graph_path))
     if applied:
         print(f"{graph_path} has no split: using the default random split (seed 0, 80/10/10); "

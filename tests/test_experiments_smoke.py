@@ -28,100 +28,34 @@ def _tiny() -> object:
                                        friends_per_user=3, seed=1), "random", seed=1)
 
 
-def _tiny_budget() -> quality.Budget:
-    return quality.Budget(
-        max_epochs=2, eval_every=1, patience=1, als_factors=(4,), als_regularization=(0.1, 10.0),
-        als_alpha=(1.0,), als_iterations=(1, 2),
-        stages={"mf": [], "lightgcn": [{"lr": [1e-2]},
-                                       {"objective": [{"loss": "softmax", "num_negatives": 4}]}],
-                "lightgcn_social": [],
-                "lightgcn_tags": [{"tag_weight": [1.0]}],
-                "graphsage": []},
-        base={"mf": {"embedding_dim": 8, "lr": 5e-3},
-              "lightgcn": {"embedding_dim": 8, "num_layers": 2, "lr": 5e-3},
-              "graphsage": {"embedding_dim": 8, "num_layers": 1, "lr": 5e-3}})
-
-
-def test_quality_benchmark_runs_on_a_tiny_graph(tmp_path: Path) -> None:
+@pytest.mark.integration
+def test_quality_benchmark_runs_on_a_tiny_graph(ray_session: None, tmp_path: Path) -> None:
+    """Tuning by gnnrec tune (real Ray Tune), selection on valid, fits on another seed,
+    one test read per run, ratios with bootstrap intervals; a second call resumes."""
     torch.set_num_threads(1)
-    graph = _tiny()
+    graph = synthetic_graph(60, 40, num_tags=5, mean_interactions=8.0, friends_per_user=3,
+                            seed=1)
+    families = ("pop", "ials", "ease", "lightgcn")
     logged: list[str] = []
-    result = quality.run_benchmark(graph, _tiny_budget(), seed=0, log=logged.append)
-    models = result["models"]
-    assert set(models) == set(quality.FAMILIES)  # the tiny graph has friendships
-    for fam, r in models.items():
-        assert set(quality.TABLE_METRICS) <= set(r["test"]), fam
-        assert 0.0 <= r["test"]["recall@20"] <= 1.0
-        assert r["valid"]["recall@20"] == max((t["valid_recall@20"] for t in r["trials"]),
-                                              default=r["valid"]["recall@20"])
-    trials = models["lightgcn"]["trials"]
-    assert len(trials) == 3  # base, lr stage, objective stage (two settings at once)
-    assert trials[2]["config"]["loss"] == "softmax" and trials[2]["config"]["num_negatives"] == 4
-    assert len(models["als"]["trials"]) >= 2  # the grid, then edge extensions
-    assert models["als"]["selected"]["iterations"] in (1, 2)
-    assert models["lightgcn_social"]["selected"]["social_weight"] == 1.0
-    # tags start from the better of plain and social LightGCN on valid, at weight 0.5
-    start = max(("lightgcn", "lightgcn_social"), key=lambda f: models[f]["valid"]["recall@20"])
-    tag_trials = models["lightgcn_tags"]["trials"]
-    assert tag_trials[0]["config"] == {**models[start]["selected"], "tag_weight": 0.5}
-    assert [t["config"]["tag_weight"] for t in tag_trials] == [0.5, 1.0]
-    assert result["tags_vs_without"]["versus"] == start
-    assert result["best_graph_model"] in quality.GRAPH_FAMILIES
-    best = result["best_graph_model"]
-    assert result["ratio_recall@20"] == pytest.approx(
-        models[best]["test"]["recall@20"] / models["als"]["test"]["recall@20"])
-    assert "social_vs_plain" in result and "tags_vs_without" in result
-    for ci in result["ratio_ci95"].values():
-        assert ci["low"] <= ci["high"] and ci["resamples"] == 2000
-    # refitting the selected configs without search reproduces the recorded test metrics
-    result["seed"] = 0  # as main() records it
-    again = quality.refit(graph, result, _tiny_budget(), seed=0, log=logged.append)
-    assert set(again["models"]) == {"als", best}
-    assert all(m["reproduced"] for m in again["models"].values()), again["models"]
-    assert again["ratio_recall@20"] == pytest.approx(result["ratio_recall@20"])
-    assert again["ratio_ci95"] == result["ratio_ci95"]
-    # a what-if refit changes the best graph model's setting and claims no reproduction
-    dim = models[best]["selected"].get("embedding_dim", 64) * 2
-    whatif = quality.refit(graph, result, _tiny_budget(), seed=0, log=logged.append,
-                           changes={"embedding_dim": dim})
-    assert whatif["models"][best]["selected"]["embedding_dim"] == dim
-    assert whatif["models"][best]["reproduced"] is None
-    assert whatif["models"]["als"]["reproduced"] is True
-    # the same selections on another split (and model seed) claim no reproduction either
-    other = quality.refit(apply_split(graph, "random", seed=2), result, _tiny_budget(), seed=2,
-                          log=logged.append)
-    assert all(m["reproduced"] is None for m in other["models"].values())
-    assert other["models"]["als"]["test"] != again["models"]["als"]["test"]
-    # a search that reuses this run's trials trains only the new ones, refits the recorded
-    # selections (which reproduce), and reads the same test figures
-    budget = _tiny_budget()
-    budget.stages["lightgcn"].append({"embedding_dim": [16]})
-    logged.clear()
-    log = quality.TrialLog(tmp_path / "trials.jsonl", "tiny", 0, {"n": 1}, budget)
-    reran = quality.run_benchmark(graph, budget, seed=0, log=logged.append, reuse=result,
-                                  on_trial=log)
-    lgcn = reran["models"]["lightgcn"]["trials"]
-    assert [t.get("recorded", False) for t in lgcn] == [True, True, True, False]
-    assert lgcn[3]["config"]["embedding_dim"] == 16
-    # the trial log holds what this run trained (and nothing it reused), ready for --reuse
-    logged_trials = quality.read_trial_log(log.path)
-    assert logged_trials["seed"] == 0 and logged_trials["split"] == {"n": 1}
-    assert logged_trials["models"]["lightgcn"]["trials"] == [lgcn[3]]
-    assert "als" not in logged_trials["models"]
-    again_all = quality.run_benchmark(graph, budget, seed=0, log=logged.append,
-                                      reuse=quality.merge_results([result, logged_trials]))
-    for fam, m in again_all["models"].items():  # nothing left to train
-        assert fam == "pop" or all(t.get("recorded") for t in m["trials"]), fam
-    assert again_all["models"]["lightgcn"]["test"] == reran["models"]["lightgcn"]["test"]
-    assert all(t.get("recorded") for t in reran["models"]["als"]["trials"])
-    for fam, r in reran["models"].items():
-        assert r.get("refit_reproduced_recorded_valid", True), fam
-        if fam not in quality.DERIVED and fam != "lightgcn":  # unchanged selections
-            assert r["test"] == models[fam]["test"], fam
-    info = {"dataset": "tiny", "seed": 0, "split": {"n": 1}, "grids": quality.grids(budget, ())}
-    quality.check_reusable(info, "tiny", 0, {"n": 1}, budget)
-    with pytest.raises(SystemExit, match="seed, epoch budget"):
-        quality.check_reusable(info, "tiny", 1, {"n": 1}, quality.Budget())
+    result = quality.run_benchmark("tiny", graph, tmp_path, quality.Budget.quick(),
+                                   quality.TuneResources(), families=families, seeds=(0, 1),
+                                   log=logged.append)
+    assert result["best_graph_model"] == "lightgcn"
+    assert [s["seed"] for s in result["per_seed"]] == [0, 1]
+    for seed in result["per_seed"]:
+        assert set(seed["test"]) == set(families)
+        for m in quality.GOAL_METRICS:
+            ratio = seed["versus_baselines"][m]
+            assert ratio["baseline"] in quality.BASELINES
+            assert ratio["ci95"]["low"] <= ratio["ratio"] <= ratio["ci95"]["high"]
+    for family in families:
+        assert (tmp_path / "tiny" / "seed1" / family / "model.pt").is_file()
+        assert result["families"][family]["trials"] == (1 if family == "pop" else 2)
+    assert set(result["goal"]["metrics"]) == set(quality.GOAL_METRICS)
+    again = quality.run_benchmark("tiny", graph, tmp_path, quality.Budget.quick(),
+                                  quality.TuneResources(), families=families, seeds=(0, 1),
+                                  log=logged.append)
+    assert again["test_mean"] == result["test_mean"]  # resumed: nothing trained again
     print(quality.table(result))
     png = tmp_path / "q.png"
     quality.plot(png, result, "tiny")

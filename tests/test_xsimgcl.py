@@ -96,7 +96,8 @@ def test_one_propagation_per_batch(graph, monkeypatch) -> None:
 
 def test_xsimgcl_learns(graph) -> None:
     seed_everything(0)
-    model = XSimGCL(train_subgraph(graph), embedding_dim=16, num_layers=2, cl_weight=0.05)
+    model = XSimGCL(train_subgraph(graph), embedding_dim=16, num_layers=2, eps=0.2,
+                    cl_weight=0.05)
     result = train(model, graph, TrainConfig(epochs=15, lr=1e-2, l2=1e-4, eval_every=5,
                                              patience=5), progress=False)
     pop = evaluate(MODELS["pop"](train_subgraph(graph)).score, graph)["recall@20"]

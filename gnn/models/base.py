@@ -203,6 +203,7 @@ class Recommender(torch.nn.Module):
 
     Attributes:
         name: registry key (``"lightgcn"``, ...), stored in checkpoints.
+        train_defaults: the training settings this model uses by default.
         trainable: ``False`` for models with no parameters (the training loop
             skips optimisation for them).
         num_users, num_items: U and I of the graph the model was built from.
@@ -210,6 +211,9 @@ class Recommender(torch.nn.Module):
 
     name: ClassVar[str] = ""
     trainable: ClassVar[bool] = True
+    # TrainConfig settings `gnnrec train --model NAME` uses unless a flag says otherwise
+    # (the loss, lr, l2... this model trains well with; chosen by tuning, see the README).
+    train_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, graph: HeteroData) -> None:
         super().__init__()

@@ -114,7 +114,7 @@ class EASE(Recommender):
     solver = True
     max_steps = 1
 
-    def __init__(self, graph: HeteroData, regularization: float = 500.0,
+    def __init__(self, graph: HeteroData, regularization: float = 250.0,
                  max_items: int | None = None, precision: str = "float64",
                  max_memory_gb: float | None = None) -> None:
         super().__init__(graph)

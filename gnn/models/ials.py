@@ -75,8 +75,8 @@ class IALS(Recommender):
     trainable = False  # not optimised by gradients: see solve_step
     solver = True
 
-    def __init__(self, graph: HeteroData, factors: int = 64, regularization: float = 0.01,
-                 alpha: float = 1.0, confidence: str = "binary", init_std: float = 0.01,
+    def __init__(self, graph: HeteroData, factors: int = 128, regularization: float = 30.0,
+                 alpha: float = 5.0, confidence: str = "binary", init_std: float = 0.01,
                  use_cg: bool = True, num_threads: int = 1) -> None:
         super().__init__(graph)
         if factors < 1 or regularization < 0 or not alpha > 0 or init_std <= 0:

@@ -10,6 +10,8 @@ but runs several times faster on CPU than message passing over ``edge_index``.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
@@ -140,6 +142,8 @@ class LightGCN(Recommender):
     """
 
     name = "lightgcn"
+    train_defaults: ClassVar[dict[str, Any]] = {
+        "loss": "softmax", "num_negatives": 16, "lr": 1e-2, "l2": 1e-2}
 
     def __init__(
         self,

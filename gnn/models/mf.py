@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch_geometric.data import HeteroData
 
@@ -20,6 +22,7 @@ class MF(Recommender):
     """
 
     name = "mf"
+    train_defaults: ClassVar[dict[str, Any]] = {"lr": 1e-3, "l2": 1e-3}
 
     def __init__(self, graph: HeteroData, embedding_dim: int = 64, init_std: float = 0.1) -> None:
         super().__init__(graph)

@@ -26,7 +26,7 @@ neighbours alone. That is what :meth:`HeteroGraphSAGE.embed_new_user` and
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -106,6 +106,8 @@ class HeteroGraphSAGE(Recommender):
     """
 
     name = "graphsage"
+    train_defaults: ClassVar[dict[str, Any]] = {
+        "loss": "softmax", "num_negatives": 16, "lr": 2e-3, "l2": 1e-4}
 
     def __init__(
         self,

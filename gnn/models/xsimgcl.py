@@ -19,6 +19,8 @@ paper's; layer 0 left out), ``layer_weights`` changes it.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -70,9 +72,11 @@ class XSimGCL(LightGCN):
     """
 
     name = "xsimgcl"
+    train_defaults: ClassVar[dict[str, Any]] = {
+        "loss": "softmax", "num_negatives": 16, "lr": 5e-3, "l2": 1e-3}
 
     def __init__(self, graph: HeteroData, embedding_dim: int = 64, num_layers: int = 2,
-                 eps: float = 0.2, cl_weight: float = 0.2, cl_temperature: float = 0.2,
+                 eps: float = 0.1, cl_weight: float = 0.05, cl_temperature: float = 0.2,
                  cl_layer: int = 1, layer_weights: list[float] | None = None,
                  social_weight: float = 0.0, tag_weight: float = 0.0, dropout: float = 0.0,
                  init_std: float | None = None) -> None:
