@@ -308,7 +308,7 @@ def tune_model(family: str, graph_path: str | os.PathLike[str], out: str | os.Pa
         raise TuneError(f"{graph_path} has no split: make one with `gnnrec split` first "
                         "(tuning selects on valid)")
     param_space = {k: _to_tune(v) for k, v in search_space(family, graph, space).items()}
-    init_ray(resources.address)
+    _start_ray(init_ray, resources.address)
     cpus = max(1, int(resources.cpus_per_trial))
     concurrency = resources.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1))
                                                // cpus)
@@ -362,6 +362,19 @@ def tune_model(family: str, graph_path: str | os.PathLike[str], out: str | os.Pa
     }
     Run.open(out).update_meta(tuning=summary)
     return summary
+
+
+def _start_ray(init_ray: Any, address: str | None, attempts: int = 3) -> None:
+    """``init_ray``, again after a local start that timed out (Ray waits 30 s for its
+    raylet, which a loaded machine can exceed); a cluster address is not retried."""
+    for attempt in range(attempts):
+        try:
+            init_ray(address)
+            return
+        except Exception as exc:  # Ray raises a bare Exception for this
+            if address or "timed out during startup" not in str(exc) or attempt == attempts - 1:
+                raise
+            ray.shutdown()
 
 
 def _default_point(family: str, key: str, space_value: Any) -> Any:
