@@ -332,7 +332,8 @@ def tune_model(family: str, graph_path: str | os.PathLike[str], out: str | os.Pa
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(metric=settings.metric, mode="max",
                                         num_samples=settings.trials, scheduler=scheduler,
-                                        search_alg=search, max_concurrent_trials=concurrency),
+                                        search_alg=search, max_concurrent_trials=concurrency,
+                                        reuse_actors=True),
             run_config=tune.RunConfig(name=name, storage_path=str(storage),
                                       verbose=1 if progress else 0,
                                       failure_config=tune.FailureConfig(max_failures=1)))
