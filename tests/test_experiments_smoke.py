@@ -134,18 +134,6 @@ def test_sampling_benchmark_runs_on_a_tiny_graph(ray_session: None) -> None:
         assert max(per_dst.values(), default=0) <= 3
 
 
-def test_reuse_skips_tag_trials_counted_with_heldout_tagging() -> None:
-    def result(dataset: str, **extra: object) -> dict:
-        trial = {"config": {}, "valid_recall@20": 0.1}
-        return {"dataset": dataset, **extra,
-                "models": {f: {"trials": [trial]} for f in ("lightgcn", "graphsage")}}
-
-    old, new = result("lastfm"), result("lastfm", tag_graph=quality.TAG_GRAPH)
-    assert set(quality.merge_results([old])["models"]) == {"lightgcn"}
-    assert len(quality.merge_results([old, new])["models"]["graphsage"]["trials"]) == 1
-    assert set(quality.merge_results([result("ml-100k")])["models"]) == {"lightgcn", "graphsage"}
-
-
 TINY_OPTIONS = {"num_users": 60, "num_items": 40, "seed": 1, "friend_density": 0.05}
 
 
