@@ -15,14 +15,30 @@ DEMO_TRAIN_ARGS ?= --epochs 20 --lr 0.005 --patience 5 --no-progress
 # install of a mapped package layout (pyproject's package-dir); nothing to fix, so off.
 EDITABLE_NOTICE_OFF := PYTHONWARNINGS="ignore:Editable installation:UserWarning"
 
-.PHONY: install demo demo-serve test lint
+.PHONY: install demo demo-serve test lint lock
 
-$(STAMP): pyproject.toml graph/neo4j_server/pom.xml
+# Python packages come from requirements.lock (exact versions, sha256 hashes; refresh it
+# with `make lock`), then gnnrec itself as an editable install. The second pip call finds
+# every locked requirement satisfied; it only adds a dependency that pyproject.toml gained
+# after the lock was made (tests/test_lock.py fails until the lock is refreshed).
+$(STAMP): pyproject.toml requirements.lock graph/neo4j_server/pom.xml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
 	$(EDITABLE_NOTICE_OFF) $(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(GNNREC) neo4j install
 	touch $(STAMP)
+
+# Re-resolve requirements.lock to the newest versions pyproject.toml allows (all
+# platforms, Python >= 3.11), with hashes; then run make test and commit the lock.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet uv
+	head -3 requirements.lock > requirements.lock.new
+	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+	    --generate-hashes --no-annotate --no-header -q -o requirements.lock.body
+	cat requirements.lock.body >> requirements.lock.new && rm requirements.lock.body
+	mv requirements.lock.new requirements.lock
 
 install: $(STAMP)
 

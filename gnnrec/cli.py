@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 import warnings
@@ -49,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     args = build_parser().parse_args(argv)
+    # The driver logs each retry and dropped connection to stderr; the CLI reports the
+    # failure itself, in one line.
+    logging.getLogger("neo4j").setLevel(logging.CRITICAL)
     try:
         return int(args.handler(args) or 0)
     except GnnrecError as exc:

@@ -32,7 +32,7 @@ import pandas as pd
 from neo4j.exceptions import DriverError, Neo4jError
 
 from gnnrec.graph import load
-from gnnrec.graph.client import GraphClient, Record
+from gnnrec.graph.client import GraphClient, Record, describe_neo4j_error
 from gnnrec.graph.schema import ensure_schema
 from gnnrec.graph.settings import gnnrec_home
 from gnnrec.ingest.errors import IngestError
@@ -350,8 +350,9 @@ def _write(
     try:
         ensure_schema(client)
     except (Neo4jError, DriverError) as exc:
-        raise IngestError(f"cannot create the schema constraints at "
-                          f"{client.settings.uri}: {exc}; nothing was written") from exc
+        raise IngestError(f"cannot create the schema constraints: "
+                          f"{describe_neo4j_error(exc, client.settings)}; nothing was written"
+                          ) from exc
     timings["schema"] = time.perf_counter() - t0
     total = sum(n for *_, n in plan)
     with tqdm(total=total, unit="rows", disable=not options.progress, leave=False,
@@ -364,7 +365,8 @@ def _write(
                 merged[name] = fn(client, rows, options.batch_size, bar.update)
             except (Neo4jError, DriverError) as exc:
                 raise IngestError(
-                    f"writing {name} failed after {bar.n - done:,} of its rows: {exc}. "
+                    f"writing {name} failed after {bar.n - done:,} of its rows: "
+                    f"{describe_neo4j_error(exc, client.settings)}. "
                     f"Batches already committed stay; re-running the same ingest is safe "
                     f"(MERGE) and completes it"
                 ) from exc
