@@ -164,3 +164,10 @@ def test_every_long_command_takes_no_progress() -> None:
                  ["tune", "--model", "lightgcn", "--graph", "g.pt", "--out", "runs/x"]):
         assert parser.parse_args([*argv, "--no-progress"]).no_progress is True, argv[0]
         assert parser.parse_args(argv).no_progress is False, argv[0]
+
+
+def test_ids_that_collide_as_text_fail_clearly(graph_client: GraphClient) -> None:
+    graph_client.write("CREATE (:User {id: 1})-[:INTERACTED]->(:Item {id: 'i'}), "
+                       "(:User {id: '1'})")
+    with pytest.raises(GnnrecError, match=r"1 User.id value\(s\) name more than one node"):
+        export_hetero(graph_client, progress=False)
