@@ -9,6 +9,7 @@ URL`` and ``gnnrec explain USER ITEM --server URL``; they raise :class:`ServerEr
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,6 +19,9 @@ from typing import Any
 from gnnrec.errors import GnnrecError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+# Answers a read is retried on: a replica lost with its node answers 500 for a request routed
+# to it in the moment before Ray notices; a proxy or load balancer may say 502/503/504.
+_TRANSIENT = frozenset({500, 502, 503, 504})
 
 
 class ServerError(GnnrecError):
@@ -35,17 +39,39 @@ def _segment(value: str) -> str:
 
 class ServeClient:
     """Calls one server. Methods return ``(status, parsed JSON body)`` and never raise on
-    HTTP error statuses; :meth:`call` raises :class:`ServerError` instead."""
+    HTTP error statuses; :meth:`call` raises :class:`ServerError` instead.
+
+    Reads (``GET``) are retried ``read_retries`` times (after 0.1 s, then 0.3 s, ...) when
+    the server cannot be reached or answers 500/502/503/504, so a read that meets a
+    replica dying with its node is answered by another one; writes are never retried."""
 
     def __init__(self, url: str = DEFAULT_URL, token: str | None = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, read_retries: int = 2) -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.read_retries = read_retries
 
     def request(self, method: str, path: str, body: Any = None, *,
                 params: Sequence[tuple[str, Any]] = (), raw: bytes | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        retries = self.read_retries if method == "GET" else 0
+        for attempt in range(retries + 1):
+            try:
+                status, parsed = self._request_once(method, path, body, params, raw, headers)
+            except ServerError as exc:
+                if attempt == retries or isinstance(exc.__cause__, TimeoutError) or isinstance(
+                        getattr(exc.__cause__, "reason", None), TimeoutError):
+                    raise  # a server too slow to answer is not asked again
+            else:
+                if status not in _TRANSIENT or attempt == retries:
+                    return status, parsed
+            time.sleep(0.1 * 3**attempt)
+        raise AssertionError("unreachable")
+
+    def _request_once(self, method: str, path: str, body: Any,
+                      params: Sequence[tuple[str, Any]], raw: bytes | None,
+                      headers: dict[str, str] | None) -> tuple[int, Any]:
         query = urllib.parse.urlencode([(k, v) for k, v in params if v is not None])
         url = f"{self.url}{path}" + (f"?{query}" if query else "")
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())

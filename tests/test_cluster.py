@@ -224,6 +224,40 @@ def test_a_killed_node_and_the_job_resumes_on_the_others(
         assert torch.equal(got[key], value), key
 
 
+def test_the_client_retries_reads_not_writes() -> None:
+    """A read that meets a replica dying with its node (500) is asked again; a write never."""
+    import http.server
+
+    from gnnrec.serve.client import ServeClient
+
+    seen: list[str] = []
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            seen.append(self.command)
+            status = 500 if len(seen) in (1, 3) else 200
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"ok": true}')
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = ServeClient(f"http://127.0.0.1:{server.server_address[1]}")
+        assert client.request("GET", "/health") == (200, {"ok": True})  # 500, then 200
+        assert client.request("POST", "/users", {"user": "x"})[0] == 500  # not retried
+        assert seen == ["GET", "GET", "POST"]
+        assert ServeClient(client.url, read_retries=0).request("GET", "/health")[0] == 200
+    finally:
+        server.shutdown()
+
+
 def _replica_nodes(cluster: LocalRayCluster) -> list[str]:
     from ray.util.state import list_actors
 
@@ -273,10 +307,11 @@ def test_serving_keeps_answering_when_a_node_dies(submitted: Submitted,
                     answers.append((time.monotonic(), "same" if ok else "different"))
                 except ServerError as exc:
                     answers.append((time.monotonic(), str(exc)))
-                time.sleep(0.02)
+                time.sleep(0.01)
 
-        asker = threading.Thread(target=ask, daemon=True)
-        asker.start()
+        askers = [threading.Thread(target=ask, daemon=True) for _ in range(3)]
+        for asker in askers:
+            asker.start()
         time.sleep(1.0)
         victim = next(n for n in nodes if n != "head")
         killed = time.monotonic()
@@ -284,7 +319,8 @@ def test_serving_keeps_answering_when_a_node_dies(submitted: Submitted,
         dead = time.monotonic()
         time.sleep(3.0)
         stop.set()
-        asker.join(timeout=30)
+        for asker in askers:
+            asker.join(timeout=30)
         after = [a for t, a in answers if t > dead]
         print(f"{len(answers)} answers, {sum(a != 'same' for _, a in answers)} not the same; "
               f"node dead after {dead - killed:.1f} s; failures: "
