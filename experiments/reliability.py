@@ -44,6 +44,8 @@ from gnnrec.graph.load import graph_stats
 from gnnrec.graph.server import LocalNeo4j, free_port
 from gnnrec.graph.settings import Neo4jSettings
 
+START_TIMEOUT = 600.0  # seconds a (re)start may take: recovery after kill -9, a loaded host
+
 
 # -- the server under test -----------------------------------------------------------------------
 def fault_server(home: Path, extra_settings: dict[str, str] | None = None) -> LocalNeo4j:
@@ -139,7 +141,7 @@ def ingest_case(server: LocalNeo4j, path: Path, pairs: int, users: int, fault: s
     _, err = proc.communicate(timeout=600)
     first_error = err.strip().splitlines()
     if fault == "neo4j":
-        server.start()
+        server.start(timeout=START_TIMEOUT)
     rerun = ingest_cli(path, server, batch_size)
     out, err = rerun.communicate(timeout=3_600)
     if rerun.returncode != 0:
@@ -217,7 +219,7 @@ def feedback_case(server: LocalNeo4j, run: Path, writes: int, concurrency: int =
             down_refused = 1
         reads_ok = [x.id for x in service.state.recommend(user, 5).items] == before
         folded_refused = sum(service.state.has_user(u) for u, _ in refused)
-        server.start()
+        server.start(timeout=START_TIMEOUT)
         with GraphClient(s) as client:
             stored = {(r["u"], r["i"]) for r in client.read(
                 "MATCH (u:User)-[:INTERACTED]->(i:Item) WHERE u.id STARTS WITH 'burst-' "
@@ -267,13 +269,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", nargs="+", default=["ingest_kill_neo4j", "ingest_kill_cli",
                                                         "feedback_kill_neo4j"])
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--append", action="store_true",
+                        help="keep the --json file's rows of other cases (run cases apart)")
     args = parser.parse_args(argv)
     cases: dict[str, Callable[[LocalNeo4j, Path], dict[str, Any]]] = {}
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="gnnrec-reliability-") as tmp:
         work = Path(tmp)
         server = fault_server(work / "home")
-        server.start()
+        server.start(timeout=START_TIMEOUT)
         try:
             path, pairs, users = interactions_csv(work / "interactions.csv", args.rows)
             cases = {
@@ -286,15 +290,20 @@ def main(argv: list[str] | None = None) -> int:
             }
             for name in args.cases:
                 if server.pid() is None:
-                    server.start()
+                    server.start(timeout=START_TIMEOUT)
                 row = cases[name](server, work)
                 print(json.dumps(row), flush=True)
                 results.append(row)
         finally:
             server.stop()
-    report = {"cases": results, "load_average": list(os.getloadavg()),
-              "cpus": os.cpu_count(), "command": " ".join(["python -m experiments.reliability",
-                                                          *(argv or sys.argv[1:])])}
+    command = " ".join(["python -m experiments.reliability", *(argv or sys.argv[1:])])
+    for row in results:
+        row.update(command=command, load_average=[round(x, 1) for x in os.getloadavg()])
+    if args.append and args.json and args.json.exists():
+        ran = {row["case"] for row in results}
+        kept = [r for r in json.loads(args.json.read_text())["cases"] if r["case"] not in ran]
+        results = kept + results
+    report = {"cases": results, "cpus": os.cpu_count()}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `experiments` is a folder at the root, not an installed package
     sys.path.insert(0, str(ROOT))
 from experiments.reliability import (  # noqa: E402
+    START_TIMEOUT,
     env_of,
     fault_server,
     feedback_case,
@@ -47,7 +48,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNeo4j]:
         pytest.skip("fault tests kill the server: they need the local one they start")
     neo = fault_server(tmp_path_factory.mktemp("faults-home"),
                        {"db.memory.transaction.max": "16m"})
-    neo.start()
+    neo.start(timeout=START_TIMEOUT)
     try:
         yield neo
     finally:
@@ -57,7 +58,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNeo4j]:
 @pytest.fixture
 def client(server: LocalNeo4j) -> Iterator[GraphClient]:
     if server.pid() is None:
-        server.start()
+        server.start(timeout=START_TIMEOUT)
     c = GraphClient(settings_of(server))
     clear_database(c, batch_size=1_000)  # 10,000 rows outgrow the 16 MiB limit
     ensure_schema(c)
