@@ -401,6 +401,42 @@ def test_ids_with_a_slash_are_addressable_and_never_redirected(served: Served) -
     assert _no_users(served, "x", "x/", "a/b")
 
 
+def test_a_killed_replica_is_replaced_and_knows_every_write(served: Served) -> None:
+    """Killing one of /multi's two replicas (``ray.kill``: the actor process dies at once):
+    the other keeps answering, Serve starts a new one, and the new one replays the feedback
+    log (it knows a user made before)."""
+    import time
+
+    import ray
+
+    c = served.client("/multi")
+    c.add_user("before-kill", items=["i5"])
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                if "multi" in a["name"] and "Recommender" in a["name"]]
+    assert len(replicas) == 2, replicas
+    initial = {c.health()["replica"] for _ in range(30)}
+    assert len(initial) == 2
+    victim = ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"])
+    ray.kill(victim, no_restart=True)
+    answers = []
+    for _ in range(40):  # meanwhile: every answer is right (retries land on the live one)
+        status, body = c.request("GET", "/recommend/before-kill", params=[("k", 3)])
+        answers.append(status)
+        assert status != 404, body
+    assert answers.count(200) >= 30, answers
+    deadline = time.monotonic() + 180
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        seen = {c.health()["replica"] for _ in range(20)}
+        if len(seen) == 2 and seen != initial:  # a new replica answers beside the survivor
+            break
+        time.sleep(1)
+    assert len(seen) == 2 and seen != initial, (seen, initial)
+    for _ in range(20):  # both replicas, the new one included, know the earlier write
+        assert c.recommend("before-kill", 3)["cold_start"] is None
+    c.forget("before-kill")
+
+
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(served: Served) -> None:
     """Generated requests for every operation of the served OpenAPI (bounded: 10 each).
 
