@@ -43,6 +43,9 @@ CLUSTER_ENV = {
     "RAY_health_check_failure_threshold": "3",
     # Ray Train V2's controller polls workers every 2 s by default; each report waits on it.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    # Ray's memory monitor kills workers when the HOST is at 95 % of its memory; with three
+    # nodes on one shared host it measures everything else running there, not the node.
+    "RAY_memory_monitor_refresh_ms": "0",
 }
 
 
