@@ -65,12 +65,12 @@ GOAL = 1.03
 class Budget:
     """The tuning budget every family gets (see :class:`gnnrec.gnn.tune.TuneSettings`)."""
 
-    trials: int = 12
-    max_evaluations: int = 24
+    trials: int = 8
+    max_evaluations: int = 16
     eval_every: int = 5
     grace: int = 2
     reduction_factor: int = 3
-    patience: int = 4
+    patience: int = 3
 
     @classmethod
     def quick(cls) -> Budget:

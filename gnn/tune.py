@@ -19,8 +19,10 @@ One call tunes one model family on a split graph file:
 * the experiment lives under ``storage_path`` (default ``OUT/tune``) and continues after an
   interruption with ``resume=True`` (``Tuner.restore``: finished trials are kept, a trial
   in progress starts again);
-* at the end the best configuration (best valid ``metric`` at any evaluation) is trained
-  again into ``OUT`` as a normal run directory (deterministic: it reproduces the trial),
+* at the end the best configuration (best valid ``metric`` at any evaluation) becomes
+  ``OUT``, a normal run directory: the best trial's own run when it finished (a gradient
+  model's trial trains into a run directory in its folder), else the configuration trained
+  again (deterministic: it reproduces the trial; solver models are cheap to solve again),
   next to ``trials.csv`` / ``trials.json`` (one row per trial) and ``curves.png`` (valid
   ``metric`` per epoch of every trial).
 
@@ -50,22 +52,24 @@ from gnnrec.gnn.run import Run, build_model, model_class, write_json
 from gnnrec.gnn.train import TrainConfig, seed_everything, train
 
 TRIALS_CSV, TRIALS_JSON, CURVES_PNG = "trials.csv", "trials.json", "curves.png"
+TRIAL_RUN = "run"  # a gradient model's trial trains into this run directory in its folder
 _TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
 _SOFTMAX_16 = {"loss": "softmax", "num_negatives": 16}
 _BPR_1 = {"loss": "bpr", "num_negatives": 1}
 
-# Search spaces per family (see the module docstring for the format). Embedding sizes and
-# factors go up to 256 or more for every family; rates and regularisation cover orders of
-# magnitude on a log scale.
+# Search spaces per family (see the module docstring for the format). Rates and
+# regularisation cover orders of magnitude on a log scale; iALS's factors go up to 512. The
+# graph models stop at 128 dimensions: 256 cost 4-8x the epoch time on CPU and did not beat
+# 128 in earlier searches (ML-100K: 64 best; LastFM: 128 best, 256 below it).
 SPACES: dict[str, dict[str, Any]] = {
     "lightgcn": {
-        "embedding_dim": {"choice": [64, 128, 256]},
+        "embedding_dim": {"choice": [64, 128]},
         "num_layers": {"choice": [1, 2, 3, 4]},
         "lr": {"loguniform": [5e-4, 2e-2]},
         "l2": {"loguniform": [1e-5, 3e-2]},
     },
     "xsimgcl": {
-        "embedding_dim": {"choice": [64, 128, 256]},
+        "embedding_dim": {"choice": [64, 128]},
         "num_layers": {"choice": [2, 3]},
         "lr": {"loguniform": [5e-4, 2e-2]},
         "l2": {"loguniform": [1e-6, 1e-2]},
@@ -75,7 +79,7 @@ SPACES: dict[str, dict[str, Any]] = {
         "objective": {"choice": [_BPR_1, _SOFTMAX_16]},
     },
     "graphsage": {
-        "embedding_dim": {"choice": [64, 128, 256]},
+        "embedding_dim": {"choice": [64, 128]},
         "num_layers": {"choice": [1, 2, 3]},
         "lr": {"loguniform": [5e-4, 2e-2]},
         "l2": {"loguniform": [1e-6, 1e-2]},
@@ -245,8 +249,9 @@ def trial_settings(family: str, sampled: Mapping[str, Any],
 
 
 def _trial(config: dict[str, Any], *, family: str, settings: TuneSettings, graph: HeteroData,
-           threads: int) -> None:
-    """One trial (runs in a Ray worker): train and report every valid evaluation."""
+           threads: int, keep_run: bool) -> None:
+    """One trial (runs in a Ray worker): train and report every valid evaluation; with
+    ``keep_run`` into a run directory ``run`` in the trial's folder."""
     import torch
     from threadpoolctl import threadpool_limits
 
@@ -267,8 +272,13 @@ def _trial(config: dict[str, Any], *, family: str, settings: TuneSettings, graph
         tune.report({**metrics, "epoch": epoch, "best": state["best"], "bad": state["bad"],
                      "seconds": time.perf_counter() - state["t0"]})
 
+    run = None
+    if keep_run:
+        run = Run.create(Path(tune.get_context().get_trial_dir()) / TRIAL_RUN,
+                         model_name=family, model=model, graph=graph, graph_path=None,
+                         train_config=train_config.to_dict(), overwrite=True)
     with threadpool_limits(threads):
-        train(model, graph, train_config, progress=False, report=report)
+        train(model, graph, train_config, run=run, progress=False, report=report)
 
 
 def _constructor_args(family: str) -> set[str]:
@@ -312,9 +322,10 @@ def tune_model(family: str, graph_path: str | os.PathLike[str], out: str | os.Pa
     cpus = max(1, int(resources.cpus_per_trial))
     concurrency = resources.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1))
                                                // cpus)
+    keep_run = bool(getattr(model_class(family), "trainable", True))
     trainable = tune.with_resources(
         tune.with_parameters(_trial, family=family, settings=settings, graph=graph,
-                             threads=cpus),
+                             threads=cpus, keep_run=keep_run),
         {"cpu": cpus, "gpu": resources.gpus_per_trial})
     started = time.perf_counter()
     if resume:
@@ -350,7 +361,8 @@ def tune_model(family: str, graph_path: str | os.PathLike[str], out: str | os.Pa
     write_table(table, out)
     plot_curves(results, settings, out / CURVES_PNG, best["trial_id"])
     model_args, train_config = trial_settings(family, best["config"], settings)
-    refit = refit_run(family, graph, graph_path, model_args, train_config, out, progress)
+    refit = (keep_run and take_trial_run(Path(best["path"]) / TRIAL_RUN, out, graph_path)) or \
+        refit_run(family, graph, graph_path, model_args, train_config, out, progress)
     summary = {
         "family": family, "graph": str(Path(graph_path).resolve()), "trials": len(table),
         "errors": len(errors), "settings": asdict(settings),
@@ -402,7 +414,7 @@ def trial_table(results: Any, settings: TuneSettings) -> list[dict[str, Any]]:
         hist = result.metrics_dataframe
         rows_hist = [] if hist is None else hist.to_dict("records")
         trial_id = (result.metrics or {}).get("trial_id") or Path(str(result.path)).name
-        row: dict[str, Any] = {"trial_id": trial_id,
+        row: dict[str, Any] = {"trial_id": trial_id, "path": str(result.path),
                                "status": "ERROR" if result.error else "TERMINATED",
                                "config": _plain(result.config)}
         if rows_hist:
@@ -470,6 +482,25 @@ def plot_curves(results: Any, settings: TuneSettings, path: Path, best_trial: st
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def take_trial_run(trial_run: Path, out: Path, graph_path: str | os.PathLike[str]
+                   ) -> dict[str, float] | None:
+    """Copy a trial's finished run directory to ``out`` (its valid metrics), or None when
+    it did not finish (ASHA stopped it, or it failed): then the caller trains it again."""
+    try:
+        meta = Run.open(trial_run).meta()
+    except GnnrecError:
+        return None
+    if meta.get("status") != "finished":
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    for path in trial_run.iterdir():
+        if path.is_file():
+            shutil.copy2(path, out / path.name)
+    Run.open(out).update_meta(graph={**meta["graph"], "path": str(Path(graph_path).resolve())},
+                              copied_from_trial=str(trial_run))
+    return dict(meta["best_valid"])
 
 
 def refit_run(family: str, graph: HeteroData, graph_path: str | os.PathLike[str],
