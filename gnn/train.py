@@ -17,9 +17,10 @@ deterministic kernels.
 Models without trainable parameters (``trainable = False``, e.g. popularity) are
 evaluated, not trained. Solver models (``solver = True``: iALS, EASE) are not trained by
 gradients either: each epoch is one ``model.solve_step()`` (an ALS sweep; EASE's closed
-form, ``max_steps = 1``), evaluated on valid after every step, with the same early stopping,
-run directory and resume as the gradient models. ``report(epoch, valid_metrics)``, when
-given, is called after every valid evaluation (the tuner's hook).
+form, ``max_steps = 1``), evaluated on valid every ``eval_every`` epochs, with the same
+early stopping, run directory and resume as the gradient models.
+``report(epoch, valid_metrics)``, when given, is called after every valid evaluation (the
+tuner's hook).
 """
 
 from __future__ import annotations
@@ -353,10 +354,11 @@ def train(model: nn.Module, graph: HeteroData, config: TrainConfig, *, run: Run 
 def _solve(model: nn.Module, config: TrainConfig, validate_model: Callable[[], dict[str, float]],
            run: Run | None, resume: bool, progress: bool,
            report: Callable[[int, dict[str, float]], None] | None) -> TrainResult:
-    """The epochs of a solver model: one ``solve_step()`` each, valid after every step."""
+    """The epochs of a solver model: one ``solve_step()`` each, valid every ``eval_every``
+    steps and at the last one (EASE's ``max_steps = 1``: that one step)."""
     max_steps = getattr(model, "max_steps", None)
     epochs = min(config.epochs, max_steps) if max_steps else config.epochs
-    steps = replace(config, epochs=epochs, eval_every=1)
+    steps = replace(config, epochs=epochs)
     stopping, start = EarlyStopping(steps, report), 1
     if resume:
         ckpt, start = stopping.resume(run, model, None)
