@@ -472,7 +472,8 @@ def write_table(table: list[dict[str, Any]], out: Path) -> None:
                 config.update(value)
             else:
                 config[key] = value
-        flat.append({k: v for k, v in row.items() if k not in ("config", "curve")} | config)
+        flat.append({k: v for k, v in row.items() if k not in ("config", "curve", "path")}
+                    | config)
     pd.DataFrame(flat).to_csv(out / TRIALS_CSV, index=False)
 
 
