@@ -83,7 +83,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The split graph: ``--graph`` (its own split, else a seeded random one) or ``--dataset``
     through the product (ingest → Neo4j → export, cached) with a seeded random split."""
-    from gnnrec.gnn.data import has_split, load_graph
+    from gnnrec.gnn.data import has_split
+    from gnnrec.gnn.graph_file import load_graph
     from gnnrec.gnn.split import apply_split
 
     if args.graph is None:
@@ -136,21 +137,24 @@ class Epochs:
                 "batches": len(starts), "loss": total / max(len(starts), 1)}
 
 
-def ours_step(graph: Any, device: torch.device) -> tuple[Step, Any]:
+def ours_step(graph: Any, device: torch.device) -> tuple[Step, Any, Any]:
     from gnnrec.gnn.models import LightGCN
+    from gnnrec.gnn.views import TrainView
 
-    model = LightGCN(graph, embedding_dim=DIM, num_layers=LAYERS).to(device).train()
+    view = TrainView.from_graph(graph)
+    model = LightGCN(view.sizes, embedding_dim=DIM, num_layers=LAYERS).to(device).train()
+    inputs = model.inputs(view).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=LR)
 
     def step(u: Tensor, p: Tensor, neg: Tensor) -> float:
-        bpr, reg = model.bpr_loss(u, p, neg)
+        bpr, reg = model.bpr_loss(inputs, u, p, neg)
         loss = bpr + L2 * reg
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return float(loss.detach())
 
-    return step, model
+    return step, model, inputs
 
 
 def pyg_step(graph: Any, ours: Any, device: torch.device) -> tuple[Step, Any, Tensor]:
@@ -186,14 +190,14 @@ def pyg_step(graph: Any, ours: Any, device: torch.device) -> tuple[Step, Any, Te
 
 def full_run(args: argparse.Namespace) -> dict[str, Any]:
     """The child process: a whole training run with the project's loop; peak RSS."""
-    from gnnrec.gnn.models import LightGCN
+    from gnnrec.gnn.run import build_model
     from gnnrec.gnn.train import TrainConfig, seed_everything, train
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     graph, _ = load(args)
     seed_everything(args.seed)
-    model = LightGCN(graph, embedding_dim=DIM, num_layers=LAYERS)
+    model = build_model("lightgcn", graph, {"embedding_dim": DIM, "num_layers": LAYERS})
     config = TrainConfig(epochs=args.full_run_epochs, batch_size=BATCH, lr=LR, l2=L2,
                          patience=5, eval_every=1, seed=args.seed, device=args.device)
     result = train(model, graph, config, progress=False)
@@ -236,10 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     graph, info = load(args)
     epochs = Epochs(graph, args.seed)
     torch.manual_seed(args.seed)
-    ours, ours_model = ours_step(graph, device)
+    ours, ours_model, ours_inputs = ours_step(graph, device)
     pyg, pyg_model, edge_index = pyg_step(graph, ours_model, device)
     with torch.no_grad():  # same model: the propagated embeddings agree before training
-        a = torch.cat(ours_model.embeddings())
+        a = torch.cat(ours_model.embeddings(ours_inputs))
         b = pyg_model.get_embedding(edge_index)
         max_abs_diff = float((a - b).abs().max())
     print(f"{args.dataset}: {epochs.users.numel()} train edges, "

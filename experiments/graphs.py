@@ -5,9 +5,9 @@
 :func:`product_graph` gives a bundled dataset's graph exactly as a user gets it:
 ``gnnrec.ingest.pipeline.ingest`` into a real Neo4j, then
 ``gnnrec.graph.export.export_hetero`` (what ``gnnrec export`` runs), saved with
-``gnnrec.gnn.data.save_graph`` and read back with ``load_graph``. No split: each
+``gnnrec.gnn.graph_file.save_graph`` and read back with ``load_graph``. No split: each
 benchmark applies its own seeded split (``gnnrec.gnn.split.apply_split``), and a model
-built from it sees the train-only view of ``gnnrec.gnn.data.train_subgraph`` (which
+built from it sees the train-only view of ``gnnrec.gnn.views.TrainView`` (which
 drops the tagging events of held-out pairs where the export records ``tag_events``).
 
 The Neo4j (``ingest_into``): ``temp`` starts a throw-away local server on free ports
@@ -221,7 +221,8 @@ def product_graph(dataset: str, source: GraphSource | None = None, *,
     was cached, the ingest summary (rows read / loaded / rejected per
     source), the export summary, the graph's sizes and its fingerprint.
     """
-    from gnnrec.gnn.data import fingerprint, load_graph, save_graph
+    from gnnrec.gnn.data import fingerprint
+    from gnnrec.gnn.graph_file import load_graph, save_graph
     from gnnrec.graph.export import export_hetero
     from gnnrec.graph.load import graph_stats
 

@@ -89,7 +89,8 @@ class Budget:
 def split_files(graph: HeteroData, dataset: str, folder: Path,
                 seeds: tuple[int, ...] = SEEDS) -> dict[int, Path]:
     """The graph with the random split of each seed (``gnnrec split --seed S``), as files."""
-    from gnnrec.gnn.data import fingerprint, load_graph, save_graph
+    from gnnrec.gnn.data import fingerprint
+    from gnnrec.gnn.graph_file import load_graph, save_graph
     from gnnrec.gnn.split import apply_split
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -124,7 +125,7 @@ def fit_selected(family: str, config: dict[str, Any], graph_path: Path, out: Pat
                  progress: bool) -> dict[str, Any]:
     """Train a selected configuration on another split into the run ``out`` (or take the
     finished run already there, when it holds the same configuration)."""
-    from gnnrec.gnn.data import load_graph
+    from gnnrec.gnn.graph_file import load_graph
     from gnnrec.gnn.run import Run
     from gnnrec.gnn.train import TrainConfig
     from gnnrec.gnn.tune import refit_run
@@ -146,12 +147,13 @@ def fit_selected(family: str, config: dict[str, Any], graph_path: Path, out: Pat
 
 def test_read(run: Path) -> tuple[dict[str, float], Tensor, dict[str, Tensor]]:
     """The run's test metrics, its evaluated users and their per-user metrics (one read)."""
-    from gnnrec.gnn.evaluate import Evaluator
-    from gnnrec.gnn.run import Run, load_run
+    from gnnrec.gnn.evaluate import Evaluator, dot_scores
+    from gnnrec.gnn.run import Run
 
-    model, _, graph = load_run(run)
-    metrics, users, per_user = Evaluator(graph, "test").per_user(model.score)  # type: ignore[arg-type]
-    Run.open(run).update_meta(metrics={"test": metrics})
+    opened = Run.open(run)  # the run directory alone: its embeddings and split interactions
+    metrics, users, per_user = Evaluator(opened.graph().interactions, "test").per_user(
+        dot_scores(*opened.embeddings()))
+    opened.update_meta(metrics={"test": metrics})
     return metrics, users, per_user
 
 

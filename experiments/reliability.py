@@ -245,17 +245,18 @@ def feedback_case(server: LocalNeo4j, run: Path, writes: int, concurrency: int =
 
 def make_feedback_run(path: Path) -> Path:
     """A small real run directory (untrained LightGCN on a synthetic graph) to serve."""
-    from gnnrec.gnn.data import save_graph, synthetic_graph
-    from gnnrec.gnn.models import LightGCN
-    from gnnrec.gnn.run import Run
+    from gnnrec.gnn.generators import synthetic_graph
+    from gnnrec.gnn.graph_file import save_graph
+    from gnnrec.gnn.run import Run, build_model, final_embeddings
     from gnnrec.gnn.split import apply_split
 
     graph = apply_split(synthetic_graph(200, 100, num_tags=6, seed=0), seed=0)
     graph_path = save_graph(graph, path.parent / f"{path.name}.graph.pt")
-    model = LightGCN(graph, embedding_dim=8, num_layers=2)
+    model = build_model("lightgcn", graph, {"embedding_dim": 8, "num_layers": 2})
     run = Run.create(path, model_name="lightgcn", model=model, graph=graph,
                      graph_path=graph_path, train_config={})
     run.save_model(model.state_dict())
+    run.save_embeddings(*final_embeddings(model, graph))
     run.update_meta(status="finished", metrics={})
     return path
 

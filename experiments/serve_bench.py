@@ -57,9 +57,8 @@ LASTFM_USERS, LASTFM_ITEMS = 1892, 17632
 # -- building a run ----------------------------------------------------------------------
 def make_run(path: Path, source: str, graph_source: GraphSource, dim: int = 64,
              options: dict[str, Any] | None = None) -> None:
-    from gnnrec.gnn.data import save_graph
-    from gnnrec.gnn.models import LightGCN
-    from gnnrec.gnn.run import Run
+    from gnnrec.gnn.graph_file import save_graph
+    from gnnrec.gnn.run import Run, build_model, final_embeddings
     from gnnrec.gnn.split import apply_split
 
     if options is None and source != "lastfm":
@@ -69,11 +68,12 @@ def make_run(path: Path, source: str, graph_source: GraphSource, dim: int = 64,
     graph, _ = product_graph(source, graph_source, options=options)
     graph = apply_split(graph, seed=0)
     graph_path = save_graph(graph, path.with_name(f"{path.name}.graph.pt"))
-    model = LightGCN(graph, embedding_dim=dim, num_layers=3)
+    model = build_model("lightgcn", graph, {"embedding_dim": dim, "num_layers": 3})
     run = Run.create(path, model_name="lightgcn", model=model, graph=graph,
                      graph_path=graph_path, train_config={"note": f"untrained, {source}"},
                      overwrite=True)
     run.save_model(model.state_dict())
+    run.save_embeddings(*final_embeddings(model, graph))
     run.update_meta(status="finished")
 
 

@@ -198,32 +198,37 @@ def scale(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Mini-batch GraphSAGE on a big graph file: batch times, epoch estimate, peak RSS."""
     import torch
 
-    from gnnrec.gnn.data import load_graph
-    from gnnrec.gnn.minibatch import MiniBatchConfig, SampledBPR, link_sampler, run_epoch
+    from gnnrec.gnn.batches import SampledBatches
+    from gnnrec.gnn.graph_file import load_graph
+    from gnnrec.gnn.minibatch import MiniBatchConfig, link_sampler
     from gnnrec.gnn.run import build_model
     from gnnrec.gnn.split import ensure_split
-    from gnnrec.gnn.train import seed_everything
+    from gnnrec.gnn.train import RankingStep, run_epoch, seed_everything
+    from gnnrec.gnn.views import TrainView
 
     t0 = time.perf_counter()
     graph, _ = ensure_split(load_graph(path))
     t_load = time.perf_counter() - t0
     seed_everything(args.seed)
+    view = TrainView.from_graph(graph)
     hyper = {**HYPER["graphsage"], "num_layers": len(args.num_neighbors)}
-    model = build_model("graphsage", graph, hyper)
+    model = build_model("graphsage", view, hyper)
     config = _config(args, batch_size=args.scale_batch_size)
     mb = MiniBatchConfig(num_neighbors=args.num_neighbors)
-    sampler = link_sampler(graph, model, config, mb)
-    step = SampledBPR(model, graph)
+    sampler = link_sampler(view, model, config, mb)
+    step = RankingStep(model)
+    batches = SampledBatches(model, model.inputs(view), lambda epoch: (
+        sampler.batch(epoch, j) for j in range(len(sampler))), config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     t_build = time.perf_counter() - t0 - t_load
     rss_built = peak_rss_gb()
     model.train()
     total = len(sampler)
     timed = total - 1 if args.scale_batches <= 0 else min(args.scale_batches, total - 1)
-    run_epoch(step, optimizer, (sampler.batch(0, 0),), config.l2)  # warm-up
+    steps = batches(1)  # sampler epoch 0: batch 0 warms up, then ``timed`` batches
+    run_epoch(step, optimizer, steps, config.l2, max_batches=1)
     t1 = time.perf_counter()
-    stats = run_epoch(step, optimizer, (sampler.batch(0, j) for j in range(1, timed + 1)),
-                      config.l2)
+    stats = run_epoch(step, optimizer, steps, config.l2, max_batches=timed)
     seconds = time.perf_counter() - t1
     per_batch = seconds / timed
     ui = graph["user", "interacts", "item"]

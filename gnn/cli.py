@@ -1,15 +1,13 @@
-"""``gnnrec split | train | tune | evaluate | recommend | synth``.
+"""``gnnrec split | train | tune | evaluate | recommend | upgrade-run | synth``: parsing only.
 
-Heavy imports (torch, PyG) happen inside the handlers, never at import time.
+Each handler turns its arguments into a call of :mod:`gnnrec.gnn.jobs` and prints the
+result. Heavy imports (torch, PyG) happen inside the handlers, never at import time.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
-import sys
-from pathlib import Path
 from typing import Any
 
 from gnnrec.errors import GnnrecError
@@ -139,7 +137,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ev = sub.add_parser("evaluate", help="full-ranking metrics of a run on valid or test")
     ev.add_argument("run", help="run directory")
     ev.add_argument("--split", choices=["valid", "test"], default="valid")
-    ev.add_argument("--graph", help="graph file (default: the one recorded in the run)")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--batch-size", type=int, help="users per scoring batch")
     ev.add_argument("--threads", type=int, help="CPU threads for torch")
@@ -153,10 +150,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     where.add_argument("--run", help="run directory: score in this process")
     where.add_argument("--server", help="URL of a `gnnrec serve` application, e.g. "
                        "http://127.0.0.1:8000 (sees online feedback and new users)")
-    rc.add_argument("--graph", help="graph file (default: the one recorded in the run)")
     rc.add_argument("--device", default="cpu")
     rc.add_argument("--json", action="store_true")
     rc.set_defaults(handler=_recommend)
+
+    up = sub.add_parser("upgrade-run", help="make a version-1 run self-contained (reads its "
+                        "graph file one last time)")
+    up.add_argument("run", help="run directory")
+    up.add_argument("--graph", help="graph file it was trained on (default: the recorded one)")
+    up.set_defaults(handler=_upgrade_run)
 
     sy = sub.add_parser("synth", aliases=["synth-graph"],
                         help="write a seeded synthetic graph file in the export format (no Neo4j)")
@@ -195,22 +197,15 @@ def parse_model_arg(text: str) -> tuple[str, Any]:
 
 
 def _split(args: argparse.Namespace) -> int:
-    from gnnrec.gnn.data import load_graph, save_graph
-    from gnnrec.gnn.split import apply_split, write_recbole
+    from gnnrec.gnn.jobs import split_graph
 
-    data = apply_split(load_graph(args.graph), args.kind, seed=args.seed,
-                       fractions=tuple(args.fractions), min_interactions=args.min_interactions)
-    summary: dict[str, Any] = {"split_info": data.split_info}
-    if args.format == "graph" or args.out:
-        out = args.out or args.graph
-        save_graph(data, out)
-        summary["out"] = str(out)
-    if args.format == "recbole":
-        if not args.recbole_dir:
-            raise GnnrecError("--format recbole needs --recbole-dir DIR")
-        name = args.name or Path(args.graph).stem
-        summary["recbole"] = [str(p) for p in write_recbole(data, args.recbole_dir, name)]
-    print(json.dumps(summary))
+    if args.format == "recbole" and not args.recbole_dir:
+        raise GnnrecError("--format recbole needs --recbole-dir DIR")
+    print(json.dumps(split_graph(
+        args.graph, args.kind, seed=args.seed, fractions=tuple(args.fractions),
+        min_interactions=args.min_interactions, out=args.out,
+        write_graph=args.format == "graph",
+        recbole_dir=args.recbole_dir if args.format == "recbole" else None, name=args.name)))
     return 0
 
 
@@ -223,106 +218,33 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _hyper(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+def _train(args: argparse.Namespace) -> int:
+    from gnnrec.gnn.jobs import TrainJob, run_train
+
+    _set_threads(args.threads)
     hyper = {arg: getattr(args, flag) for flag, arg in _HYPER_FLAGS.items()
              if getattr(args, flag) is not None}
     hyper.update(parse_model_arg(a) for a in args.model_arg)
-    params = inspect.signature(cls.__init__).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        unknown = sorted(set(hyper) - set(params))
-        if unknown:
-            flags = ", ".join("--" + u.replace("_", "-") for u in unknown)
-            raise GnnrecError(f"{flags} does not apply to model {args.model} ({cls.__name__})")
-    return hyper
-
-
-def _train(args: argparse.Namespace) -> int:
-    from gnnrec.gnn.data import fingerprint, load_graph
-    from gnnrec.gnn.run import Run, build_model, model_class
-    from gnnrec.gnn.split import ensure_split
-    from gnnrec.gnn.train import TrainConfig, check_resumable, seed_everything, train
-
-    _set_threads(args.threads)
-    given = {f: getattr(args, f) for f in _TRAIN_FLAGS if getattr(args, f) is not None}
-    if args.resume:
-        run = Run.open(args.out)
-        meta = run.meta()
-        model_name = meta["model"]["name"]
-        if args.model and args.model != model_name:
-            raise GnnrecError(f"{args.out} holds a {model_name} run, not {args.model}")
-        args.model = model_name
-        hyper = {**meta["model"]["config"], **_hyper(args, model_class(model_name))}
-        graph_path = args.graph or meta["graph"]["path"]
-        config = TrainConfig.from_dict({**meta["train_config"], **given})
-    else:
-        if not args.model or not args.graph:
-            raise GnnrecError("gnnrec train needs --model and --graph (or --resume)")
-        model_name, graph_path = args.model, args.graph
-        cls = model_class(model_name)
-        hyper = _hyper(args, cls)
-        config = TrainConfig(**{**getattr(cls, "train_defaults", {}), **given})
-    graph, applied = ensure_split(load_graph(graph_path))
-    if applied:
-        print(f"{graph_path} has no split: using the default random split (seed 0, 80/10/10); "
-              "make it explicit with `gnnrec split`", file=sys.stderr)
-    config.validate()
-    seed_everything(config.seed, config.deterministic)
-    model = build_model(model_name, graph, hyper)
-    if args.resume:
-        check_resumable(run, model_name, model.config(), config, fingerprint(graph))  # type: ignore[operator]
-    else:
-        run = Run.create(args.out, model_name=model_name, model=model, graph=graph,
-                         graph_path=graph_path, train_config=config.to_dict(),
-                         overwrite=args.overwrite)
-        run.update_meta(graph={**run.meta()["graph"], "split_applied": applied})
-    result = _fit(args, model, graph, config, run, train)
+    sampling = {k: v for k, v in (("num_neighbors", args.num_neighbors),
+                                  ("sampler", args.sampler),
+                                  ("sampler_workers", args.sampler_workers)) if v is not None}
+    ray_train = None if args.workers is None else {
+        "num_workers": args.workers, "gpus_per_worker": args.gpus_per_worker,
+        "cpus_per_worker": args.cpus_per_worker, "storage_path": args.storage_path,
+        "max_failures": args.max_failures, "placement_strategy": args.placement_strategy,
+        "resources_per_worker": args.worker_resources}
+    job = TrainJob(out=args.out, model=args.model, graph=args.graph, hyper=hyper,
+                   train={f: getattr(args, f) for f in _TRAIN_FLAGS
+                          if getattr(args, f) is not None},
+                   resume=args.resume, overwrite=args.overwrite, minibatch=args.minibatch,
+                   sampling=sampling, sampler_resources=args.sampler_resources,
+                   ray_train=ray_train, address=args.address, progress=not args.no_progress)
+    model_name, result, config = run_train(job)
     metric = result.best_valid.get(config.metric, float("nan"))
     print(f"{model_name}: best epoch {result.best_epoch} ({result.stopped}), valid "
           f"{config.metric} {metric:.4f}; run in {args.out}. Test it once with: "
           f"gnnrec evaluate {args.out} --split test")
     return 0
-
-
-def _fit(args: argparse.Namespace, model: Any, graph: Any, config: Any, run: Any,
-         train: Any) -> Any:
-    """Full-graph, mini-batch (``--minibatch``) or Ray Train (``--workers``) training."""
-    previous = run.meta().get("minibatch") if args.resume else None
-    mb = None
-    if args.minibatch or previous or args.num_neighbors or args.sampler:
-        from gnnrec.gnn.minibatch import MiniBatchConfig
-
-        given = {k: v for k, v in (("num_neighbors", args.num_neighbors),
-                                   ("sampler", args.sampler),
-                                   ("sampler_workers", args.sampler_workers)) if v is not None}
-        layers = int(getattr(model, "num_layers", 2))
-        mb = MiniBatchConfig(**{"num_neighbors": [10] + [5] * (layers - 1),
-                                **(previous or {}), **given})
-    if args.workers is not None:
-        from gnnrec.gnn.distributed import RayTrainParams, train_distributed
-
-        params = RayTrainParams(num_workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-                                cpus_per_worker=args.cpus_per_worker, address=args.address,
-                                storage_path=args.storage_path, max_failures=args.max_failures,
-                                placement_strategy=args.placement_strategy,
-                                resources_per_worker=args.worker_resources)
-        return train_distributed(model, graph, config, params, run=run, minibatch=mb,
-                                 resume=args.resume)
-    if mb is None:
-        return train(model, graph, config, run=run, resume=args.resume,
-                     progress=not args.no_progress)
-    from gnnrec.gnn.minibatch import link_sampler, train_minibatch
-
-    if mb.sampler == "inprocess":
-        return train_minibatch(model, graph, config, mb, run=run, resume=args.resume,
-                               progress=not args.no_progress)
-    from gnnrec.gnn.distributed import ray_batches
-
-    mb.validate(model)
-    sampler = link_sampler(graph, model, config, mb)
-    with ray_batches(sampler, mb.sampler_workers, mb.prefetch, args.address,
-                     args.sampler_resources) as batches:
-        return train_minibatch(model, graph, config, mb, run=run, resume=args.resume,
-                               progress=not args.no_progress, batches=batches)
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -344,16 +266,10 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from gnnrec.gnn.evaluate import evaluate
-    from gnnrec.gnn.run import Run, load_run
-    from gnnrec.gnn.train import resolve_device
+    from gnnrec.gnn.jobs import evaluate_run
 
     _set_threads(args.threads)
-    device = resolve_device(args.device)
-    model, _, graph = load_run(args.run, args.graph, device=device)
-    metrics = evaluate(model.score, graph, args.split, batch_size=args.batch_size,  # type: ignore[arg-type]
-                       device=device)
-    Run.open(args.run).update_meta(metrics={args.split: metrics})
+    metrics = evaluate_run(args.run, args.split, device=args.device, batch_size=args.batch_size)
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -375,12 +291,10 @@ def _recommend(args: argparse.Namespace) -> int:
             for rank, r in enumerate(answer["items"], start=1):
                 print(f"{rank:>3}  {r['item']}  {r['score']:.4f}")
         return 0
-    from gnnrec.gnn.recommend import TopKRecommender
-    from gnnrec.gnn.run import load_run
-    from gnnrec.gnn.train import resolve_device
+    from gnnrec.gnn.jobs import recommender_of_run
 
-    model, _, graph = load_run(args.run, args.graph, device=resolve_device(args.device))
-    recs = TopKRecommender(model, graph).recommend(args.user, args.k)
+    ranker, _, _ = recommender_of_run(args.run, device=args.device)
+    recs = ranker.recommend(args.user, args.k)
     if args.json:
         print(json.dumps({"user": args.user, "items": [r.to_dict() for r in recs]}))
     else:
@@ -389,20 +303,19 @@ def _recommend(args: argparse.Namespace) -> int:
     return 0
 
 
-def _synth(args: argparse.Namespace) -> int:
-    from gnnrec.gnn.data import save_graph, synthetic_graph
-    from gnnrec.gnn.split import apply_split
+def _upgrade_run(args: argparse.Namespace) -> int:
+    from gnnrec.gnn.run import upgrade_run
 
-    data = synthetic_graph(args.users, args.items, num_tags=args.tags,
-                           num_communities=args.communities,
-                           mean_interactions=args.mean_interactions,
-                           friends_per_user=args.friends, seed=args.seed)
-    if args.split != "none":
-        data = apply_split(data, args.split, seed=args.seed)
-    save_graph(data, args.out)
-    ui = data["user", "interacts", "item"]
-    print(json.dumps({"out": args.out, "users": data["user"].num_nodes,
-                      "items": data["item"].num_nodes, "interactions": ui.edge_index.size(1),
-                      "friendships": data["user", "friend", "user"].edge_index.size(1) // 2,
-                      "split": getattr(data, "split_info", None)}))
+    meta = upgrade_run(args.run, args.graph)
+    print(f"{args.run}: upgraded to {meta['format']}; it no longer reads its graph file")
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from gnnrec.gnn.jobs import synth
+
+    print(json.dumps(synth(args.out, users=args.users, items=args.items, tags=args.tags,
+                           communities=args.communities,
+                           mean_interactions=args.mean_interactions, friends=args.friends,
+                           seed=args.seed, split=args.split)))
     return 0

@@ -1,4 +1,8 @@
-"""The graph file: a PyG ``HeteroData`` with id maps, saved as one ``torch.save`` file.
+"""The graph format: a PyG ``HeteroData`` with id maps; its layout, names and validation.
+
+Saving and loading the file is :mod:`gnnrec.gnn.graph_file`; the train-only view models
+are trained on is :mod:`gnnrec.gnn.views`; the synthetic generator is
+:mod:`gnnrec.gnn.generators`.
 
 Layout (every node and edge type is always present; any edge type may be empty)::
 
@@ -18,18 +22,16 @@ Layout (every node and edge type is always present; any edge type may be empty):
                                             user-generated and has_tag counts these events
     data.split_info                         dict (see ``gnnrec.gnn.split``), when split
 
-On disk: ``torch.save({"format": "gnnrec.graph/1", "data": data.to_dict(), ...})``: plain
-dicts, tuples, lists, strings and tensors only, so ``torch.load(path, weights_only=True)``
-reads it without any gnnrec class.
+On disk (:func:`gnnrec.gnn.graph_file.save_graph`): ``torch.save({"format":
+"gnnrec.graph/1", "data": data.to_dict(), ...})``: plain dicts, tuples, lists, strings and
+tensors only, so ``torch.load(path, weights_only=True)`` reads it without any gnnrec class.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import os
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -41,19 +43,23 @@ from torch_geometric.data import HeteroData
 from gnnrec.errors import GnnrecError
 
 FORMAT = "gnnrec.graph/1"
-NODE_TYPES = ("user", "item", "tag")
+# The node and edge type names, defined here only.
+USER, ITEM, TAG = "user", "item", "tag"
+NODE_TYPES = (USER, ITEM, TAG)
+EdgeType = tuple[str, str, str]
 UI = ("user", "interacts", "item")
 IU = ("item", "rev_interacts", "user")
 UU = ("user", "friend", "user")
 IT = ("item", "has_tag", "tag")
 TI = ("tag", "rev_has_tag", "item")
 EDGE_TYPES = (UI, IU, UU, IT, TI)
+TRAIN, VALID, TEST = 0, 1, 2  # the values of interacts.split
 _REVERSE = {IU: UI, TI: IT}
 
 ArrayLike = Tensor | np.ndarray | Sequence[int] | Sequence[float]
 
 
-class GraphFormatError(GnnrecError):
+class GraphFormatError(GnnrecError, ValueError):
     """A graph file or in-memory graph that does not follow the ``gnnrec.graph/1`` layout."""
 
 
@@ -372,49 +378,6 @@ def validate_graph(data: HeteroData) -> None:
         raise GraphFormatError("friend edges must be [pairs, mirrored pairs] (both directions)")
 
 
-def save_graph(data: HeteroData, path: str | os.PathLike[str]) -> Path:
-    """Validate (filling implied parts, see :func:`complete_graph`) and write atomically."""
-    data = complete_graph(data)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": FORMAT,
-        "data": data.to_dict(),
-        "num_nodes": {nt: int(data[nt].num_nodes) for nt in NODE_TYPES},
-        "fingerprint": fingerprint(data),
-    }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def load_graph(path: str | os.PathLike[str]) -> HeteroData:
-    """Read a graph file written by :func:`save_graph` (``weights_only`` load, validated)."""
-    path = Path(path)
-    if not path.is_file():
-        raise GraphFormatError(f"graph file {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
-        raise GraphFormatError(f"graph file {path} is not a readable torch file: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise GraphFormatError(f"graph file {path}: expected format {FORMAT!r}, found {found!r}")
-    try:
-        data = HeteroData.from_dict(payload["data"])
-        validate_graph(data)
-    except GraphFormatError as exc:
-        raise GraphFormatError(f"graph file {path}: {exc}") from exc
-    return data
-
-
 def fingerprint(data: HeteroData) -> str:
     """sha256 over node counts and every edge tensor (edge_index, weight, time, split)."""
     h = hashlib.sha256()
@@ -434,143 +397,3 @@ def fingerprint(data: HeteroData) -> str:
 def has_split(data: HeteroData) -> bool:
     return "split" in data[UI]
 
-
-def train_subgraph(data: HeteroData) -> HeteroData:
-    """The graph with only the train interactions (split == 0), what models are built from.
-
-    Node types and friend edges are kept; ``interacts`` / ``rev_interacts`` keep their
-    attributes for the train edges only. Tag edges are kept, less the tagging of held-out
-    pairs when the graph records who tagged what (``tag_events``, see
-    :func:`without_heldout_tagging`). Raises if the graph has no split.
-    """
-    if not has_split(data):
-        raise GraphFormatError("graph has no split (run `gnnrec split` or apply_split first)")
-    out = copy.copy(data)
-    mask = data[UI].split == 0
-    for et in (UI, IU):
-        for key, value in data[et].items():
-            if isinstance(value, Tensor):
-                out[et][key] = value[:, mask] if key == "edge_index" else value[mask]
-    if "tag_events" in data:
-        keep, weight = without_heldout_tagging(data)
-        out[IT].edge_index, out[IT].weight = data[IT].edge_index[:, keep], weight[keep]
-        out[TI].edge_index, out[TI].weight = out[IT].edge_index.flip(0), out[IT].weight
-    return out
-
-
-def heldout_events(data: HeteroData, user: Tensor, item: Tensor) -> Tensor:
-    """Bool mask: which (user, item) events are a valid or test interaction of ``data``."""
-    from gnnrec.gnn.adjacency import interaction_csr, member  # adjacency imports this module
-
-    ni = int(data["item"].num_nodes)
-    return member(interaction_csr(data, (1, 2))[0].keys(ni), user * ni + item)
-
-
-def without_heldout_tagging(data: HeteroData) -> tuple[Tensor, Tensor]:
-    """``(keep Bool[T], weight Float[T])`` of the item-tag edges once held-out tagging is gone.
-
-    User-generated tags leak: a user who tagged a held-out item with a tag of their own
-    (most LastFM tags have a single user) joins it to their train items through that
-    tag. Each tagging event (``data.tag_events``) whose (user, item) pair is a valid or
-    test interaction is subtracted from its (item, tag) weight; an edge left with no
-    weight is dropped. Catalogue weight beyond the recorded events stays.
-    """
-    ev, it = data.tag_events, data[IT]
-    nt = max(int(data["tag"].num_nodes), 1)
-    held = ev[:, heldout_events(data, ev[0], ev[1])]
-    codes, counts = torch.unique(held[1] * nt + held[2], return_counts=True)
-    edge_codes = it.edge_index[0] * nt + it.edge_index[1]
-    weight = it.weight.clone()
-    if codes.numel():
-        pos = torch.searchsorted(codes, edge_codes).clamp_(max=codes.numel() - 1)
-        hit = codes[pos] == edge_codes  # the edges some held-out event tagged
-        weight[hit] -= counts[pos[hit]].to(weight.dtype)
-    return weight > 0, weight
-
-
-def _unique(a: np.ndarray) -> np.ndarray:
-    """Sorted unique values (sort-based: faster than numpy 2's hash path on large int arrays)."""
-    a = np.sort(a)
-    return a[np.concatenate([[True], a[1:] != a[:-1]])] if a.size else a
-
-
-def synthetic_graph(
-    num_users: int = 1000,
-    num_items: int = 500,
-    *,
-    num_tags: int = 40,
-    num_communities: int = 8,
-    mean_interactions: float = 20.0,
-    friends_per_user: float = 4.0,
-    in_community: float = 0.8,
-    zipf: float = 0.8,
-    seed: int = 0,
-) -> HeteroData:
-    """A seeded synthetic graph with community structure (tests and scale runs).
-
-    Users and items belong to ``num_communities`` communities; a user's interactions come
-    from its own community with probability ``in_community`` (else from the whole catalogue),
-    items weighted by a Zipf popularity. Friends and tags follow the communities too.
-    Interactions carry ratings 1..5 as ``weight`` and times within one year; users and items
-    get small feature matrices. Vectorised: millions of edges take seconds.
-    """
-    rng = np.random.default_rng(seed)
-    c = num_communities
-    ucomm = rng.integers(c, size=num_users)
-    icomm = rng.integers(c, size=num_items)
-    pop = (1.0 / (rng.permutation(num_items) + 1.0) ** zipf)
-
-    def chooser(member: np.ndarray, weights: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-        """Draw one node per entry of ``comm`` (Long[n] communities), weighted by ``weights``:
-        inside that community with probability ``in_community``, else from all nodes."""
-        order = np.argsort(member, kind="stable")
-        cum = np.cumsum(weights[order])
-        counts = np.bincount(member, minlength=c)
-        end = np.cumsum(counts)
-        lo = np.where(end - counts > 0, cum[np.maximum(end - counts - 1, 0)], 0.0)
-        tot = np.where(counts > 0, cum[np.maximum(end - 1, 0)] - lo, 0.0)
-
-        def draw(comm: np.ndarray) -> np.ndarray:
-            inside = (rng.random(comm.size) < in_community) & (tot[comm] > 0)
-            u = rng.random(comm.size)
-            target = np.where(inside, lo[comm] + u * tot[comm], u * cum[-1])
-            return order[np.minimum(np.searchsorted(cum, target, side="right"), order.size - 1)]
-
-        return draw
-
-    sigma = 0.8
-    deg = rng.lognormal(np.log(mean_interactions) - sigma**2 / 2, sigma, num_users)
-    deg = np.clip(np.rint(deg), 1, max(num_items // 2, 1)).astype(np.int64)
-    pick_item = chooser(icomm, pop)
-    keys = np.zeros(0, dtype=np.int64)
-    want = deg
-    for _ in range(8):  # redraw the repeats a few times so degrees come close to ``deg``
-        users = np.repeat(np.arange(num_users), want)
-        keys = _unique(np.concatenate([keys, users * num_items + pick_item(ucomm[users])]))
-        want = np.maximum(deg - np.bincount(keys // num_items, minlength=num_users), 0)
-        if not want.any():
-            break
-    users, items = keys // num_items, keys % num_items
-    time = 1_600_000_000 + rng.integers(0, 365 * 86_400, size=keys.size)
-    rating = rng.integers(1, 6, size=keys.size).astype(np.float32)
-
-    nf = rng.poisson(friends_per_user / 2, num_users)
-    fa = np.repeat(np.arange(num_users), nf)
-    fb = chooser(ucomm, np.ones(num_users))(ucomm[fa])
-    keep = fa != fb
-    tcomm = np.arange(num_tags) % c
-    ta = np.repeat(np.arange(num_items), rng.integers(1, 4, num_items))
-    tb = chooser(tcomm, np.ones(num_tags))(icomm[ta]) if num_tags else ta[:0]
-    tkeys = _unique(ta[: tb.size] * max(num_tags, 1) + tb)
-    noise = rng.normal(0, 0.1, (num_items, 2)).astype(np.float32)
-    item_x = np.stack([icomm / max(c - 1, 1), rng.random(num_items)], 1).astype(np.float32) + noise
-    user_x = (rng.integers(18, 70, (num_users, 1)) / 70.0).astype(np.float32)
-    return build_graph(
-        [f"u{i}" for i in range(num_users)], [f"i{i}" for i in range(num_items)],
-        np.stack([users, items]), weight=rating, time=time,
-        friend_edge_index=np.stack([fa[keep], fb[keep]]),
-        tag_ids=[f"t{i}" for i in range(num_tags)],
-        item_tag_edge_index=np.stack([tkeys // max(num_tags, 1), tkeys % max(num_tags, 1)]),
-        user_x=user_x, user_feature_names=["age"],
-        item_x=item_x, item_feature_names=["genre_signal", "length"],
-    )

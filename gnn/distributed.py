@@ -1,8 +1,10 @@
 """Distributed training with Ray Train V2 (``TorchTrainer``, DDP on gloo for CPU, nccl for GPU).
 
-``train_distributed`` runs ``num_workers`` Ray Train workers. Each builds the model from the
-graph (shipped once through Ray's object store), wraps a loss module in DDP
-(``ray.train.torch.prepare_model``) and trains on ITS SHARD of every global batch:
+``train_distributed`` runs ``num_workers`` Ray Train workers. Each builds the model for the
+train view (shipped once through Ray's object store: numpy arrays, read zero-copy) and runs
+the same loop as a single process, :func:`gnnrec.gnn.train.fit`, with a
+:class:`WorkerSession`: the ranking step wrapped in DDP (``ray.train.torch.prepare_model``),
+training on ITS SHARD of every global batch (:mod:`gnnrec.gnn.batches`):
 
 * full-graph models: epoch ``e`` shuffles the train ``(user, pos)`` edges with a seed all
   workers share; of each global batch of ``batch_size`` edges, worker ``r`` of ``W`` takes
@@ -22,7 +24,8 @@ history; ``best.pt``: the best weights so far). A restarted worker group
 process dies, and after a whole node dies (its raylet with it; Ray declares the node dead
 after its health checks fail), the group is placed again on the nodes still alive. For
 that, checkpoints (``storage_path``) must be on storage every node reaches (a shared file
-system or ``s3://``); the graph travels through the object store from the driver's node.
+system or ``s3://``); the train view travels through the object store from the driver's
+node.
 
 Placement: ``placement_strategy`` is the worker group's placement-group strategy (``PACK``
 by default; ``STRICT_SPREAD`` puts every worker on its own node) and ``resources_per_worker``
@@ -39,9 +42,9 @@ Fault injection for tests: ``GNNREC_TRAIN_FAULT`` (JSON, read by the driver) or 
 SIGKILLs that worker once and ``"pause"`` writes ``marker`` (JSON: rank, pid, placement)
 and waits there (up to ``pause_s``, default 300 s) so that a test can kill a node mid-job.
 
-Model buffers (sparse adjacencies, edge lists, features) are rebuilt from the graph by every
-worker and excluded from DDP's broadcast (``_ddp_params_and_buffers_to_ignore``): DDP cannot
-broadcast sparse CSR tensors and there is nothing to synchronise.
+The model's inputs (sparse adjacencies, features) are built from the view by every worker
+and passed to ``forward``; buffers derived from the hyper-parameters are excluded from DDP's
+broadcast (``_ddp_params_and_buffers_to_ignore``): there is nothing to synchronise.
 
 This is the only training module that imports ``ray`` (with
 :mod:`gnnrec.gnn.distributed_sampling`, used here for ``--sampler ray``).
@@ -57,38 +60,31 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 
 from gnnrec.errors import GnnrecError
-from gnnrec.gnn.data import UI
-from gnnrec.gnn.evaluate import Evaluator
-from gnnrec.gnn.minibatch import (
-    BatchSource,
-    MiniBatchConfig,
-    SampledBPR,
-    link_sampler,
-    rng_checkpoint,
-    run_epoch,
-)
-from gnnrec.gnn.negative import NegativeSampler
-from gnnrec.gnn.run import Run, build_model
+from gnnrec.gnn.batches import FullBatches, SampledBatches, derived_seed, fresh_generators
+from gnnrec.gnn.minibatch import BatchStream, MiniBatchConfig, link_sampler
+from gnnrec.gnn.run import Run, build_model, final_embeddings
 from gnnrec.gnn.train import (
     EarlyStopping,
+    Session,
     TrainConfig,
     TrainingError,
     TrainResult,
+    fit,
     seed_everything,
 )
+from gnnrec.gnn.views import TrainView
 
 STATE_FILE, BEST_FILE = "state.pt", "best.pt"
 FAULT_ENV = "GNNREC_TRAIN_FAULT"
@@ -159,7 +155,7 @@ def init_ray(address: str | None = None) -> None:
 
 @contextmanager
 def ray_batches(sampler: Any, workers: int, prefetch: int, address: str | None = None,
-                resources: dict[str, float] | None = None) -> Iterator[BatchSource]:
+                resources: dict[str, float] | None = None) -> Iterator[BatchStream]:
     """``epoch -> batches`` of ``sampler`` (a ``LinkBatchSampler``) sampled by Ray actors
     (spread over the cluster's nodes; ``resources``: custom resources per actor)."""
     from gnnrec.gnn.distributed_sampling import RaySampledBatches, RaySamplingParams
@@ -168,49 +164,6 @@ def ray_batches(sampler: Any, workers: int, prefetch: int, address: str | None =
     with RaySampledBatches(sampler, RaySamplingParams(num_workers=workers, prefetch=prefetch,
                                                       resources=resources)) as remote:
         yield remote.iter_epoch
-
-
-def _seed(*parts: int) -> int:
-    """A torch seed derived from integers (epoch, rank, ...), stable across processes."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-class FullBPR(nn.Module):
-    """``forward(users, pos, neg) -> model.bpr_loss(...)``: the DDP-wrapped full-graph step."""
-
-    def __init__(self, model: nn.Module, loss: str = "bpr", temperature: float = 1.0) -> None:
-        super().__init__()
-        self.model, self.loss, self.temperature = model, loss, temperature
-
-    def forward(self, users: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
-        return self.model.bpr_loss(users, pos, neg, self.loss,  # type: ignore[operator]
-                                   self.temperature)
-
-
-def _full_epoch(step: nn.Module, optimizer: torch.optim.Optimizer, users: Tensor, items: Tensor,
-                negatives: NegativeSampler, config: TrainConfig, epoch: int, rank: int,
-                world: int, device: torch.device) -> dict[str, float]:
-    """This worker's share of one full-graph epoch (global batches split by rank)."""
-    n, bs, k = users.numel(), config.batch_size, config.num_negatives
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(config.seed, epoch)))
-    negatives.generator.manual_seed(_seed(config.seed, epoch, rank, 1))
-    sums, count = torch.zeros(2, dtype=torch.float64), 0
-    for b in range(0, n, bs):
-        idx = perm[b : b + bs]
-        if idx.numel() < world:  # too small to give every worker an edge: skipped by all
-            continue
-        local = idx[rank::world]
-        u, p = users[local], items[local]
-        neg = negatives.sample(u, k)  # [B, K]
-        bpr, reg = step(u.to(device), p.to(device), neg.to(device))
-        loss = bpr + config.l2 * reg
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        sums += torch.stack([bpr.detach(), reg.detach()]).double().cpu() * local.numel()
-        count += local.numel()
-    bpr_mean, reg_mean = (sums / max(count, 1)).tolist()
-    return {"bpr": bpr_mean, "reg": reg_mean, "loss": bpr_mean + config.l2 * reg_mean}
 
 
 def _load_dir(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Tensor] | None]:
@@ -258,106 +211,126 @@ def _placement(world: int) -> list[dict[str, str]]:
     return everyone
 
 
-def _worker_loop(cfg: dict[str, Any]) -> None:
-    """The per-worker training function (runs inside a Ray Train worker)."""
-    import ray.train
-    import ray.train.torch
+class WorkerSession(Session):
+    """:func:`~gnnrec.gnn.train.fit` on one Ray Train worker: the step wrapped in DDP,
+    dropout seeded per epoch and rank, rank 0 evaluating (the metric is broadcast, so every
+    rank takes the same early-stopping decision), checkpoints reported to Ray Train, and a
+    start from the job's last checkpoint or the run state the driver passed."""
 
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
-    graph: HeteroData = ray.get(cfg["graph"][0])
-    config = TrainConfig.from_dict(cfg["train_config"])
-    mb = MiniBatchConfig(**cfg["minibatch"]) if cfg["minibatch"] else None
-    seed_everything(config.seed, config.deterministic)
-    model = build_model(cfg["model_name"], graph, cfg["hyper"])
-    device = ray.train.torch.get_device()
-    module: nn.Module = (SampledBPR(model, graph, config.loss, config.temperature) if mb
-                         else FullBPR(model, config.loss, config.temperature))
-    # Buffers are rebuilt from the graph on every worker: never broadcast them.
-    module._ddp_params_and_buffers_to_ignore = [n for n, _ in module.named_buffers()]  # type: ignore[assignment]
-    step = ray.train.torch.prepare_model(module)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
+    desc = "train (Ray Train worker)"
 
-    # Resume: the newer of the job's last checkpoint and the state the driver passed.
-    candidates: list[tuple[dict[str, Any], dict[str, Tensor] | None]] = []
-    if (ckpt := ray.train.get_checkpoint()) is not None:
-        with ckpt.as_directory() as d:
-            candidates.append(_load_dir(d))
-    if cfg["initial"] is not None:
-        candidates.append(ray.get(cfg["initial"][0]))
-    stopping, start = EarlyStopping(config), 1
-    resumes: list[int] = []  # epochs the job (re)started from, across worker-group restarts
-    placements = [_placement(world)]  # nodes of the ranks, one list per attempt
-    if candidates:
+    def __init__(self, cfg: dict[str, Any], rank: int, world: int) -> None:
+        super().__init__(None, progress=False)
+        self.cfg, self.rank, self.world = cfg, rank, world
+        self.where, self.extra = f" on worker {rank}", {"workers": world}
+        self.keeps_best = rank == 0
+        self.resumes: list[int] = []  # epochs the job (re)started from, across restarts
+        self.placements: list[list[dict[str, str]]] = []  # nodes of the ranks, per attempt
+        self._device: torch.device | None = None
+
+    def device(self, config: TrainConfig) -> torch.device:
+        import ray.train.torch
+
+        self._device = ray.train.torch.get_device()
+        return self._device
+
+    def wrap(self, step: nn.Module) -> nn.Module:
+        import ray.train.torch
+
+        step._ddp_params_and_buffers_to_ignore = [n for n, _ in step.named_buffers()]  # type: ignore[assignment]
+        return ray.train.torch.prepare_model(step)
+
+    def start(self, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+              stopping: EarlyStopping, batches: Any, config: TrainConfig) -> int:
+        """The newer of the job's last checkpoint and the state the driver passed."""
+        import ray.train
+
+        candidates: list[tuple[dict[str, Any], dict[str, Tensor] | None]] = []
+        if (ckpt := ray.train.get_checkpoint()) is not None:
+            with ckpt.as_directory() as d:
+                candidates.append(_load_dir(d))
+        if self.cfg["initial"] is not None:
+            candidates.append(ray.get(self.cfg["initial"][0]))
+        self.placements = [_placement(self.world)]
+        if not candidates:
+            return 1
         state, best_state = max(candidates, key=lambda c: int(c[0]["epoch"]))
-        resumes = [*state.get("resumes", []), int(state["epoch"])]
-        placements = [*state.get("placements", []), *placements]
+        self.resumes = [*state.get("resumes", []), int(state["epoch"])]
+        self.placements = [*state.get("placements", []), *self.placements]
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = stopping.load_state(state, best_state)
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        return stopping.load_state(state, best_state)
 
-    users = items = sampler = negatives = None
-    if mb:
-        sampler = link_sampler(graph, model, config, mb,
-                               batch_size=max(1, config.batch_size // world))
-        steps = len(sampler) // world
-    else:
-        mask = graph[UI].split == 0
-        users, items = graph[UI].edge_index[0, mask], graph[UI].edge_index[1, mask]
-        negatives = NegativeSampler(users, items, int(graph["user"].num_nodes),
-                                    int(graph["item"].num_nodes), seed=config.seed + 1)
-    evaluator = Evaluator(graph, "valid", batch_size=config.eval_batch_size) if rank == 0 else None
-    stopped = "max_epochs"
-    model.train()
-    for epoch in range(start, config.epochs + 1):
-        _maybe_fail(cfg["fault"], rank, epoch, placements[-1])
-        torch.manual_seed(_seed(config.seed, epoch, rank, 2))  # dropout etc., per rank
-        t0 = time.perf_counter()
-        if sampler is not None:
-            batches = (sampler.batch(epoch - 1, j) for j in range(rank, steps * world, world))
-            stats = run_epoch(step, optimizer, batches, config.l2)
-        else:
-            stats = _full_epoch(step, optimizer, users, items, negatives, config,  # type: ignore[arg-type]
-                                epoch, rank, world, device)
-        if not math.isfinite(stats["loss"]):
-            raise TrainingError(f"training diverged at epoch {epoch} on worker {rank}: "
-                                f"the loss is {stats['loss']}")
-        record: dict[str, Any] = {"epoch": epoch, "loss": stats["loss"], "bpr": stats["bpr"],
-                                  "reg": stats["reg"], "workers": world,
-                                  "seconds": round(time.perf_counter() - t0, 4)}
-        stopping.history.append(record)
-        if not stopping.evaluates(epoch):
-            continue
-        value = torch.zeros(1, dtype=torch.float64)
-        if evaluator is not None:
-            model.eval()
-            record["valid"] = metrics = evaluator(model.score, device=device)  # type: ignore[arg-type]
-            model.train()
-            value[0] = metrics[config.metric]
-        if world > 1:  # every rank takes rank 0's early-stopping decision
-            value = value.to(device)
+    def begin_epoch(self, epoch: int) -> None:
+        _maybe_fail(self.cfg["fault"], self.rank, epoch, self.placements[-1])
+        seed = int(self.cfg["train_config"]["seed"])
+        torch.manual_seed(derived_seed(seed, epoch, self.rank, 2))  # dropout etc., per rank
+
+    def validate(self, evaluate: Callable[[], dict[str, float]],
+                 metric: str) -> tuple[float, dict[str, float] | None]:
+        value, metrics = torch.zeros(1, dtype=torch.float64), None
+        if self.rank == 0:
+            metrics = evaluate()
+            value[0] = metrics[metric]
+        if self.world > 1:  # every rank takes rank 0's early-stopping decision
+            value = value.to(self._device)
             torch.distributed.broadcast(value, 0)
-        stopping.observe(epoch, float(value[0]), model if rank == 0 else None, None)
-        if stopping.should_stop:
-            stopped = "early_stopping"
-        report = {"epoch": epoch, "loss": stats["loss"], "seconds": record["seconds"]}
+        return float(value[0]), metrics
+
+    def checkpoint(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                   stopping: EarlyStopping, stopped: str, rng: dict[str, Any],
+                   embeddings: tuple[Tensor, Tensor] | None = None) -> None:
+        import ray.train
+
+        record = stopping.history[-1]
+        report = {"epoch": epoch, "loss": record["loss"], "seconds": record["seconds"]}
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
-            if rank == 0:
+            if self.rank == 0:
                 report.update(record["valid"])
                 torch.save({"epoch": epoch, "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(), **stopping.state(),
-                            "stopped": stopped, "resumes": resumes,
-                            "placements": placements},
+                            "optimizer": optimizer.state_dict() if optimizer else {},
+                            **stopping.state(), "stopped": stopped, "resumes": self.resumes,
+                            "placements": self.placements},
                            Path(tmp) / STATE_FILE)
                 if stopping.best_state is not None:
                     torch.save(stopping.best_state, Path(tmp) / BEST_FILE)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(report, checkpoint=checkpoint)
-        if stopped == "early_stopping":
-            break
+
+    def finish(self, model: nn.Module, stopping: EarlyStopping, stopped: str) -> TrainResult:
+        # The driver writes the run directory from the last reported checkpoint.
+        return TrainResult(stopping.best_epoch, {}, stopping.history, stopped)
+
+
+def _worker_loop(cfg: dict[str, Any]) -> None:
+    """The per-worker training function (runs inside a Ray Train worker)."""
+    import ray.train
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    view: TrainView = ray.get(cfg["view"][0])
+    config = TrainConfig.from_dict(cfg["train_config"])
+    mb = MiniBatchConfig(**cfg["minibatch"]) if cfg["minibatch"] else None
+    seed_everything(config.seed, config.deterministic)
+    model = build_model(cfg["model_name"], view, cfg["hyper"])
+
+    def shards(inputs: Any, device: torch.device) -> Any:
+        if mb is None:
+            return FullBatches(view, config, inputs, device, shard=(rank, world))
+        sampler = link_sampler(view, model, config, mb,
+                               batch_size=max(1, config.batch_size // world))
+        steps = len(sampler) // world  # every worker makes the same number of steps
+
+        def stream(epoch: int) -> Iterator[HeteroData]:
+            return (sampler.batch(epoch, j) for j in range(rank, steps * world, world))
+
+        return SampledBatches(model, inputs, stream, config.seed, device)
+
+    fit(model, view, config, batches=shards, session=WorkerSession(cfg, rank, world))
 
 
 def _cluster_cpus() -> float:
@@ -370,7 +343,7 @@ def _check_v2() -> None:
                                "RAY_TRAIN_V2_ENABLED=0 (V2 is the default since Ray 2.51)")
 
 
-def train_distributed(model: nn.Module, graph: HeteroData, config: TrainConfig,
+def train_distributed(model: nn.Module, graph: HeteroData | TrainView, config: TrainConfig,
                       params: RayTrainParams, *, run: Run,
                       minibatch: MiniBatchConfig | None = None, resume: bool = False,
                       fault: dict[str, Any] | None = None) -> TrainResult:
@@ -382,8 +355,7 @@ def train_distributed(model: nn.Module, graph: HeteroData, config: TrainConfig,
     meta when the job ends; on return ``model`` holds the best weights (eval mode).
     ``resume`` continues ``run``: from the Ray Train storage of its last distributed job
     when that holds a newer checkpoint, else from its ``last.pt``. ``fault`` (tests only):
-    ``{"rank", "epoch", "marker", "action"}`` kills that worker once with SIGKILL or pauses
-    it (default: ``$GNNREC_TRAIN_FAULT``, see the module docstring).
+    ``{"rank", "epoch", "marker"}`` kills that worker once with SIGKILL.
     """
     _check_v2()
     params.validate()
@@ -430,8 +402,9 @@ def train_distributed(model: nn.Module, graph: HeteroData, config: TrainConfig,
                     distributed={**asdict(params), "cpus_per_worker": cpus, "ray_name": name,
                                  "storage_path": storage, "backend": "nccl" if use_gpu else "gloo",
                                  "ray_version": ray.__version__})
+    view = graph if isinstance(graph, TrainView) else TrainView.from_graph(graph)
     cfg = {"model_name": model_name, "hyper": model.config(),  # type: ignore[operator]
-           "graph": [ray.put(graph)], "train_config": config.to_dict(),
+           "view": [ray.put(view)], "train_config": config.to_dict(),
            "minibatch": minibatch.to_dict() if minibatch else None, "initial": initial,
            "threads": max(1, int(cpus)), "fault": fault}
     trainer = TorchTrainer(
@@ -449,12 +422,13 @@ def train_distributed(model: nn.Module, graph: HeteroData, config: TrainConfig,
         run.update_meta(status="failed", error=str(exc)[-2000:])
         raise DistributedError(f"Ray Train job {name} failed (checkpoints in {storage}/{name}; "
                                f"continue with --resume): {exc}") from exc
-    return _finish(run, model, result.checkpoint, initial, config)
+    return _finish(run, model, view, result.checkpoint, initial, config)
 
 
-def _finish(run: Run, model: nn.Module, checkpoint: Any, initial: list[Any] | None,
-            config: TrainConfig) -> TrainResult:
-    """Write the job's outcome into the run directory (model.pt, last.pt, then meta)."""
+def _finish(run: Run, model: nn.Module, view: TrainView, checkpoint: Any,
+            initial: list[Any] | None, config: TrainConfig) -> TrainResult:
+    """Write the job's outcome into the run directory (model.pt and its final embeddings,
+    last.pt, then meta)."""
     if checkpoint is not None:
         try:
             with checkpoint.as_directory() as d:
@@ -474,9 +448,12 @@ def _finish(run: Run, model: nn.Module, checkpoint: Any, initial: list[Any] | No
     stopping.load_state(state, best)
     run.save_model(best)
     run.save_last({"epoch": state["epoch"], "model": state["model"],
-                   "optimizer": state["optimizer"], "rng": rng_checkpoint(config.seed),
+                   "optimizer": state["optimizer"],
+                   "rng": {"torch": torch.get_rng_state(), **fresh_generators(config.seed)},
                    **stopping.state()})
     run.update_meta(distributed={**(run.meta().get("distributed") or {}),
                                  "resumes": state.get("resumes", []),
                                  "placements": state.get("placements", [])})
-    return stopping.finish(model, run, state.get("stopped", "max_epochs"))
+    result = Session(run).finish(model, stopping, state.get("stopped", "max_epochs"))
+    run.save_embeddings(*final_embeddings(model, view))
+    return result

@@ -1,6 +1,6 @@
 """Ray sampler workers feeding a trainer through a bounded prefetch queue.
 
-The graph's CSR arrays (:class:`~gnnrec.gnn.sampler.HeteroCSR`, plain numpy) are put in
+The train view's CSR arrays (:class:`~gnnrec.gnn.views.TrainView`, plain numpy) are put in
 Ray's object store **once**; every worker actor receives the reference and maps the arrays
 zero-copy (read-only), then rebuilds the same batch sampler the driver holds
 (:class:`~gnnrec.gnn.sampler.NodeBatchSampler` or :class:`LinkBatchSampler`). The stream

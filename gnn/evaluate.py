@@ -7,7 +7,9 @@ Protocol (standard for implicit feedback, as in RecBole and the LightGCN paper):
 
 Only users with at least one relevant item are evaluated. A batch of ``B`` users costs one
 Float[B, I] score matrix; the batch size defaults to keep it near 64 M entries.
-The model is reached only through ``score(users: Long[B]) -> Float[B, I]``.
+The model is reached only through ``score(users: Long[B]) -> Float[B, I]``
+(:func:`dot_scores` for final embeddings); the interactions through
+:class:`~gnnrec.gnn.views.SplitInteractions` (of a graph, a train view or a run).
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from gnnrec.errors import GnnrecError
-from gnnrec.gnn.adjacency import CSR, interaction_csr, member
+from gnnrec.gnn.adjacency import CSR, member
+from gnnrec.gnn.data import TEST, TRAIN, VALID
 from gnnrec.gnn.metrics import MetricAccumulator
-from gnnrec.gnn.split import TEST, TRAIN, VALID
+from gnnrec.gnn.views import SplitInteractions, TrainView
 
 ScoreFn = Callable[[Tensor], Tensor]
 SplitName = Literal["valid", "test"]
@@ -37,6 +40,19 @@ def default_batch_size(num_items: int) -> int:
     return max(1, min(4096, _SCORE_BUDGET // max(num_items, 1)))
 
 
+def dot_scores(user: Tensor, item: Tensor) -> ScoreFn:
+    """``score(users) = user[users] @ item.T``: the score function of final embeddings."""
+    return lambda users: user[users.to(user.device)] @ item.t()
+
+
+def interactions_of(source: HeteroData | TrainView | SplitInteractions) -> SplitInteractions:
+    if isinstance(source, SplitInteractions):
+        return source
+    if isinstance(source, TrainView):
+        return source.interactions
+    return SplitInteractions.from_graph(source)
+
+
 def top_k(scores: Tensor, exclude: CSR, users: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Top ``k`` items per row after masking each user's ``exclude`` items.
 
@@ -48,8 +64,8 @@ def top_k(scores: Tensor, exclude: CSR, users: Tensor, k: int) -> tuple[Tensor, 
         ``(items Long[B, k'], scores Float[B, k'])``, ``k' = min(k, I)``; rows with fewer
         candidates than ``k'`` end in ``-inf`` scores (their items are not candidates).
     """
-    row, col = exclude.gather(users.cpu())
-    scores[row.to(scores.device), col.to(scores.device)] = float("-inf")
+    row, col = (torch.from_numpy(a).to(scores.device) for a in exclude.gather(users.cpu()))
+    scores[row, col] = float("-inf")
     values, items = torch.topk(scores, min(k, scores.size(1)), dim=1)
     return items, values
 
@@ -58,28 +74,29 @@ class Evaluator:
     """Evaluates score functions on one split of one graph (prepare once, call often).
 
     Args:
-        data: the graph with a split.
+        data: the interactions with their split: of a graph, a train view or a run.
         split: ``valid`` or ``test``.
         ks: cut-offs (metrics for each).
         batch_size: users per score batch (default from the catalogue size).
     """
 
-    def __init__(self, data: HeteroData, split: SplitName = "valid", *,
-                 ks: Sequence[int] = (10, 20), batch_size: int | None = None) -> None:
-        if "split" not in data["user", "interacts", "item"]:
+    def __init__(self, data: HeteroData | TrainView | SplitInteractions,
+                 split: SplitName = "valid", *, ks: Sequence[int] = (10, 20),
+                 batch_size: int | None = None) -> None:
+        inter = interactions_of(data)
+        if not inter.has_split:
             raise EvaluationError("graph has no split: run `gnnrec split` or apply_split first")
         if split not in ("valid", "test"):
             raise EvaluationError(f"split must be 'valid' or 'test', got {split!r}")
         self.split = split
         self.ks = tuple(sorted(ks))
-        self.num_users = int(data["user"].num_nodes)
-        self.num_items = int(data["item"].num_nodes)
-        seen = (TRAIN,) if split == "valid" else (TRAIN, VALID)
-        self.exclude, _ = interaction_csr(data, seen)
-        self.target, _ = interaction_csr(data, (VALID if split == "valid" else TEST,))
-        self.target_keys = self.target.keys(self.num_items)
-        self.item_count = interaction_csr(data, (TRAIN,))[1].degree()
-        self.users = (self.target.degree() > 0).nonzero().flatten()
+        self.num_users, self.num_items = inter.num_users, inter.num_items
+        self.exclude = inter.part((TRAIN,) if split == "valid" else (TRAIN, VALID))
+        self.target = inter.part((VALID if split == "valid" else TEST,))
+        self.target_keys = torch.from_numpy(self.target.keys(self.num_items))
+        self.target_degree = torch.from_numpy(self.target.degree())
+        self.item_count = inter.item_count((TRAIN,))
+        self.users = (self.target_degree > 0).nonzero().flatten()
         self.batch_size = batch_size or default_batch_size(self.num_items)
 
     def __call__(self, score: ScoreFn, *, device: torch.device | str | None = None,
@@ -126,11 +143,12 @@ class Evaluator:
                 values = torch.cat([values, values.new_full((values.size(0), pad), -torch.inf)], 1)
             items, values = items.cpu(), values.cpu()
             hits = member(self.target_keys, batch[:, None] * self.num_items + items)
-            acc.update(items, hits, self.target.degree()[batch], valid=values > -torch.inf)
+            acc.update(items, hits, self.target_degree[batch], valid=values > -torch.inf)
         return acc, users
 
 
-def evaluate(score: ScoreFn, data: HeteroData, split: SplitName = "valid", *,
+def evaluate(score: ScoreFn, data: HeteroData | TrainView | SplitInteractions,
+             split: SplitName = "valid", *,
              ks: Sequence[int] = (10, 20), batch_size: int | None = None,
              device: torch.device | str | None = None) -> dict[str, float]:
     """One-shot :class:`Evaluator` call. ``score(users Long[B]) -> Float[B, I]``."""

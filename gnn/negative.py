@@ -11,13 +11,16 @@ any density. All randomness comes from the sampler's own seeded ``torch.Generato
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from gnnrec.errors import GnnrecError
-from gnnrec.gnn.adjacency import CSR, build_csr, member
+from gnnrec.gnn.adjacency import CSR, member
+
+if TYPE_CHECKING:
+    from gnnrec.gnn.views import TrainView
 
 
 class NegativeSamplingError(GnnrecError):
@@ -47,9 +50,10 @@ class NegativeSampler:
         max_rounds: int = 20,
     ) -> None:
         self.num_items = num_items
-        self.csr: CSR = build_csr(train_user.cpu(), train_item.cpu(), num_users)
-        self.keys = self.csr.keys(num_items)
-        deg = self.csr.degree()
+        csr = CSR.from_edges(train_user, train_item, num_users, num_cols=num_items, sort=True)
+        self.indptr, indices = csr.to_torch()
+        self.keys = torch.from_numpy(csr.keys(num_items))
+        self.deg = deg = torch.from_numpy(csr.degree())
         if deg.numel() and int(deg.max()) >= num_items:
             u = int(torch.argmax(deg))
             raise NegativeSamplingError(
@@ -57,9 +61,9 @@ class NegativeSampler:
                 "item exists for it (drop the user or add items)")
         # Per user, the sorted positives shifted by their rank: the k-th non-positive item
         # of user u is k + #{j : pos_j - j <= k}. Keys ``u * (I + 1) + shifted`` are sorted.
-        rank = torch.arange(self.keys.numel()) - torch.repeat_interleave(self.csr.indptr[:-1], deg)
+        rank = torch.arange(self.keys.numel()) - torch.repeat_interleave(self.indptr[:-1], deg)
         rows = torch.repeat_interleave(torch.arange(num_users), deg)
-        self._shift_keys = rows * (num_items + 1) + (self.csr.indices - rank)
+        self._shift_keys = rows * (num_items + 1) + (indices - rank)
         self.cdf: Tensor | None = None
         if popularity:
             count = torch.bincount(train_item.cpu(), minlength=num_items).double()
@@ -67,6 +71,12 @@ class NegativeSampler:
             self.cdf = cdf / cdf[-1]
         self.max_rounds = max_rounds
         self.generator = torch.Generator().manual_seed(seed)
+
+    @classmethod
+    def from_view(cls, view: TrainView, **kwargs: Any) -> NegativeSampler:
+        """The sampler of a train view's interactions (keyword arguments as the class's)."""
+        users, items = view.train_pairs()
+        return cls(users, items, view.num_users, view.num_items, **kwargs)
 
     def _draw(self, n: int) -> Tensor:
         if self.cdf is None:
@@ -80,12 +90,12 @@ class NegativeSampler:
 
     def _exact(self, users: Tensor) -> Tensor:
         """Uniform draws from each user's non-train items (no rejection)."""
-        deg = self.csr.degree()[users]
+        deg = self.deg[users]
         k = (torch.rand(users.numel(), generator=self.generator, dtype=torch.float64)
              * (self.num_items - deg)).long()
         k = torch.minimum(k, self.num_items - deg - 1)
         base = users * (self.num_items + 1)
-        below = torch.searchsorted(self._shift_keys, base + k, right=True) - self.csr.indptr[users]
+        below = torch.searchsorted(self._shift_keys, base + k, right=True) - self.indptr[users]
         return k + below
 
     def sample(self, users: Tensor, num_negatives: int = 1) -> Tensor:

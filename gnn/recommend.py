@@ -1,6 +1,6 @@
-"""Top-k recommendations from a trained model, by external ids.
+"""Top-k recommendations from a trained model's final embeddings, by external ids.
 
-Items the user already has in the graph (any split, by default) are never returned.
+Items the user already has (any split, by default) are never returned.
 Unknown users raise :class:`UnknownUserError`: cold start is the serving layer's job.
 """
 
@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
-from torch_geometric.data import HeteroData
+from torch import Tensor
 
 from gnnrec.errors import GnnrecError
-from gnnrec.gnn.adjacency import CSR, interaction_csr
+from gnnrec.gnn.adjacency import CSR
 from gnnrec.gnn.data import IdMap
-from gnnrec.gnn.evaluate import default_batch_size, top_k
+from gnnrec.gnn.evaluate import default_batch_size, dot_scores, top_k
+
+if TYPE_CHECKING:
+    from gnnrec.gnn.run import Run
 
 
 class UnknownUserError(GnnrecError, KeyError):
@@ -39,26 +41,32 @@ class Recommendation:
 
 
 class TopKRecommender:
-    """Holds a model, its graph and the exclusion lists; answers by external id.
+    """Final embeddings, the id maps and the exclusion lists; answers by external id.
 
     Args:
-        model: a trained model with ``score(users Long[B]) -> Float[B, I]``.
-        graph: the graph it was trained on.
-        exclude_splits: interactions never recommended again (default all: train, valid, test).
-        device: where scoring runs (default: the model's device).
+        user_emb, item_emb: Float[U, d] and Float[I, d] final embeddings (score = dot).
+        user_ids, item_ids: external ids, index -> id.
+        exclude: user -> item CSR of interactions never recommended again (usually every
+            known one: train, valid and test).
+        device: where scoring runs (default: the embeddings' device).
     """
 
-    def __init__(self, model: nn.Module, graph: HeteroData, *,
-                 exclude_splits: Sequence[int] = (0, 1, 2),
+    def __init__(self, user_emb: Tensor, item_emb: Tensor, user_ids: Sequence[str],
+                 item_ids: Sequence[str], exclude: CSR, *,
                  device: torch.device | str | None = None) -> None:
-        self.model = model.eval()
-        self.users = IdMap(graph["user"].ext_id, "user")
-        self.item_ids: list[str] = list(graph["item"].ext_id)
-        self.exclude: CSR = interaction_csr(graph, tuple(exclude_splits))[0]
-        if device is None:
-            first = next(iter([*model.parameters(), *model.buffers()]), None)
-            device = first.device if first is not None else "cpu"
-        self.device = torch.device(device)
+        self.device = torch.device(device) if device is not None else user_emb.device
+        self.user_emb, self.item_emb = user_emb.to(self.device), item_emb.to(self.device)
+        self.users = IdMap(user_ids, "user")
+        self.item_ids: list[str] = list(item_ids)
+        self.exclude = exclude
+
+    @classmethod
+    def from_run(cls, run: Run, *, device: torch.device | str | None = None) -> TopKRecommender:
+        """A run directory's final embeddings and id maps; every interaction the run knows
+        (train, valid, test) is excluded."""
+        user, item = run.embeddings()
+        g = run.graph()
+        return cls(user, item, g.user_ids, g.item_ids, g.interactions.csr, device=device)
 
     def user_index(self, user: str) -> int:
         idx = self.users.get(str(user))
@@ -72,9 +80,10 @@ class TopKRecommender:
         ``-inf`` scores mark padding when a user has fewer than ``k`` unseen items."""
         out_items, out_scores = [], []
         step = default_batch_size(len(self.item_ids))
+        score = dot_scores(self.user_emb, self.item_emb)
         for start in range(0, users.numel(), step):
             batch = users[start : start + step]
-            scores = self.model.score(batch.to(self.device)).to(torch.float32, copy=True)  # type: ignore[operator]
+            scores = score(batch).to(torch.float32, copy=True)
             items, values = top_k(scores, self.exclude, batch, k)
             out_items.append(items.cpu())
             out_scores.append(values.cpu())
@@ -97,8 +106,3 @@ class TopKRecommender:
                         for r, (i, s) in enumerate(zip(row_items, row_scores, strict=True))
                         if s != float("-inf")])
         return out
-
-
-def recommend(model: nn.Module, graph: HeteroData, user: str, k: int = 10) -> list[Recommendation]:
-    """Top ``k`` items for ``user`` (external id) that the user has not interacted with."""
-    return TopKRecommender(model, graph).recommend(user, k)

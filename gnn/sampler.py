@@ -1,10 +1,10 @@
 """CSR neighbour sampling and mini-batches for hetero GNNs (numpy; no pyg-lib, no ray).
 
-Direction: for an edge type ``(src, rel, dst)`` the CSR is keyed by the **destination**:
-row ``v`` of type ``dst`` lists the ``src`` nodes ``u`` with an edge ``u -> v`` (the
-in-neighbours that send messages to ``v``). Sampling a ``dst`` node therefore adds
-``src`` nodes, exactly as PyG's ``NeighborLoader`` does. Interaction edges (any edge type
-carrying ``split``) keep their train edges (``split == 0``) only.
+What is sampled is the train view of the graph (:class:`~gnnrec.gnn.views.TrainView`):
+its CSR of an edge type ``(src, rel, dst)`` is keyed by the **destination**: row ``v`` of
+type ``dst`` lists the ``src`` nodes ``u`` with an edge ``u -> v`` (the in-neighbours that
+send messages to ``v``). Sampling a ``dst`` node therefore adds ``src`` nodes, exactly as
+PyG's ``NeighborLoader`` does. Only train interactions are there.
 
 Per hop and edge type all frontier nodes are sampled at once:
 
@@ -36,118 +36,15 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from gnnrec.errors import GnnrecError
-from gnnrec.gnn.data import IT, TI, UI, has_split, without_heldout_tagging
+from gnnrec.gnn.data import UI, EdgeType
 from gnnrec.gnn.negative import NegativeSampler
+from gnnrec.gnn.views import TrainView
 
-EdgeType = tuple[str, str, str]
 NumNeighbors = Sequence[int] | Mapping[EdgeType, Sequence[int]]
 
 
 class SamplerError(GnnrecError):
     """Bad sampler settings or seeds (unknown type, id out of range, bad fan-out)."""
-
-
-@dataclass(frozen=True)
-class EdgeCSR:
-    """In-neighbours along one edge type: entries ``indptr[v]:indptr[v + 1]`` are v's sources.
-
-    ``indptr`` Int64[N_dst + 1]; ``table`` Int[nnz, 2 | 4] one row per entry: source id,
-    edge id (column in ``data[edge_type].edge_index``) and, when the edge type has weights,
-    the weight's bits (Int32 table: float32, Int64 table: float64) and a zero pad. One row
-    per entry means one cache miss per sampled edge for all three; Int32 unless ids reach
-    2**31. The pad matters: ``np.take`` copies rows of 8 or 16 bytes with a fixed-size
-    move but rows of 12 bytes with a generic one, 3.7x slower (measured on 80,000 rows).
-    """
-
-    indptr: np.ndarray
-    table: np.ndarray
-
-    @property
-    def indices(self) -> np.ndarray:  # Int[nnz] source ids (a strided view)
-        return self.table[:, 0]
-
-    @property
-    def eid(self) -> np.ndarray:  # Int[nnz] edge ids (a strided view)
-        return self.table[:, 1]
-
-    @property
-    def has_weight(self) -> bool:
-        return self.table.shape[1] == 4
-
-    def gather(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(source Int64[M], edge id Int64[M], weight Float32[M] or None) of entries ``pos``."""
-        rows = np.take(self.table, pos, axis=0)
-        w = None
-        if self.has_weight:
-            float_t = np.float32 if self.table.dtype == np.int32 else np.float64
-            w = rows[:, 2].view(float_t).astype(np.float32)
-        return rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64), w
-
-    @classmethod
-    def build(cls, src: np.ndarray, dst: np.ndarray, eid: np.ndarray, num_dst: int,
-              weight: np.ndarray | None = None, num_src: int = 0) -> EdgeCSR:
-        """CSR of the edges ``src[j] -> dst[j]`` (Int[E]) keyed by ``dst``; ``eid`` Int[E]."""
-        order = np.argsort(dst, kind="stable")
-        indptr = np.zeros(num_dst + 1, dtype=np.int64)
-        np.cumsum(np.bincount(dst, minlength=num_dst), out=indptr[1:])
-        small = max(num_src, int(eid.max()) + 1 if eid.size else 0) < 2**31
-        itype, ftype = (np.int32, np.float32) if small else (np.int64, np.float64)
-        cols = [src[order].astype(itype), eid[order].astype(itype)]
-        if weight is not None:
-            cols.append(np.asarray(weight)[eid[order]].astype(ftype).view(itype))
-            cols.append(np.zeros(order.size, dtype=itype))  # pad rows to 16 / 32 bytes
-        return cls(indptr, np.ascontiguousarray(np.stack(cols, axis=1)))
-
-
-@dataclass(frozen=True)
-class HeteroCSR:
-    """The sampling view of a graph: plain numpy arrays (zero-copy through Ray's store).
-
-    ``x``: node features Float[N, F] per node type that has them (gathered by ``n_id``).
-    """
-
-    num_nodes: dict[str, int]
-    csr: dict[EdgeType, EdgeCSR]
-    x: dict[str, np.ndarray] = field(default_factory=dict)
-
-    @property
-    def edge_types(self) -> list[EdgeType]:
-        return sorted(self.csr)
-
-    @classmethod
-    def from_data(cls, data: HeteroData, *, train_only: bool = True) -> HeteroCSR:
-        """CSR of every edge type of ``data`` (train edges only where ``split`` exists).
-
-        Edge ``weight`` travels with the CSR; other edge attributes are not sampled. With
-        ``train_only``, tag edges lose the tagging of held-out pairs as in
-        :func:`~gnnrec.gnn.data.train_subgraph` (when the graph records ``tag_events``);
-        edge ids stay those of ``data``.
-        """
-        num_nodes = {nt: int(data[nt].num_nodes) for nt in data.node_types}
-        tags = (without_heldout_tagging(data)
-                if train_only and has_split(data) and "tag_events" in data else None)
-        csr: dict[EdgeType, EdgeCSR] = {}
-        for et in data.edge_types:
-            store = data[et]
-            ei = store.edge_index.cpu().numpy().astype(np.int64, copy=False)
-            eid = np.arange(ei.shape[1], dtype=np.int64)
-            weight = store.weight.cpu().numpy() if "weight" in store else None
-            if train_only and "split" in store:
-                eid = np.flatnonzero(store.split.cpu().numpy() == 0)
-            elif tags is not None and et in (IT, TI):  # TI is IT flipped, same order
-                eid, weight = np.flatnonzero(tags[0].numpy()), tags[1].numpy()
-            csr[et] = EdgeCSR.build(ei[0, eid], ei[1, eid], eid, num_nodes[et[2]], weight,
-                                    num_nodes[et[0]])
-        x = {nt: data[nt].x.cpu().numpy() for nt in data.node_types if "x" in data[nt]}
-        return cls(num_nodes, csr, x)
-
-    def train_pairs(self, edge_type: EdgeType = UI) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(src Int64[E], dst Int64[E], e_id Int64[E])`` of the kept edges, in edge order."""
-        c = self.csr[edge_type]
-        dst = np.repeat(np.arange(c.indptr.size - 1, dtype=np.int64), np.diff(c.indptr))
-        order = np.argsort(c.eid, kind="stable")
-        return (c.indices[order].astype(np.int64), dst[order],
-                c.eid[order].astype(np.int64))
 
 
 @dataclass
@@ -169,8 +66,8 @@ class SampledArrays:
     meta: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def _as_graph(graph: HeteroData | HeteroCSR) -> HeteroCSR:
-    return graph if isinstance(graph, HeteroCSR) else HeteroCSR.from_data(graph)
+def _as_graph(graph: HeteroData | TrainView) -> TrainView:
+    return graph if isinstance(graph, TrainView) else TrainView.from_graph(graph)
 
 
 def _fanouts(num_neighbors: NumNeighbors, edge_types: list[EdgeType]) -> dict[EdgeType, list[int]]:
@@ -250,7 +147,8 @@ class NeighborSampler:
     """k-hop heterogeneous neighbour sampler over train edges (PyG ``NeighborLoader`` shape).
 
     Args:
-        graph: a ``HeteroData`` (``gnnrec.gnn.data`` layout) or a prebuilt :class:`HeteroCSR`.
+        graph: a ``HeteroData`` (``gnnrec.gnn.data`` layout) or its prebuilt
+            :class:`~gnnrec.gnn.views.TrainView` (what is sampled: its CSRs).
         num_neighbors: fan-out per hop, one list for all edge types (``[15, 10, 5]``) or a dict
             ``{edge_type: [k1, k2, ...]}`` (missing types are not sampled); ``-1`` = all.
         replace: sample with replacement (exactly ``k`` per node of degree > 0).
@@ -259,7 +157,7 @@ class NeighborSampler:
     Not thread-safe: it keeps one global->local scratch map per node type.
     """
 
-    def __init__(self, graph: HeteroData | HeteroCSR, num_neighbors: NumNeighbors = (15, 10, 5),
+    def __init__(self, graph: HeteroData | TrainView, num_neighbors: NumNeighbors = (15, 10, 5),
                  replace: bool = False, seed: int = 0) -> None:
         self.graph = _as_graph(graph)
         self.edge_types = self.graph.edge_types
@@ -339,11 +237,11 @@ class NeighborSampler:
                 for et in self.edge_types:
                     k = self.num_neighbors[et][hop]
                     c = self.graph.csr[et]
-                    if k == 0 or et[2] not in frontier or c.indices.size == 0:
+                    if k == 0 or et[2] not in frontier or c.nnz == 0:
                         continue
                     glob, first = frontier[et[2]]
                     row, pos = sample_positions(c.indptr, glob, k, self.replace, rng)
-                    src, eid, w = c.gather(pos)
+                    src, eid, w = c.take(pos)
                     row += first
                     hop_edges.append((et, src, row, eid, w))
                     found.setdefault(et[0], []).append(src)
@@ -474,7 +372,7 @@ class NodeBatchSampler(_EpochBatches):
         batch_size: seeds per batch; shuffle / drop_last as ``DataLoader``; seed: base seed.
     """
 
-    def __init__(self, graph: HeteroData | HeteroCSR, node_type: str,
+    def __init__(self, graph: HeteroData | TrainView, node_type: str,
                  num_neighbors: NumNeighbors = (15, 10, 5), *, batch_size: int = 2048,
                  input_nodes: Tensor | np.ndarray | None = None, replace: bool = False,
                  shuffle: bool = True, drop_last: bool = False, seed: int = 0) -> None:
@@ -516,7 +414,7 @@ class LinkBatchSampler(_EpochBatches):
     The positive edges themselves stay in the message-passing graph (as in PyG).
     """
 
-    def __init__(self, graph: HeteroData | HeteroCSR, num_neighbors: NumNeighbors = (15, 10, 5),
+    def __init__(self, graph: HeteroData | TrainView, num_neighbors: NumNeighbors = (15, 10, 5),
                  *, batch_size: int = 2048, num_negatives: int = 1, replace: bool = False,
                  shuffle: bool = True, drop_last: bool = False, seed: int = 0,
                  edge_type: EdgeType = UI) -> None:
@@ -525,7 +423,7 @@ class LinkBatchSampler(_EpochBatches):
         if edge_type not in g.csr:
             raise SamplerError(f"graph has no edge type {edge_type}")
         self.edge_type = edge_type
-        self.src, self.dst, self.input_eid = g.train_pairs(edge_type)
+        self.src, self.dst, self.input_eid = g.edges(edge_type)
         self.num_negatives = int(num_negatives)
         self.negatives = NegativeSampler(torch.from_numpy(self.src), torch.from_numpy(self.dst),
                                          g.num_nodes[edge_type[0]], g.num_nodes[edge_type[2]],

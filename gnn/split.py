@@ -29,9 +29,8 @@ import torch
 from torch_geometric.data import HeteroData
 
 from gnnrec.errors import GnnrecError
-from gnnrec.gnn.data import IU, UI, has_split
+from gnnrec.gnn.data import IU, TEST, TRAIN, UI, VALID, has_split
 
-TRAIN, VALID, TEST = 0, 1, 2
 SplitKind = Literal["random", "temporal"]
 DEFAULT_MIN_INTERACTIONS = 3
 

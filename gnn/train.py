@@ -1,26 +1,35 @@
-"""The training loop: BPR on shuffled train edges, Adam, early stopping on valid recall@20.
+"""The training loop: one :func:`fit` for full-graph, mini-batch and each Ray Train worker.
 
-One epoch visits every train ``(user, positive)`` edge once in a seeded random order, in
-mini-batches of ``batch_size``, with ``num_negatives`` sampled negatives per positive
-(never a train item of the user). The loss is ``bpr + l2 * reg`` where
-``model.bpr_loss(users, pos, neg) -> (bpr, reg)`` returns the mean BPR loss and the
-unscaled L2 term of the batch's ego embeddings (``loss="softmax"``: sampled softmax of each
-positive against its negatives instead of BPR, scores divided by ``temperature``). Every
-``eval_every`` epochs (and at the last one) the model is scored on valid; the best epoch by
-``metric`` is kept (:class:`EarlyStopping`, shared with the mini-batch loop), and training
-stops after ``patience`` evaluations without improvement. All randomness after model
-construction comes from generators seeded by ``seed`` (the global torch RNG state, which
-dropout uses, is checkpointed too), so a run is reproducible on CPU and a resumed run
-(``resume=True``, from ``last.pt``) ends where an uninterrupted one would: bit for bit on
-CPU with any number of threads, because :func:`seed_everything` selects torch's
-deterministic kernels.
-Models without trainable parameters (``trainable = False``, e.g. popularity) are
-evaluated, not trained. Solver models (``solver = True``: iALS, EASE) are not trained by
-gradients either: each epoch is one ``model.solve_step()`` (an ALS sweep; EASE's closed
-form, ``max_steps = 1``), evaluated on valid every ``eval_every`` epochs, with the same
-early stopping, run directory and resume as the gradient models.
-``report(epoch, valid_metrics)``, when given, is called after every valid evaluation (the
-tuner's hook).
+::
+
+    for epoch in range(start, epochs + 1):
+        for inputs, users, pos, neg in batches(epoch):      # full graph, or sampled blocks
+            bpr, reg = ranking_loss(model(inputs), users, pos, neg)   # RankingStep
+            Adam step on bpr + l2 * reg
+        every eval_every epochs (and the last): score valid, keep the best weights,
+        checkpoint, stop after `patience` evaluations without improvement
+
+The batches decide what a step sees (:mod:`gnnrec.gnn.batches`): ``FullBatches`` visits
+every train ``(user, positive)`` edge once per epoch in a seeded random order, with
+``num_negatives`` sampled negatives per positive (never a train item of the user), and
+passes the model's full-graph inputs; ``SampledBatches`` passes the block of each
+sampled subgraph (mini-batch training). ``bpr`` is the mean BPR loss and ``reg`` the
+unscaled L2 term of the batch's ego embeddings (``loss="softmax"``: sampled softmax of
+each positive against its negatives instead of BPR, scores divided by ``temperature``).
+A :class:`Session` decides where the loop starts from and what it writes: a run directory
+(``model.pt`` on improvement, ``last.pt`` and meta at each evaluation) here, Ray Train's
+checkpoints in ``gnnrec.gnn.distributed`` (which also wraps the step in DDP and
+evaluates on rank 0). A model without trainable parameters takes no step: its
+``solve(view, epoch)`` runs instead (closed form, ALS sweeps) until it reports
+``converged``, evaluated on valid every ``eval_every`` epochs like the trained models (so an
+iALS trial of the tuner gets the same epoch budget and ASHA rungs); a model with neither is
+evaluated once.
+
+All randomness after model construction comes from generators seeded by ``seed`` (the
+global torch RNG state, which dropout uses, is checkpointed too), so a run is
+reproducible on CPU and a resumed run (``last.pt``) ends where an uninterrupted one would:
+bit for bit on CPU with any number of threads, because :func:`seed_everything` selects
+torch's deterministic kernels.
 """
 
 from __future__ import annotations
@@ -28,8 +37,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -39,11 +48,15 @@ from torch_geometric.data import HeteroData
 from tqdm.auto import tqdm
 
 from gnnrec.errors import GnnrecError
-from gnnrec.gnn.data import UI
-from gnnrec.gnn.evaluate import Evaluator
+from gnnrec.gnn.evaluate import Evaluator, dot_scores
+from gnnrec.gnn.metrics import CATALOGUE_METRICS, USER_METRICS
 from gnnrec.gnn.models.base import LOSSES
-from gnnrec.gnn.negative import NegativeSampler
 from gnnrec.gnn.run import Run, RunError
+from gnnrec.gnn.views import TrainView
+
+Step = tuple[Any, Tensor, Tensor, Tensor]  # (model inputs, users, positives, negatives)
+# (the model's full-graph inputs, device) -> a batch source: epoch -> that epoch's steps
+Batches = Callable[[Any, torch.device], Callable[[int], Iterable[Step]]]
 
 
 class TrainingError(GnnrecError):
@@ -103,7 +116,8 @@ class TrainResult:
     best_epoch: int
     best_valid: dict[str, float]
     history: list[dict[str, Any]] = field(default_factory=list)
-    stopped: str = "max_epochs"  # "max_epochs" | "early_stopping" | "no_parameters"
+    # "max_epochs" | "early_stopping" | "converged" (a solved model) | "no_parameters"
+    stopped: str = "max_epochs"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -132,42 +146,63 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
-def _rng_state(shuffle: torch.Generator, sampler: NegativeSampler) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state(),
-             "sampler": sampler.state_dict()["generator"]}
+def cpu_state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def rng_state(batches: Any = None) -> dict[str, Any]:
+    """The RNG states a checkpoint keeps: torch's (and CUDA's) and the batches' own."""
+    state = {"torch": torch.get_rng_state(), **(batches.state_dict() if batches else {})}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _restore_rng(state: dict[str, Any], shuffle: torch.Generator, sampler: NegativeSampler) -> None:
-    torch.set_rng_state(state["torch"])
-    shuffle.set_state(state["shuffle"])
-    sampler.load_state_dict({"generator": state["sampler"]})
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+class RankingStep(nn.Module):
+    """``forward(inputs, users, pos, neg) -> (loss, l2)``: the model's forward on its
+    inputs (the full graph's or a sampled block's), then the model's ``loss`` (the ranking
+    loss, plus the model's own terms) on the rows ``users`` / ``pos`` (Long[B]) and ``neg``
+    (Long[B, K]) index. This is the module DDP wraps: its only parameters are the model's."""
+
+    def __init__(self, model: nn.Module, loss: str = "bpr", temperature: float = 1.0) -> None:
+        super().__init__()
+        self.model, self.loss, self.temperature = model, loss, temperature
+
+    def forward(self, inputs: Any, users: Tensor, pos: Tensor,
+                neg: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.loss(self.model(inputs), users, pos,  # type: ignore[operator]
+                               neg.view(neg.size(0), -1), self.loss, self.temperature)
 
 
-def cpu_state(model: nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+def run_epoch(step: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Step],
+              l2: float, *, max_batches: int | None = None) -> dict[str, float]:
+    """One pass over ``batches``: (bpr, reg, loss means weighted by batch size, batches)."""
+    sums: Tensor | None = None  # on the loss's device: no synchronisation per step
+    count = seen = 0
+    for inputs, users, pos, neg in batches:
+        bpr, reg = step(inputs, users, pos, neg)
+        loss = bpr + l2 * reg
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        b = int(users.numel())
+        part = torch.stack([bpr.detach(), reg.detach()]).double() * b
+        sums = part if sums is None else sums + part
+        count, seen = count + b, seen + 1
+        if max_batches is not None and seen >= max_batches:
+            break
+    total = sums.cpu() if sums is not None else torch.zeros(2, dtype=torch.float64)
+    bpr_mean, reg_mean = (total / max(count, 1)).tolist()
+    return {"bpr": bpr_mean, "reg": reg_mean, "loss": bpr_mean + l2 * reg_mean,
+            "batches": seen, "positives": count}
 
 
 class EarlyStopping:
-    """Best-epoch bookkeeping shared by the training loops (full-graph and mini-batch).
+    """Best-epoch bookkeeping: the per-epoch ``history``, the best ``metric`` so far, its
+    epoch and weights, and the evaluations without improvement (``bad``)."""
 
-    Holds the per-epoch ``history``, the best ``metric`` so far, its epoch and weights, and
-    the evaluations without improvement (``bad``). :meth:`resume` continues from a run's
-    ``last.pt``; :meth:`end_epoch` records an epoch and, on evaluation epochs, scores
-    valid, keeps the best weights (``model.pt``) and writes ``last.pt``; :meth:`finish`
-    loads the best weights and writes the final meta. The Ray Train loop, which keeps its
-    checkpoints in Ray Train, uses the lower-level :meth:`observe`, :meth:`state` and
-    :meth:`load_state`.
-    """
-
-    def __init__(self, config: TrainConfig,
-                 report: Callable[[int, dict[str, float]], None] | None = None) -> None:
+    def __init__(self, config: TrainConfig) -> None:
         self.config = config
-        self.report = report
         self.history: list[dict[str, Any]] = []
         self.best_metric, self.best_epoch, self.bad = -math.inf, 0, 0
         self.best_state: dict[str, Tensor] | None = None
@@ -180,204 +215,219 @@ class EarlyStopping:
         """Whether ``epoch`` scores valid: every ``eval_every`` epochs and the last one."""
         return epoch % self.config.eval_every == 0 or epoch == self.config.epochs
 
-    def resume(self, run: Run | None, model: nn.Module,
-               optimizer: torch.optim.Optimizer | None) -> tuple[dict[str, Any], int]:
-        """Load ``run``'s ``last.pt`` into ``model``, ``optimizer`` and this bookkeeping.
-
-        Returns the checkpoint (its ``rng`` entry is the caller's to restore) and the epoch
-        to start from (past the last one when the run had already stopped early).
-        """
-        ckpt = run.load_last() if run is not None else None
-        if ckpt is None:
-            raise TrainingError("nothing to resume: the run has no last.pt yet")
-        model.load_state_dict(ckpt["model"])
-        if optimizer is not None:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        best = run.load_model_state() if ckpt["best_epoch"] else None  # type: ignore[union-attr]
-        return ckpt, self.load_state(ckpt, best)
-
-    def load_state(self, ckpt: dict[str, Any], best_state: dict[str, Tensor] | None) -> int:
-        """Take the bookkeeping fields of a checkpoint (see :meth:`state`) and the best
-        weights; returns the epoch to start from (past the last one when the run had
-        already stopped early)."""
-        self.history = list(ckpt["history"])
-        self.best_metric, self.best_epoch = ckpt["best_metric"], ckpt["best_epoch"]
-        self.bad, self.best_state = ckpt["bad"], best_state
-        return self.config.epochs + 1 if self.should_stop else int(ckpt["epoch"]) + 1
+    def observe(self, epoch: int, value: float, model: nn.Module | None) -> None:
+        """A valid evaluation of ``metric`` at ``epoch``: on improvement keep ``model``'s
+        weights (when given)."""
+        if value > self.best_metric:
+            self.best_metric, self.best_epoch, self.bad = value, epoch, 0
+            if model is not None:
+                self.best_state = cpu_state(model)
+        else:
+            self.bad += 1
 
     def state(self) -> dict[str, Any]:
         """The bookkeeping fields a checkpoint stores (:meth:`load_state` reads them)."""
         return {"best_metric": self.best_metric, "best_epoch": self.best_epoch, "bad": self.bad,
                 "history": self.history, "train_config": self.config.to_dict()}
 
-    def observe(self, epoch: int, value: float, model: nn.Module | None,
-                run: Run | None) -> None:
-        """A valid evaluation of ``metric`` at ``epoch``: on improvement keep ``model``'s
-        weights (when given) and save them as ``run``'s ``model.pt``."""
-        if value > self.best_metric:
-            self.best_metric, self.best_epoch, self.bad = value, epoch, 0
-            if model is not None:
-                self.best_state = cpu_state(model)
-                if run is not None:
-                    run.save_model(self.best_state)
-        else:
-            self.bad += 1
-
-    def end_epoch(self, record: dict[str, Any], evaluate: Callable[[], dict[str, float]],
-                  model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                  rng_state: Callable[[], dict[str, Any]], run: Run | None, bar: Any) -> bool:
-        """Record an epoch (``record`` has ``epoch`` and ``loss``); on an evaluation epoch,
-        score valid with ``evaluate()``, keep the best weights and write ``last.pt`` (with
-        ``rng_state()``) and the progress meta. Returns True when training should stop."""
-        epoch, loss = record["epoch"], record["loss"]
-        self.history.append(record)
-        if not self.evaluates(epoch):
-            bar.set_postfix(loss=f"{loss:.4f}")
-            return False
-        metric = self.config.metric
-        record["valid"] = metrics = evaluate()
-        self.observe(epoch, metrics[metric], model, run)
-        if run is not None:
-            run.save_last({"epoch": epoch, "model": cpu_state(model),
-                           "optimizer": optimizer.state_dict() if optimizer else {},
-                           "rng": rng_state(),
-                           **self.state()})
-            run.update_meta(history=self.history, best_epoch=self.best_epoch,
-                            best_valid=valid_of(self.history, self.best_epoch))
-        bar.set_postfix({"loss": f"{loss:.4f}", metric: f"{metrics[metric]:.4f}"})
-        if self.report is not None:
-            self.report(epoch, metrics)
-        return self.should_stop
-
-    def finish(self, model: nn.Module, run: Run | None, stopped: str) -> TrainResult:
-        if self.best_state is None:
-            raise TrainingError("no evaluation happened: no best model to keep")
-        model.load_state_dict(self.best_state)
-        model.eval()
-        best_valid = valid_of(self.history, self.best_epoch)
-        if run is not None:
-            run.update_meta(status="finished", stopped=stopped, history=self.history,
-                            best_epoch=self.best_epoch, best_valid=best_valid,
-                            metrics={"valid": best_valid})
-        return TrainResult(self.best_epoch, best_valid, self.history, stopped)
+    def load_state(self, ckpt: dict[str, Any], best_state: dict[str, Tensor] | None) -> int:
+        """Take the bookkeeping fields of a checkpoint and the best weights; returns the
+        epoch to start from (past the last one when the run had already stopped early)."""
+        self.history = list(ckpt["history"])
+        self.best_metric, self.best_epoch = ckpt["best_metric"], ckpt["best_epoch"]
+        self.bad, self.best_state = ckpt["bad"], best_state
+        return self.config.epochs + 1 if self.should_stop else int(ckpt["epoch"]) + 1
 
 
-def train(model: nn.Module, graph: HeteroData, config: TrainConfig, *, run: Run | None = None,
-          resume: bool = False, progress: bool = True,
-          report: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
-    """Train ``model`` (built from ``train_subgraph(graph)``) on ``graph``'s train edges.
+class Session:
+    """Where :func:`fit` starts from and what it writes: a run directory, or nothing.
 
-    ``graph`` must carry a split. With ``run``, the best model, the resume checkpoint and
-    the metadata are written there after every evaluation; ``resume`` continues from its
-    ``last.pt``. On return the model holds the best weights (in eval mode).
+    ``resume`` continues the run from its ``last.pt``. A Ray Train worker uses
+    ``gnnrec.gnn.distributed.WorkerSession`` instead (DDP, rank-0 evaluation, checkpoints
+    reported to Ray Train).
     """
-    config.validate()
-    device = resolve_device(config.device)
-    ui = graph[UI]
-    mask = ui.split == 0
-    users, items = ui.edge_index[0, mask], ui.edge_index[1, mask]
-    num_users, num_items = int(graph["user"].num_nodes), int(graph["item"].num_nodes)
-    model.to(device)
-    evaluator = Evaluator(graph, "valid", batch_size=config.eval_batch_size)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not getattr(model, "trainable", True):
-        params = []
 
-    def validate_model() -> dict[str, float]:
+    desc = "train"
+    where = ""  # names the process in error messages (a Ray Train worker: its rank)
+    extra: dict[str, Any] = {}  # noqa: RUF012 - fields added to every history record
+
+    def __init__(self, run: Run | None = None, *, resume: bool = False,
+                 progress: bool = True) -> None:
+        self.run, self.resume, self.progress = run, resume, progress
+        self.keeps_best = True
+
+    def device(self, config: TrainConfig) -> torch.device:
+        return resolve_device(config.device)
+
+    def wrap(self, step: nn.Module) -> nn.Module:
+        return step
+
+    def start(self, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+              stopping: EarlyStopping, batches: Any, config: TrainConfig) -> int:
+        """Resume (model, optimiser, bookkeeping, RNGs) when asked; the first epoch."""
+        first = 1
+        if self.resume:
+            ckpt = self.run.load_last() if self.run is not None else None
+            if ckpt is None:
+                raise TrainingError("nothing to resume: the run has no last.pt yet")
+            model.load_state_dict(ckpt["model"])
+            if optimizer is not None:
+                optimizer.load_state_dict(ckpt["optimizer"])
+            best = self.run.load_model_state() if ckpt["best_epoch"] else None  # type: ignore[union-attr]
+            first = stopping.load_state(ckpt, best)
+            torch.set_rng_state(ckpt["rng"]["torch"])
+            if batches is not None:
+                batches.load_state_dict(ckpt["rng"])
+            if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        if self.run is not None:
+            self.run.update_meta(status="running", train_config=config.to_dict())
+        return first
+
+    def begin_epoch(self, epoch: int) -> None:
+        pass
+
+    def validate(self, evaluate: Callable[[], dict[str, float]],
+                 metric: str) -> tuple[float, dict[str, float] | None]:
+        metrics = evaluate()
+        return metrics[metric], metrics
+
+    def checkpoint(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                   stopping: EarlyStopping, stopped: str, rng: dict[str, Any],
+                   embeddings: tuple[Tensor, Tensor] | None = None) -> None:
+        """After an evaluation: when they improved, the best weights (``model.pt``) and
+        their final embeddings (``embeddings``, the ones just evaluated); the resume
+        checkpoint (``last.pt``) and the progress in meta."""
+        if self.run is None:
+            return
+        if stopping.best_epoch == epoch and stopping.best_state is not None:
+            self.run.save_model(stopping.best_state)
+            if embeddings is not None:
+                self.run.save_embeddings(*embeddings)
+        self.run.save_last({"epoch": epoch, "model": cpu_state(model),
+                            "optimizer": optimizer.state_dict() if optimizer else {},
+                            "rng": rng, **stopping.state()})
+        self.run.update_meta(history=stopping.history, best_epoch=stopping.best_epoch,
+                             best_valid=valid_of(stopping.history, stopping.best_epoch))
+
+    def finish(self, model: nn.Module, stopping: EarlyStopping, stopped: str) -> TrainResult:
+        """Load the best weights into ``model`` (eval mode) and write the final meta."""
+        if stopping.best_state is None:
+            raise TrainingError("no evaluation happened: no best model to keep")
+        model.load_state_dict(stopping.best_state)
         model.eval()
-        metrics = evaluator(model.score, device=device)  # type: ignore[arg-type]
+        best_valid = valid_of(stopping.history, stopping.best_epoch)
+        if self.run is not None:
+            self.run.update_meta(status="finished", stopped=stopped, history=stopping.history,
+                                 best_epoch=stopping.best_epoch, best_valid=best_valid,
+                                 metrics={"valid": best_valid})
+        return TrainResult(stopping.best_epoch, best_valid, stopping.history, stopped)
+
+
+def fit(model: nn.Module, view: TrainView, config: TrainConfig, *,
+        batches: Batches | None = None, session: Session | None = None,
+        report: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+    """Train ``model`` (built for ``view.sizes``) on the train view; the best weights are
+    loaded on return (eval mode). ``batches(inputs, device)`` makes the batch source
+    (default: the full-graph :class:`~gnnrec.gnn.batches.FullBatches`); ``report(epoch,
+    valid_metrics)`` is called after every valid evaluation (the tuner's hook)."""
+    from gnnrec.gnn.batches import FullBatches  # batches imports this module
+
+    config.validate()
+    session = session or Session()
+    device = session.device(config)
+    model.to(device)
+    inputs = model.inputs(view)
+    inputs = inputs.to(device) if inputs is not None else None
+    evaluator = Evaluator(view, "valid", batch_size=config.eval_batch_size)
+    evaluated: list[tuple[Tensor, Tensor]] = []  # the embeddings last scored on valid
+
+    def evaluate() -> dict[str, float]:
+        model.eval()
+        with torch.no_grad():
+            out = model(inputs)
+        evaluated[:] = [(out.user, out.item)]
+        metrics = evaluator(dot_scores(out.user, out.item), device=device)
         model.train()
         return metrics
 
-    if getattr(model, "solver", False):
-        return _solve(model, config, validate_model, run, resume, progress, report)
-    if not params:  # e.g. popularity: nothing to optimise
-        metrics = validate_model()
-        model.eval()
-        history = [{"epoch": 0, "valid": metrics}]
-        if run is not None:
-            run.save_model(cpu_state(model))
-            run.update_meta(status="finished", history=history, best_epoch=0, best_valid=metrics,
-                            metrics={"valid": metrics})
-        return TrainResult(0, metrics, history, "no_parameters")
-    if config.metric not in validate_metric_keys(evaluator):
+    trainable = getattr(model, "trainable", True)
+    params = [p for p in model.parameters() if p.requires_grad] if trainable else []
+    solves = not params and callable(getattr(model, "solve", None))
+    if config.metric not in metric_keys(evaluator):
         raise TrainingError(f"metric {config.metric!r} is not computed; use e.g. recall@20")
-
-    optimizer = torch.optim.Adam(params, lr=config.lr)
-    sampler = NegativeSampler(users, items, num_users, num_items, seed=config.seed + 1,
-                              popularity=config.negatives == "popularity")
-    shuffle = torch.Generator().manual_seed(config.seed)
-    stopping, start = EarlyStopping(config, report), 1
-    if resume:
-        ckpt, start = stopping.resume(run, model, optimizer)
-        _restore_rng(ckpt["rng"], shuffle, sampler)
-    if run is not None:
-        run.update_meta(status="running", train_config=config.to_dict())
-
+    stopping = EarlyStopping(config)
+    if not params and not solves:  # nothing to fit (a stand-in model): evaluated once
+        return _evaluate_only(model, stopping, session, evaluate, evaluated)
+    optimizer = torch.optim.Adam(params, lr=config.lr) if params else None
+    make = batches or (lambda inputs, device: FullBatches(view, config, inputs, device))
+    source = make(inputs, device) if optimizer is not None else None
+    step = session.wrap(RankingStep(model, config.loss, config.temperature).to(device))
+    start = session.start(model, optimizer, stopping, source, config)
+    stopped = "max_epochs"
     model.train()
-    n, bs, k = users.numel(), config.batch_size, config.num_negatives
-    stopped = "max_epochs"
-    bar = tqdm(range(start, config.epochs + 1), desc="train", unit="epoch", disable=not progress,
-               initial=start - 1, total=config.epochs)
+    bar = tqdm(range(start, config.epochs + 1), desc=session.desc, unit="epoch",
+               disable=not session.progress, initial=start - 1, total=config.epochs)
     for epoch in bar:
+        session.begin_epoch(epoch)
         t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=shuffle)
-        sums = torch.zeros(2, dtype=torch.float64, device=device)
-        for b in range(0, n, bs):
-            idx = perm[b : b + bs]
-            u, p = users[idx], items[idx]
-            neg = sampler.sample(u, k)  # [B, K]
-            bpr, reg = model.bpr_loss(u.to(device), p.to(device), neg.to(device),  # type: ignore[operator]
-                                      config.loss, config.temperature)
-            loss = bpr + config.l2 * reg
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sums += torch.stack([bpr.detach(), torch.as_tensor(reg, device=device).detach()]
-                                ).double() * idx.numel()
-        bpr_mean, reg_mean = (sums / max(n, 1)).tolist()
-        loss_mean = bpr_mean + config.l2 * reg_mean
-        if not math.isfinite(loss_mean):
-            raise TrainingError(
-                f"training diverged at epoch {epoch}: the loss is {loss_mean} (bpr {bpr_mean}, "
-                f"reg {reg_mean}); lower --lr or check the model")
-        record: dict[str, Any] = {"epoch": epoch, "loss": loss_mean, "bpr": bpr_mean,
-                                  "reg": reg_mean, "seconds": round(time.perf_counter() - t0, 4)}
-        if stopping.end_epoch(record, validate_model, model, optimizer,
-                              lambda: _rng_state(shuffle, sampler), run, bar):
-            stopped = "early_stopping"
+        if optimizer is not None:
+            stats = run_epoch(step, optimizer, source(epoch), config.l2)  # type: ignore[misc]
+        else:
+            stats = model.solve(view, epoch)  # type: ignore[operator]
+        loss = stats.get("loss", 0.0)
+        if not math.isfinite(loss):
+            raise TrainingError(f"training diverged at epoch {epoch}{session.where}: the loss "
+                                f"is {loss} (bpr {stats.get('bpr')}, reg {stats.get('reg')}); "
+                                "lower --lr or check the model")
+        record: dict[str, Any] = {"epoch": epoch, **{k: v for k, v in stats.items()
+                                                     if k != "positives"}, **session.extra,
+                                  "seconds": round(time.perf_counter() - t0, 4)}
+        stopping.history.append(record)
+        converged = stats.get("converged", 0) > 0
+        # a solved model is evaluated like a trained one (every eval_every sweeps, the last
+        # one) and when it reports convergence
+        if not stopping.evaluates(epoch) and not converged:
+            bar.set_postfix(loss=f"{loss:.4f}")
+            continue
+        value, metrics = session.validate(evaluate, config.metric)
+        if metrics is not None:
+            record["valid"] = metrics
+        stopping.observe(epoch, value, model if session.keeps_best else None)
+        if stopping.should_stop or converged:
+            stopped = "converged" if converged else "early_stopping"
+        session.checkpoint(epoch, model, optimizer, stopping, stopped, rng_state(source),
+                           evaluated[0] if evaluated else None)
+        if report is not None and metrics is not None:
+            report(epoch, metrics)
+        bar.set_postfix({"loss": f"{loss:.4f}", config.metric: f"{value:.4f}"})
+        if stopped != "max_epochs":
             break
     bar.close()
-    return stopping.finish(model, run, stopped)
+    return session.finish(model, stopping, stopped)
 
 
-def _solve(model: nn.Module, config: TrainConfig, validate_model: Callable[[], dict[str, float]],
-           run: Run | None, resume: bool, progress: bool,
-           report: Callable[[int, dict[str, float]], None] | None) -> TrainResult:
-    """The epochs of a solver model: one ``solve_step()`` each, valid every ``eval_every``
-    steps and at the last one (EASE's ``max_steps = 1``: that one step)."""
-    max_steps = getattr(model, "max_steps", None)
-    epochs = min(config.epochs, max_steps) if max_steps else config.epochs
-    steps = replace(config, epochs=epochs)
-    stopping, start = EarlyStopping(steps, report), 1
-    if resume:
-        ckpt, start = stopping.resume(run, model, None)
-        torch.set_rng_state(ckpt["rng"]["torch"])
-    if run is not None:
-        run.update_meta(status="running", train_config=config.to_dict())
-    stopped = "max_epochs"
-    bar = tqdm(range(start, epochs + 1), desc="solve", unit="step", disable=not progress,
-               initial=start - 1, total=epochs)
-    for epoch in bar:
-        t0 = time.perf_counter()
-        model.solve_step()  # type: ignore[operator]
-        record = {"epoch": epoch, "loss": math.nan, "seconds": round(time.perf_counter() - t0, 4)}
-        if stopping.end_epoch(record, validate_model, model, None,
-                              lambda: {"torch": torch.get_rng_state()}, run, bar):
-            stopped = "early_stopping"
-            break
-    bar.close()
-    return stopping.finish(model, run, stopped)
+def _evaluate_only(model: nn.Module, stopping: EarlyStopping, session: Session,
+                   evaluate: Callable[[], dict[str, float]],
+                   evaluated: list[tuple[Tensor, Tensor]]) -> TrainResult:
+    record: dict[str, Any] = {"epoch": 0}
+    stopping.history.append(record)
+    value, record["valid"] = session.validate(evaluate, stopping.config.metric)
+    stopping.observe(0, value, model)
+    session.checkpoint(0, model, None, stopping, "no_parameters", rng_state(), evaluated[0])
+    return session.finish(model, stopping, "no_parameters")
+
+
+def train(model: nn.Module, graph: HeteroData | TrainView, config: TrainConfig, *,
+          run: Run | None = None, resume: bool = False, progress: bool = True,
+          report: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+    """Full-graph :func:`fit` of ``model`` on ``graph``'s train view (``graph`` must carry a
+    split). With ``run``, the best model, its final embeddings, the resume checkpoint and
+    the metadata are written there after every evaluation; ``resume`` continues from its
+    ``last.pt``; ``report`` as :func:`fit`'s."""
+    view = graph if isinstance(graph, TrainView) else TrainView.from_graph(graph)
+    return fit(model, view, config, session=Session(run, resume=resume, progress=progress),
+               report=report)
 
 
 def valid_of(history: list[dict[str, Any]], epoch: int) -> dict[str, float]:
@@ -385,9 +435,8 @@ def valid_of(history: list[dict[str, Any]], epoch: int) -> dict[str, float]:
     return next((r["valid"] for r in history if r["epoch"] == epoch and "valid" in r), {})
 
 
-def validate_metric_keys(evaluator: Evaluator) -> set[str]:
-    names = ("recall", "ndcg", "precision", "hit", "mrr", "coverage", "novelty")
-    return {f"{m}@{k}" for m in names for k in evaluator.ks}
+def metric_keys(evaluator: Evaluator) -> set[str]:
+    return {f"{m}@{k}" for m in (*USER_METRICS, *CATALOGUE_METRICS) for k in evaluator.ks}
 
 
 def check_resumable(run: Run, model_name: str, model_config: dict[str, Any],

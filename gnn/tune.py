@@ -48,7 +48,8 @@ from ray import tune
 from torch_geometric.data import HeteroData
 
 from gnnrec.errors import GnnrecError
-from gnnrec.gnn.data import IT, UU, load_graph
+from gnnrec.gnn.data import IT, UU
+from gnnrec.gnn.graph_file import load_graph
 from gnnrec.gnn.run import Run, build_model, model_class, write_json
 from gnnrec.gnn.train import TrainConfig, seed_everything, train
 
@@ -171,7 +172,7 @@ def default_config(family: str) -> dict[str, Any]:
     cls = model_class(family)
     params = inspect.signature(cls.__init__).parameters
     model = {k: p.default for k, p in params.items()
-             if k not in ("self", "graph") and p.default is not inspect.Parameter.empty}
+             if k not in ("self", "sizes") and p.default is not inspect.Parameter.empty}
     return {**model, **TrainConfig().to_dict(), **getattr(cls, "train_defaults", {})}
 
 

@@ -206,7 +206,7 @@ def _export(args: argparse.Namespace) -> int:
     with GraphClient.connect() as client:
         data, summary = export_hetero(client, page_size=args.page_size,
                                       progress=not args.no_progress)
-    from gnnrec.gnn.data import save_graph
+    from gnnrec.gnn.graph_file import save_graph
 
     if args.split != "none":
         from gnnrec.gnn.split import apply_split
@@ -248,26 +248,22 @@ def _writeback(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from gnnrec.gnn.recommend import TopKRecommender
-    from gnnrec.gnn.run import load_run
+    from gnnrec.gnn.jobs import recommender_of_run
     from gnnrec.graph.client import GraphClient
     from gnnrec.graph.writeback import writeback
 
-    model, meta, graph = load_run(args.run)
-    ranker = TopKRecommender(model, graph)
-    users = torch.arange(graph["user"].num_nodes)
-    items, scores = ranker.top_k_indices(users, args.k)
+    ranker, model, meta = recommender_of_run(args.run)
+    items, scores = ranker.top_k_indices(torch.arange(len(ranker.users)), args.k)
     user_emb = item_emb = None
     if not args.no_embeddings and any(True for _ in model.parameters()):
-        with torch.no_grad():
-            user_emb, item_emb = (e.detach().cpu().numpy() for e in model.embeddings())
-    rows = len(graph["user"].ext_id) * (1 if user_emb is None else 2)
-    rows += 0 if item_emb is None else len(graph["item"].ext_id)
+        user_emb, item_emb = ranker.user_emb.cpu().numpy(), ranker.item_emb.cpu().numpy()
+    rows = len(ranker.users) * (1 if user_emb is None else 2)
+    rows += 0 if item_emb is None else len(ranker.item_ids)
     with GraphClient.connect() as client, tqdm(total=rows, desc="writeback", unit="row",
                                                disable=args.no_progress, leave=False) as bar:
         summary = writeback(
             client, run=Path(args.run).name, model=meta["model"]["name"],
-            user_ids=graph["user"].ext_id, item_ids=graph["item"].ext_id,
+            user_ids=ranker.users.ext_ids, item_ids=ranker.item_ids,
             top_items=items.numpy(), top_scores=scores.numpy(),
             user_emb=user_emb, item_emb=item_emb, batch_size=args.batch_size,
             progress=bar.update,

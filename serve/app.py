@@ -171,7 +171,7 @@ def create_app(service: RecommenderService) -> FastAPI:
     async def reload(body: ReloadIn) -> ReloadResult:
         """Serve another run: it is loaded fully, then swapped in (in-flight requests finish
         on the old one)."""
-        return await service.reload(body.run, body.graph)
+        return await service.reload(body.run)
 
     return app
 

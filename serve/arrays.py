@@ -1,38 +1,11 @@
-"""Array helpers of the serving state: CSR rows, growable arrays, top-k and MMR."""
+"""Array helpers of the serving state: growable arrays, top-k and MMR (its CSRs are
+:class:`gnnrec.gnn.adjacency.CSR`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
-
-
-class Csr(NamedTuple):
-    """Compressed sparse rows: row ``r`` holds ``indices[indptr[r]:indptr[r + 1]]``."""
-
-    indptr: np.ndarray
-    indices: np.ndarray
-
-    @classmethod
-    def from_pairs(cls, rows: Iterable[int], cols: Iterable[int], num_rows: int) -> Csr:
-        r = np.asarray(list(rows) if not isinstance(rows, np.ndarray) else rows, dtype=np.int64)
-        c = np.asarray(list(cols) if not isinstance(cols, np.ndarray) else cols, dtype=np.int64)
-        order = np.lexsort((c, r))
-        indptr = np.zeros(num_rows + 1, dtype=np.int64)
-        np.cumsum(np.bincount(r, minlength=num_rows), out=indptr[1:])
-        return cls(indptr, c[order])
-
-    @classmethod
-    def empty(cls, num_rows: int) -> Csr:
-        return cls(np.zeros(num_rows + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
-
-    def row(self, r: int) -> np.ndarray:
-        return self.indices[self.indptr[r]:self.indptr[r + 1]]
-
-    @property
-    def num_rows(self) -> int:
-        return len(self.indptr) - 1
 
 
 class Growing:

@@ -21,8 +21,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Start a Ray Serve application answering /recommend, /similar, /explain "
                     "and feedback writes for a trained run; OpenAPI at http://HOST:PORT/docs.")
     sv.add_argument("--run", required=True, help="run directory (runs/NAME)")
-    sv.add_argument("--graph", default=None,
-                    help="graph file the run was trained on (default: the recorded one)")
     sv.add_argument("--replicas", type=int, default=1, help="Serve replicas (default 1)")
     sv.add_argument("--num-cpus", type=float, default=0.5, help="CPUs per replica (0.5)")
     sv.add_argument("--max-replicas-per-node", type=int, default=None,
@@ -71,7 +69,6 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         options = ServeOptions.with_env_token(
             run=os.path.abspath(args.run),
-            graph=os.path.abspath(args.graph) if args.graph else None,
             token=SecretStr(args.token) if args.token else None,
             max_k=args.max_k, max_body_bytes=args.max_body_bytes,
             neo4j=neo4j, ann=AnnOptions(threshold=args.ann_threshold, nprobe=args.ann_nprobe))

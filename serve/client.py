@@ -131,8 +131,8 @@ class ServeClient:
     def forget(self, user: str) -> Any:
         return self.call("DELETE", f"/users/{_segment(user)}")
 
-    def reload(self, run: str, graph: str | None = None) -> Any:
-        return self.call("POST", "/admin/reload", {"run": run, "graph": graph})
+    def reload(self, run: str) -> Any:
+        return self.call("POST", "/admin/reload", {"run": run})
 
 
 def recommend_via_server(url: str, user: str, k: int = 10, *, tag: str | None = None,

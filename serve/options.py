@@ -55,8 +55,7 @@ class ServeOptions(BaseModel):
     """Behaviour of the service (no resource settings here).
 
     Attributes:
-        run: run directory (``runs/NAME``) whose model is served.
-        graph: graph file the run was trained on (default: the one recorded in the run).
+        run: run directory (``runs/NAME``) whose model is served: all that is read.
         max_k: largest ``k`` a request may ask for (above it: 422).
         max_body_bytes: largest request body accepted (above it: 413).
         token: bearer token required by write endpoints; ``None``: writes are refused (403).
@@ -72,7 +71,6 @@ class ServeOptions(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     run: str
-    graph: str | None = None
     max_k: int = Field(100, ge=1, le=10_000)
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024)
     token: SecretStr | None = None

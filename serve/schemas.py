@@ -65,10 +65,9 @@ class NewUserIn(_Body):
 
 
 class ReloadIn(_Body):
-    """The run to serve from now on (and its graph file, when not the recorded one)."""
+    """The run directory to serve from now on (it holds everything serving reads)."""
 
     run: str
-    graph: str | None = None
 
 
 class ScoredItem(BaseModel):

@@ -76,14 +76,13 @@ class ForgetEvent:
 @dataclass(frozen=True)
 class ReloadEvent:
     run: str
-    graph: str | None = None
 
 
 Event = InteractionsEvent | NewUserEvent | ForgetEvent | ReloadEvent
 
 
-def load_state(run: str, graph: str | None, options: ServeOptions) -> ServingState:
-    return ServingState.from_run(run, graph, fold_in_mix=options.fold_in_mix, ann=options.ann)
+def load_state(run: str, options: ServeOptions) -> ServingState:
+    return ServingState.from_run(run, fold_in_mix=options.fold_in_mix, ann=options.ann)
 
 
 def validate_interactions(rows: Sequence[InteractionIn], now: int) -> list[dict[str, Any]]:
@@ -128,13 +127,12 @@ class RecommenderService:
 
     def __init__(self, options: ServeOptions, state: ServingState | None = None, *,
                  feedback_log: Any | None = None, replicas: int = 1, replica: str = "local",
-                 state_loader: Callable[[str, str | None, ServeOptions], ServingState] = load_state,
+                 state_loader: Callable[[str, ServeOptions], ServingState] = load_state,
                  ) -> None:
         self.options = options
         self.replica = replica
         self._loader = state_loader
-        self._state = state if state is not None else state_loader(options.run, options.graph,
-                                                                  options)
+        self._state = state if state is not None else state_loader(options.run, options)
         self._log = feedback_log
         self._replicas = replicas
         self._applied = 0
@@ -298,12 +296,12 @@ class RecommenderService:
         return ForgetResult(user=user, neo4j=deleted["neo4j"], memory=bool(in_memory),
                             persisted=self.persisted)
 
-    async def reload(self, run: str, graph: str | None = None) -> ReloadResult:
+    async def reload(self, run: str) -> ReloadResult:
         started = time.perf_counter()
         previous = self._state.run
         if not os.path.isdir(run):
             raise NotFoundError(f"run directory {run!r} does not exist on the server")
-        state = await self._write(ReloadEvent(run, graph))
+        state = await self._write(ReloadEvent(run))
         return ReloadResult(run=state.run, model=state.model, previous_run=previous,
                             users=state.num_users, items=state.num_items,
                             seconds=round(time.perf_counter() - started, 3))
@@ -346,7 +344,7 @@ class RecommenderService:
         from gnnrec.errors import GnnrecError
 
         try:
-            return await asyncio.to_thread(self._loader, event.run, event.graph, self.options)
+            return await asyncio.to_thread(self._loader, event.run, self.options)
         except ServingError:
             raise
         except (GnnrecError, OSError, ValueError) as exc:

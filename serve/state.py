@@ -35,11 +35,12 @@ from typing import Any
 
 import numpy as np
 
+from gnnrec.gnn.adjacency import CSR
 from gnnrec.serve.ann import AnnOptions, ItemIndex
-from gnnrec.serve.arrays import Csr, Growing, median_norm, mmr, top_k, unit_rows
+from gnnrec.serve.arrays import Growing, median_norm, mmr, top_k, unit_rows
 from gnnrec.serve.errors import ConflictError, InvalidInputError, NotFoundError
 
-__all__ = ["Csr", "ExplainCounts", "FoldIn", "Ranking", "Scored", "ServingState", "mmr"]
+__all__ = ["ExplainCounts", "FoldIn", "Ranking", "Scored", "ServingState", "mmr"]
 
 _MIN_POOL = 50
 
@@ -105,9 +106,9 @@ class ServingState:
         user_emb: np.ndarray,
         item_emb: np.ndarray,
         *,
-        seen: Csr,
-        friends: Csr | None = None,
-        item_tags: Csr | None = None,
+        seen: CSR,
+        friends: CSR | None = None,
+        item_tags: CSR | None = None,
         tag_names: Sequence[str] = (),
         popularity: np.ndarray | None = None,
         model: str = "",
@@ -147,12 +148,12 @@ class ServingState:
         if popularity is None:
             popularity = np.array([len(s) for s in self._item_users], dtype=np.float64)
         self._popularity = Growing(np.asarray(popularity, dtype=np.float64))
-        friends = friends if friends is not None else Csr.empty(n_users)
+        friends = friends if friends is not None else CSR.empty(n_users)
         self._friends = [set(friends.row(u).tolist()) - {u} for u in range(n_users)]
         for u, fs in enumerate(self._friends):  # make symmetric whatever was given
             for f in fs:
                 self._friends[f].add(u)
-        item_tags = item_tags if item_tags is not None else Csr.empty(n_items)
+        item_tags = item_tags if item_tags is not None else CSR.empty(n_items)
         self._tag_names = [str(t) for t in tag_names]
         self._tag_index = {t: k for k, t in enumerate(self._tag_names)}
         self._item_tags = [np.unique(item_tags.row(i)) for i in range(n_items)]
@@ -169,28 +170,21 @@ class ServingState:
 
     # -- construction -------------------------------------------------------------
     @classmethod
-    def from_run(cls, path: str | os.PathLike[str], graph: str | os.PathLike[str] | None = None,
-                 *, fold_in_mix: float = 0.5, ann: AnnOptions | None = None) -> ServingState:
-        """Load ``runs/NAME`` with :func:`gnnrec.gnn.run.load_run` (model + graph + meta)."""
-        import torch
+    def from_run(cls, path: str | os.PathLike[str], *, fold_in_mix: float = 0.5,
+                 ann: AnnOptions | None = None) -> ServingState:
+        """Load ``runs/NAME`` from the run directory alone (no graph file): its final
+        embeddings, id maps, every known interaction, the friendships and the item tags
+        (see :mod:`gnnrec.gnn.run`)."""
+        from gnnrec.gnn.run import Run
 
-        from gnnrec.gnn.run import load_run
-
-        model, meta, data = load_run(path, graph)
-        with torch.no_grad():
-            user_emb, item_emb = model.embeddings()  # type: ignore[operator]
-        n_users, n_items = int(data["user"].num_nodes), int(data["item"].num_nodes)
-        ui = data["user", "interacts", "item"].edge_index.numpy()
-        uu = data["user", "friend", "user"].edge_index.numpy()
-        it = data["item", "has_tag", "tag"].edge_index.numpy()
+        run = Run.open(path)
+        meta = run.meta()
+        user_emb, item_emb = run.embeddings()
+        g = run.graph()
         return cls(
-            list(data["user"].ext_id), list(data["item"].ext_id),
-            user_emb.detach().cpu().float().numpy(), item_emb.detach().cpu().float().numpy(),
-            seen=Csr.from_pairs(ui[0], ui[1], n_users),
-            friends=Csr.from_pairs(uu[0], uu[1], n_users),
-            item_tags=Csr.from_pairs(it[0], it[1], n_items),
-            tag_names=list(data["tag"].ext_id),
-            model=str(meta["model"]["name"]), run=os.fspath(path),
+            g.user_ids, g.item_ids, user_emb.float().numpy(), item_emb.float().numpy(),
+            seen=g.interactions.csr, friends=g.friends, item_tags=g.item_tags,
+            tag_names=g.tag_ids, model=str(meta["model"]["name"]), run=os.fspath(path),
             metrics=meta.get("metrics") or {}, fold_in_mix=fold_in_mix, ann=ann,
         )
 

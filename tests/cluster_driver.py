@@ -20,8 +20,8 @@ def sampling() -> dict[str, object]:
     import ray
     from test_ray_sampling import assert_same
 
-    from gnnrec.gnn.data import synthetic_graph
     from gnnrec.gnn.distributed_sampling import RaySampledBatches, RaySamplingParams
+    from gnnrec.gnn.generators import synthetic_graph
     from gnnrec.gnn.sampler import LinkBatchSampler
     from gnnrec.gnn.split import apply_split
 

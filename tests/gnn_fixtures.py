@@ -1,7 +1,8 @@
 """Small graphs and stand-in models for the gnn tests (not a test module).
 
-``TinyMF`` follows the ``gnnrec.gnn.models`` Recommender interface with plain dot-product
-matrix factorisation, so the training loop, runs and CLI are tested without the real models.
+``TinyMF`` follows the ``gnnrec.gnn.models`` Recommender interface (built from sizes,
+``inputs(view)``, ``forward(inputs) -> Propagation``) with plain dot-product matrix
+factorisation, so the training loop, runs and CLI are tested without the real models.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 
-from gnnrec.gnn.data import build_graph, synthetic_graph
-from gnnrec.gnn.models.base import ranking_loss
+from gnnrec.gnn.data import UI, build_graph
+from gnnrec.gnn.generators import synthetic_graph
+from gnnrec.gnn.models.base import GraphSizes, Propagation, ranking_loss
 from gnnrec.gnn.split import apply_split
+from gnnrec.gnn.views import TrainView
 
 
 def small_graph(seed: int = 0, users: int = 120, items: int = 60) -> HeteroData:
@@ -49,52 +52,58 @@ def hand_graph() -> HeteroData:
 class TinyMF(nn.Module):
     """Dot-product MF with the Recommender interface (test stand-in)."""
 
-    def __init__(self, graph: HeteroData, embedding_dim: int = 8, interrupt_at: int = -1,
+    def __init__(self, sizes: GraphSizes, embedding_dim: int = 8, interrupt_at: int = -1,
                  nan: bool = False) -> None:
         super().__init__()
+        self.sizes = sizes
         self.embedding_dim, self.interrupt_at, self.nan = embedding_dim, interrupt_at, nan
         self.calls = 0
-        self.user = nn.Embedding(graph["user"].num_nodes, embedding_dim)
-        self.item = nn.Embedding(graph["item"].num_nodes, embedding_dim)
+        self.user = nn.Embedding(sizes.num_users, embedding_dim)
+        self.item = nn.Embedding(sizes.num_items, embedding_dim)
         nn.init.normal_(self.user.weight, std=0.1)
         nn.init.normal_(self.item.weight, std=0.1)
-        split = graph["user", "interacts", "item"].get("split")
-        assert split is None or not bool(split.any()), "models get train edges only"
 
-    def embeddings(self) -> tuple[Tensor, Tensor]:
-        return self.user.weight, self.item.weight
+    def inputs(self, view: TrainView) -> None:
+        train = int((view.interactions.split == 0).sum())
+        assert view.csr[UI].nnz == train, "models get train edges only"
+        return None
 
-    def bpr_loss(self, users: Tensor, pos: Tensor, neg: Tensor, loss: str = "bpr",
-                 temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-        self.calls += 1
-        if self.calls == self.interrupt_at:
-            raise KeyboardInterrupt
-        u, i = self.embeddings()
-        value, reg = ranking_loss(u, i, u, i, users, pos, neg.view(neg.size(0), -1), loss,
-                                  temperature)
+    def forward(self, inputs: None = None) -> Propagation:
+        if self.training:  # one call per training step
+            self.calls += 1
+            if self.calls == self.interrupt_at:
+                raise KeyboardInterrupt
+        u, i = self.user.weight, self.item.weight
         if self.nan:
-            value = value * float("nan")
-        return value, reg
+            u = u * float("nan")
+        return Propagation(u, i, u, i)
 
-    def score(self, users: Tensor) -> Tensor:
-        u, i = self.embeddings()
-        return u[users] @ i.T
+    def loss(self, out: Propagation, users: Tensor, pos: Tensor, neg: Tensor,
+             loss: str = "bpr", temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+        return ranking_loss(out.user, out.item, out.user_ego, out.item_ego, users, pos, neg,
+                            loss, temperature)
+
+    def score(self, users: Tensor, inputs: None = None) -> Tensor:
+        out = self(inputs)
+        return out.user[users] @ out.item.T
 
     def config(self) -> dict[str, int]:
         return {"embedding_dim": self.embedding_dim}
 
 
 class TinyPop(nn.Module):
-    """Popularity with no trainable parameters."""
+    """Popularity with no trainable parameters (and no ``solve``: evaluated once)."""
 
-    def __init__(self, graph: HeteroData) -> None:
+    def __init__(self, sizes: GraphSizes) -> None:
         super().__init__()
-        items = graph["user", "interacts", "item"].edge_index[1]
-        self.register_buffer("count", torch.bincount(items, minlength=graph["item"].num_nodes)
-                             .float())
+        self.sizes = sizes
 
-    def score(self, users: Tensor) -> Tensor:
-        return self.count.expand(users.numel(), -1)
+    def inputs(self, view: TrainView) -> Tensor:
+        return torch.bincount(view.edge_index(UI)[1], minlength=view.num_items).float()
+
+    def forward(self, count: Tensor) -> Propagation:
+        user = count.new_ones(self.sizes.num_users, 1)
+        return Propagation(user, count[:, None], user, count[:, None])
 
     def config(self) -> dict[str, int]:
         return {}

@@ -14,13 +14,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gnn_fixtures import small_graph  # noqa: E402
 
-from gnnrec.gnn.data import save_graph, train_subgraph  # noqa: E402
 from gnnrec.gnn.evaluate import evaluate  # noqa: E402
+from gnnrec.gnn.graph_file import save_graph  # noqa: E402
 from gnnrec.gnn.models import EASE, IALS, MODELS  # noqa: E402
 from gnnrec.gnn.models.ease import EASEMemoryError, ease_weights  # noqa: E402
 from gnnrec.gnn.models.ials import confidence_values  # noqa: E402
 from gnnrec.gnn.run import load_run  # noqa: E402
 from gnnrec.gnn.train import TrainConfig, seed_everything, train  # noqa: E402
+from gnnrec.gnn.views import TrainView  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +29,22 @@ def graph():
     return small_graph(users=200, items=80)
 
 
-def _dense_x(model: EASE) -> torch.Tensor:
-    return model.user_rows(torch.arange(model.num_users)).double()
+def _solved(cls: type, graph, **kwargs) -> tuple:
+    """The model for ``graph``'s train view, solved once, and its full-graph inputs."""
+    view = TrainView.from_graph(graph)
+    model = cls(view.sizes, **kwargs)
+    model.solve(view, 1)
+    return model, model.inputs(view)
+
+
+def _dense_x(model: EASE, inputs) -> torch.Tensor:
+    return model.user_rows(inputs, torch.arange(model.num_users))[:, :-1].double()
 
 
 # -- EASE ---------------------------------------------------------------------------------
 def test_ease_matches_the_dense_closed_form(graph) -> None:
-    model = EASE(train_subgraph(graph), regularization=7.0)
-    model.solve_step()
-    x = _dense_x(model)
+    model, inputs = _solved(EASE, graph, regularization=7.0)
+    x = _dense_x(model, inputs)
     p = torch.linalg.inv(x.T @ x + 7.0 * torch.eye(x.size(1), dtype=torch.float64))
     b = -p / torch.diag(p)[None, :]
     b.fill_diagonal_(0.0)
@@ -53,57 +61,57 @@ def test_ease_weights_float32_close_to_float64() -> None:
 
 
 def test_ease_scores_are_rows_times_b_and_item_cap_excludes(graph) -> None:
-    model = EASE(train_subgraph(graph), regularization=5.0, max_items=20)
-    model.solve_step()
+    model, inputs = _solved(EASE, graph, regularization=5.0, max_items=20)
     assert model.items.numel() == 20
-    degree = torch.bincount(train_subgraph(graph)["user", "interacts", "item"].edge_index[1],
+    degree = torch.bincount(TrainView.from_graph(graph).edge_index()[1],
                             minlength=model.num_items)
     assert degree[model.items].min() >= degree[torch.isin(
         torch.arange(model.num_items), model.items, invert=True)].max()
     users = torch.arange(10)
-    scores = model.score(users)
+    scores = model.score(users, inputs)
     assert scores.shape == (10, model.num_items)
     outside = torch.isin(torch.arange(model.num_items), model.items, invert=True)
     assert torch.isinf(scores[:, outside]).all()
-    u, i = model.embeddings()
+    u, i = model.embeddings(inputs)
     assert torch.allclose((u[users] @ i.T)[:, model.items], scores[:, model.items])
+    # the final embeddings rank an item outside the model below every real score
+    assert (u[users] @ i.T)[:, outside].max() < scores[:, model.items].min()
 
 
 def test_ease_fold_in_adds_the_item_to_the_row(graph) -> None:
-    model = EASE(train_subgraph(graph), regularization=5.0)
-    model.solve_step()
-    ei = train_subgraph(graph)["user", "interacts", "item"].edge_index
+    model, inputs = _solved(EASE, graph, regularization=5.0)
+    ei = TrainView.from_graph(graph).edge_index()
     items = ei[1, ei[0] == 3]
     row = model.fold_in_user(items)
-    assert torch.equal(row, model.user_rows(torch.tensor([3]))[0])
+    assert torch.equal(row, model.user_rows(inputs, torch.tensor([3]))[0])
     new_item = int(model.items[~torch.isin(model.items, items)][0])
     row2 = model.fold_in_user(torch.cat([items, torch.tensor([new_item])]))
-    _, item_emb = model.embeddings()
-    expected = model.score(torch.tensor([3]))[0, model.items] + model.weights[
+    _, item_emb = model.embeddings(inputs)
+    expected = model.score(torch.tensor([3]), inputs)[0, model.items] + model.weights[
         model.column[new_item]]
     assert torch.allclose((row2 @ item_emb.T)[model.items], expected, atol=1e-5)
 
 
 def test_ease_memory_error_names_the_memory_and_the_cap(graph) -> None:
     with pytest.raises(EASEMemoryError, match=r"needs about .* GiB .*max_items=\d+"):
-        EASE(train_subgraph(graph), max_memory_gb=1e-6)
+        _solved(EASE, graph, max_memory_gb=1e-6)
 
 
 def test_ease_state_dict_round_trip(graph) -> None:
-    model = EASE(train_subgraph(graph), regularization=5.0, max_items=30)
-    model.solve_step()
-    again = MODELS["ease"](train_subgraph(graph), **model.config())
+    model, inputs = _solved(EASE, graph, regularization=5.0, max_items=30)
+    again = MODELS["ease"](model.sizes, **model.config())  # from the checkpoint alone
     again.load_state_dict(model.state_dict())
     users = torch.arange(5)
-    assert torch.equal(again.score(users), model.score(users))
+    assert torch.equal(again.score(users, inputs), model.score(users, inputs))
 
 
 # -- iALS ---------------------------------------------------------------------------------
 def test_ials_fold_in_is_implicits_user_solve(graph) -> None:
     seed_everything(0)
-    model = IALS(train_subgraph(graph), factors=8, regularization=0.5, alpha=3.0)
-    for _ in range(3):
-        model.solve_step()
+    view = TrainView.from_graph(graph)
+    model = IALS(view.sizes, factors=8, regularization=0.5, alpha=3.0)
+    for epoch in range(1, 4):
+        model.solve(view, epoch)
     matrix = model._solver_matrix
     for user in (0, 5, 17):
         items = torch.from_numpy(matrix[user].indices.astype(np.int64))
@@ -115,13 +123,15 @@ def test_ials_fold_in_is_implicits_user_solve(graph) -> None:
 def test_ials_learns_and_is_seeded(graph) -> None:
     def fit() -> tuple[float, torch.Tensor]:
         seed_everything(1)
-        model = IALS(train_subgraph(graph), factors=16, regularization=1.0, alpha=5.0)
+        model = IALS(TrainView.from_graph(graph).sizes, factors=16, regularization=1.0,
+                     alpha=5.0)
         result = train(model, graph, TrainConfig(epochs=8, patience=8, seed=1), progress=False)
         return result.best_valid["recall@20"], model.item_factors.detach().clone()
 
     (r1, f1), (r2, f2) = fit(), fit()
     assert r1 == r2 and torch.equal(f1, f2)
-    pop = evaluate(MODELS["pop"](train_subgraph(graph)).score, graph)["recall@20"]
+    popularity, inputs = _solved(MODELS["pop"], graph)
+    pop = evaluate(lambda users: popularity.score(users, inputs), graph)["recall@20"]
     assert r1 > pop
 
 
@@ -130,7 +140,7 @@ def test_ials_log_confidence() -> None:
     np.testing.assert_allclose(values, 1 + np.log1p([0.0, 1.0, 9.0]), rtol=1e-6)
     assert confidence_values(torch.tensor([5.0]), 1, "binary").tolist() == [1.0]
     with pytest.raises(ValueError, match="confidence"):
-        IALS(train_subgraph(small_graph()), confidence="linear")
+        IALS(TrainView.from_graph(small_graph()).sizes, confidence="linear")
 
 
 def test_solver_models_train_resume_and_reload_through_the_loop(graph, tmp_path: Path) -> None:
@@ -151,7 +161,8 @@ def test_solver_models_train_resume_and_reload_through_the_loop(graph, tmp_path:
         loaded, meta, _ = load_run(tmp_path / name)
         assert meta["status"] == "finished"
         users = torch.arange(6)
-        assert torch.equal(loaded.score(users), model.score(users))
+        inputs = model.inputs(TrainView.from_graph(graph))
+        assert torch.equal(loaded.score(users, inputs), model.score(users, inputs))
         if name == "ials":  # resume to more steps continues from last.pt
             seed_everything(0)
             again = build_model(name, graph, args)

@@ -51,7 +51,8 @@ def cluster() -> Iterator[LocalRayCluster]:
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The "shared storage" of the cluster (one host: any path every node sees)."""
-    from gnnrec.gnn.data import save_graph, synthetic_graph
+    from gnnrec.gnn.generators import synthetic_graph
+    from gnnrec.gnn.graph_file import save_graph
     from gnnrec.gnn.split import apply_split
 
     root = tmp_path_factory.mktemp("shared")

@@ -21,7 +21,7 @@ import pytest
 from pydantic import SecretStr
 
 from gnnrec.cli import main
-from gnnrec.gnn.data import load_graph
+from gnnrec.gnn.graph_file import load_graph
 from gnnrec.graph.client import GraphClient
 from gnnrec.graph.server import free_port
 from gnnrec.graph.settings import Neo4jSettings

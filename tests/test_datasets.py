@@ -120,13 +120,13 @@ def test_lastfm_tag_graph_drops_the_tagging_of_heldout_pairs(
         graph_client: object, neo4j_env: object, tmp_path: Path) -> None:
     """LastFM through the product (ingest -> Neo4j -> export, as the benchmarks get it):
     the export records who tagged what, and the train-only view models are built from
-    (train_subgraph) counts each (artist, tag) from the tagging events whose (user, artist)
+    (TrainView) counts each (artist, tag) from the tagging events whose (user, artist)
     pair is not held out."""
     import torch
 
     from experiments.graphs import GraphSource, product_graph
-    from gnnrec.gnn.data import heldout_events, train_subgraph
     from gnnrec.gnn.split import apply_split
+    from gnnrec.gnn.views import TrainView, heldout_events
     from gnnrec.ingest.datasets import lastfm_tag_events
 
     it, ti, ui = ("item", "has_tag", "tag"), ("tag", "rev_has_tag", "item"), \
@@ -145,13 +145,19 @@ def test_lastfm_tag_graph_drops_the_tagging_of_heldout_pairs(
                 for i, t, w in zip(ei[0].tolist(), ei[1].tolist(), g[it].weight.tolist(),
                                    strict=True)}
 
+    def train_counts(g: object) -> dict[tuple[str, str], float]:
+        view = TrainView.from_graph(g)  # what models and samplers are built from
+        ei, w = view.edge_index(it), view.edge_weight(it)
+        return {(g["item"].ext_id[i], g["tag"].ext_id[t]): float(x)
+                for i, t, x in zip(ei[0].tolist(), ei[1].tolist(), w.tolist(), strict=True)}
+
     # HAS_TAG as exported: every tagging event of the (artist, tag) pair counted once
     everything = {k: float(v) for k, v in events.groupby(["item", "tag"]).size().items()}
     assert counts(exported) == everything
     graph = apply_split(exported, "random", seed=0)
     nothing_held = graph.clone()  # nothing held out: the graph's own counts come back
     nothing_held[ui].split = torch.zeros_like(nothing_held[ui].split)
-    assert counts(train_subgraph(nothing_held)) == everything
+    assert train_counts(nothing_held) == everything
     # with the split: counted from the events whose (user, artist) pair is not held out
     ei, split = graph[ui].edge_index, graph[ui].split
     held = {(graph["user"].ext_id[u], graph["item"].ext_id[i])
@@ -159,13 +165,13 @@ def test_lastfm_tag_graph_drops_the_tagging_of_heldout_pairs(
     kept = events[[(u, i) not in held
                    for u, i in zip(events["user"], events["item"], strict=True)]]
     expected = {k: float(v) for k, v in kept.groupby(["item", "tag"]).size().items()}
-    cleaned = train_subgraph(graph)
-    assert counts(cleaned) == expected
+    cleaned = TrainView.from_graph(graph)
+    assert train_counts(graph) == expected
     ev = graph.tag_events
     assert int(heldout_events(graph, ev[0], ev[1]).sum()) == len(events) - len(kept) > 0
-    assert torch.equal(cleaned[ti].edge_index, cleaned[it].edge_index.flip(0))
-    assert torch.equal(cleaned[ti].weight, cleaned[it].weight)
+    assert torch.equal(cleaned.edge_index(ti), cleaned.edge_index(it).flip(0))
+    assert torch.equal(cleaned.edge_weight(ti), cleaned.edge_weight(it))
     # catalogue tags (no record of who tagged what, as MovieLens genres) are kept as they are
     catalogue = graph.clone()
     del catalogue.tag_events
-    assert counts(train_subgraph(catalogue)) == everything
+    assert train_counts(catalogue) == everything

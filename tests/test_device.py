@@ -20,11 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from gnnrec.gnn.data import save_graph, synthetic_graph
-from gnnrec.gnn.evaluate import Evaluator
-from gnnrec.gnn.models import MODELS
+from gnnrec.gnn.evaluate import Evaluator, dot_scores
+from gnnrec.gnn.generators import synthetic_graph
+from gnnrec.gnn.graph_file import save_graph
+from gnnrec.gnn.run import build_model, final_embeddings
 from gnnrec.gnn.split import apply_split
 from gnnrec.gnn.train import TrainConfig, seed_everything, train
+from gnnrec.gnn.views import TrainView
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
@@ -102,17 +104,18 @@ def test_cli_trains_evaluates_and_recommends_without_ray_or_neo4j(tmp_path: Path
 @needs_cuda
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_models_on_cuda_score_as_on_cpu(name: str) -> None:
-    graph = _graph()
+    view = TrainView.from_graph(_graph())
     model_name, config = CONFIGS[name]
     seed_everything(0)
-    cpu = MODELS[model_name](graph, **config).eval()
+    cpu = build_model(model_name, view, config).eval()
     seed_everything(0)
-    gpu = MODELS[model_name](graph, **config).to("cuda").eval()
+    gpu = build_model(model_name, view, config).to("cuda").eval()
     gpu.load_state_dict(cpu.state_dict())
-    users = torch.arange(graph["user"].num_nodes)
+    inputs = cpu.inputs(view)
+    users = torch.arange(view.num_users)
     with torch.no_grad():
-        on_cpu = cpu.score(users)
-        on_gpu = gpu.score(users.cuda())
+        on_cpu = cpu.score(users, inputs)
+        on_gpu = gpu.score(users.cuda(), inputs.to("cuda") if inputs is not None else None)
     assert on_gpu.is_cuda
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, atol=1e-4, rtol=1e-4)
 
@@ -123,7 +126,7 @@ def test_training_on_cuda_learns_and_evaluates_as_on_cpu(name: str) -> None:
     graph = _graph()
     model_name, config = CONFIGS[name]
     seed_everything(0)
-    model = MODELS[model_name](graph, **config)
+    model = build_model(model_name, graph, config)
     result = train(model, graph, TrainConfig(epochs=5, batch_size=256, lr=0.01, eval_every=1,
                                              patience=10, seed=0, device="cuda"),
                    progress=False)
@@ -131,8 +134,7 @@ def test_training_on_cuda_learns_and_evaluates_as_on_cpu(name: str) -> None:
     losses = [h["loss"] for h in result.history]
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
     evaluator = Evaluator(graph, "valid")
-    model.eval()
-    on_gpu = evaluator(model.score, device="cuda")
-    on_cpu = evaluator(model.to("cpu").score)
+    on_gpu = evaluator(dot_scores(*final_embeddings(model, graph, "cuda")), device="cuda")
+    on_cpu = evaluator(dot_scores(*final_embeddings(model, graph, "cpu")))
     assert on_gpu["recall@20"] == pytest.approx(on_cpu["recall@20"], abs=0.02)
     assert on_gpu["ndcg@20"] == pytest.approx(on_cpu["ndcg@20"], abs=0.02)

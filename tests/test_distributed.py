@@ -12,7 +12,8 @@ import torch
 from torch_geometric.data import HeteroData
 
 from gnnrec.cli import main
-from gnnrec.gnn.data import save_graph, synthetic_graph
+from gnnrec.gnn.generators import synthetic_graph
+from gnnrec.gnn.graph_file import save_graph
 from gnnrec.gnn.run import Run, build_model, load_run
 from gnnrec.gnn.split import apply_split
 from gnnrec.gnn.train import TrainConfig, seed_everything
@@ -67,11 +68,13 @@ def _assert_complete(out: Path, epochs: int) -> dict:
     assert meta["status"] == "finished"
     assert [r["epoch"] for r in meta["history"]] == list(range(1, epochs + 1))
     assert all("valid" in r for r in meta["history"])
-    assert {"model.pt", "last.pt", "meta.json", "id_maps.json"} <= {p.name for p in out.iterdir()}
+    assert {"model.pt", "last.pt", "meta.json", "id_maps.json", "embeddings.pt",
+            "adjacency.pt"} <= {p.name for p in out.iterdir()}
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
     model, loaded, g = load_run(out)
     assert loaded["best_valid"]["recall@20"] > 0
-    assert model.score(torch.tensor([0, 1])).shape == (2, int(g["item"].num_nodes))
+    user, item = Run.open(out).embeddings()
+    assert (user[torch.tensor([0, 1])] @ item.T).shape == (2, len(g.item_ids))
     return meta
 
 

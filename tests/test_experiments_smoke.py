@@ -19,7 +19,7 @@ if str(ROOT) not in sys.path:  # `experiments` is a folder at the root, not an i
     sys.path.insert(0, str(ROOT))
 
 from experiments import common, epoch_time, graphs, ingest_bench, quality  # noqa: E402
-from gnnrec.gnn.data import synthetic_graph  # noqa: E402
+from gnnrec.gnn.generators import synthetic_graph  # noqa: E402
 from gnnrec.gnn.split import apply_split  # noqa: E402
 
 
@@ -68,10 +68,10 @@ def test_epoch_time_steps_agree_and_time_a_batch() -> None:
     torch.set_num_threads(1)
     graph = _tiny()
     torch.manual_seed(0)
-    ours, ours_model = epoch_time.ours_step(graph, "cpu")
+    ours, ours_model, ours_inputs = epoch_time.ours_step(graph, "cpu")
     pyg, pyg_model, edge_index = epoch_time.pyg_step(graph, ours_model, "cpu")
     with torch.no_grad():
-        a = torch.cat(ours_model.embeddings())
+        a = torch.cat(ours_model.embeddings(ours_inputs))
         b = pyg_model.get_embedding(edge_index)
     assert torch.allclose(a, b, atol=1e-6)
     epochs = epoch_time.Epochs(graph, seed=0)
@@ -81,7 +81,7 @@ def test_epoch_time_steps_agree_and_time_a_batch() -> None:
 
 
 def test_epoch_time_reads_an_exported_file_with_its_split(tmp_path: Path) -> None:
-    from gnnrec.gnn.data import save_graph
+    from gnnrec.gnn.graph_file import save_graph
 
     graph = _tiny()
     path = save_graph(graph, tmp_path / "g.pt")
@@ -144,7 +144,8 @@ def test_product_graph_is_what_gnnrec_export_writes_and_is_cached(
     """The benchmarks' graph: ingest into the configured Neo4j, the export `gnnrec export`
     runs, a cache keyed by content that a second run reads without Neo4j."""
     from gnnrec.cli import main as gnnrec
-    from gnnrec.gnn.data import fingerprint, load_graph
+    from gnnrec.gnn.data import fingerprint
+    from gnnrec.gnn.graph_file import load_graph
     from gnnrec.graph.load import graph_stats
 
     source = graphs.GraphSource("configured", yes=False, cache=tmp_path / "cache")

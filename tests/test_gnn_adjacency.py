@@ -5,36 +5,51 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gnn_fixtures import hand_graph  # noqa: E402
 
-from gnnrec.gnn.adjacency import build_csr, interaction_csr  # noqa: E402
+from gnnrec.gnn.adjacency import CSR  # noqa: E402
+from gnnrec.gnn.data import UI  # noqa: E402
 from gnnrec.gnn.models.lightgcn import normalized_adjacency  # noqa: E402
+from gnnrec.gnn.views import SplitInteractions, TrainView  # noqa: E402
 
 
 def test_csr_rows_sorted_and_gather() -> None:
     src = torch.tensor([2, 0, 2, 1, 0])
     dst = torch.tensor([5, 3, 1, 4, 0])
-    csr = build_csr(src, dst, 4)
+    csr = CSR.from_edges(src, dst, 4, sort=True)
     assert csr.indptr.tolist() == [0, 2, 3, 5, 5]
     assert csr.indices.tolist() == [0, 3, 4, 1, 5]
-    assert torch.equal(dst[csr.perm], csr.indices) and torch.equal(src[csr.perm].sort().values,
-                                                                    src[csr.perm])
+    perm = torch.from_numpy(csr.eid.astype(np.int64))  # each entry's position in the edges
+    assert torch.equal(dst[perm], torch.from_numpy(csr.indices.astype(np.int64))) and \
+        torch.equal(src[perm].sort().values, src[perm])
     assert csr.degree().tolist() == [2, 1, 2, 0]
     pos, col = csr.gather(torch.tensor([2, 3, 0]))
     assert pos.tolist() == [0, 0, 2, 2] and col.tolist() == [1, 5, 0, 3]
     assert csr.keys(10).tolist() == [0, 3, 14, 21, 25]
 
 
+def test_csr_keeps_edge_order_selects_and_checks_rows() -> None:
+    csr = CSR.from_edges([2, 0, 2], [5, 3, 1], 3, weight=[0.5, 1.0, 2.0])
+    assert csr.row(2).tolist() == [5, 1] and csr.weight.tolist() == [1.0, 0.5, 2.0]
+    kept = csr.select(np.array([True, False, True]))
+    assert kept.indptr.tolist() == [0, 1, 1, 2] and kept.eid.tolist() == [1, 2]
+    with pytest.raises(ValueError, match="outside"):
+        CSR.from_edges([3], [0], 3)
+
+
 def test_interaction_csr_filters_by_split() -> None:
     g = hand_graph()
-    ui, iu = interaction_csr(g, (0,))
-    assert ui.neighbours(0).tolist() == [0, 1, 2] and ui.neighbours(1).tolist() == [0, 1, 5]
-    assert iu.neighbours(2).tolist() == [0, 2, 3]
-    ui01, _ = interaction_csr(g, (0, 1))
-    assert ui01.neighbours(1).tolist() == [0, 1, 2, 5]
+    inter = SplitInteractions.from_graph(g)
+    ui, iu = inter.part((0,)), TrainView.from_graph(g).csr[UI]  # users' items, items' users
+    assert sorted(ui.row(0).tolist()) == [0, 1, 2] and sorted(ui.row(1).tolist()) == [0, 1, 5]
+    assert iu.row(2).tolist() == [0, 2, 3]
+    ui01 = inter.part((0, 1))
+    assert sorted(ui01.row(1).tolist()) == [0, 1, 2, 5]
 
 
 def _dense_reference(nu: int, ni: int, ui: torch.Tensor, social: torch.Tensor | None,

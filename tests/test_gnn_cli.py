@@ -13,8 +13,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gnn_fixtures import TinyMF, fake_models, small_graph  # noqa: E402
 
 from gnnrec.cli import main  # noqa: E402
-from gnnrec.gnn.data import UI, load_graph, save_graph, synthetic_graph  # noqa: E402
-from gnnrec.gnn.recommend import TopKRecommender, UnknownUserError  # noqa: E402
+from gnnrec.gnn.data import UI  # noqa: E402
+from gnnrec.gnn.generators import synthetic_graph  # noqa: E402
+from gnnrec.gnn.graph_file import load_graph, save_graph  # noqa: E402
+from gnnrec.gnn.jobs import recommender_of_run  # noqa: E402
+from gnnrec.gnn.recommend import UnknownUserError  # noqa: E402
 from gnnrec.gnn.run import load_run  # noqa: E402
 
 
@@ -64,7 +67,7 @@ def test_train_evaluate_recommend(tmp_path: Path, capsys: pytest.CaptureFixture)
         assert main(["recommend", "u3", "-k", "5", "--run", str(out), "--json"]) == 0
         recs = json.loads(capsys.readouterr().out)
         assert recs["user"] == "u3" and [r["rank"] for r in recs["items"]] == [1, 2, 3, 4, 5]
-        model, _, graph = load_run(out)
+        graph = load_graph(gpath)  # the truth, from the graph file
         ei = graph[UI].edge_index
         seen = set(ei[1, ei[0] == 3].tolist())  # every split: nothing the user already has
         assert not seen & {r["index"] for r in recs["items"]}
@@ -76,7 +79,7 @@ def test_train_evaluate_recommend(tmp_path: Path, capsys: pytest.CaptureFixture)
         assert "unknown user nobody; cold start is served by POST /users" in \
             capsys.readouterr().err
         with pytest.raises(UnknownUserError):
-            TopKRecommender(model, graph).recommend("nobody")
+            recommender_of_run(str(out))[0].recommend("nobody")
 
 
 def test_train_without_split_applies_default(tmp_path: Path,
@@ -87,8 +90,8 @@ def test_train_without_split_applies_default(tmp_path: Path,
         assert main(["train", "--model", "mf", "--graph", str(gpath), "--out", str(out),
                      "--epochs", "1", "--no-progress"]) == 0
         assert "default random split (seed 0" in capsys.readouterr().err
-        model, meta, graph = load_run(out)  # re-applies the same split: fingerprint matches
-        assert meta["graph"]["split_applied"] is True and "split" in graph[UI]
+        model, meta, kept = load_run(out)  # the run keeps the split it was trained on
+        assert meta["graph"]["split_applied"] is True and kept.interactions.has_split
         assert meta["train_config"]["deterministic"] is True
         assert torch.are_deterministic_algorithms_enabled()
         # --nondeterministic is recorded, applied, and may change on resume
@@ -115,11 +118,79 @@ def test_train_lightgcn_with_tag_nodes(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["train", "--model", "lightgcn", "--graph", str(gpath), "--out", str(out),
                  "--epochs", "1", "--embedding-dim", "8", "--tag-weight", "0.5",
                  "--no-progress"]) == 0
-    model, meta, graph = load_run(out)  # rebuilt from the recorded config, weights loaded
+    model, meta, kept = load_run(out)  # rebuilt from the recorded config, weights loaded
     assert meta["model"]["config"]["tag_weight"] == 0.5
-    assert model.tag_embedding.weight.shape == (graph["tag"].num_nodes, 8)
+    assert model.tag_embedding.weight.shape == (len(kept.tag_ids), 8)
     capsys.readouterr()
     assert main(["train", "--model", "mf", "--graph", str(gpath), "--out", str(tmp_path / "mf"),
                  "--epochs", "1", "--tag-weight", "0.5", "--no-progress"]) == 2
     assert "--tag-weight does not apply to model mf" in capsys.readouterr().err
     torch.use_deterministic_algorithms(False)
+
+
+def _served(run: Path, capsys: pytest.CaptureFixture) -> tuple[object, ...]:
+    """What evaluate, recommend and a serving replica (in process) answer for ``run``."""
+    from gnnrec.serve.options import Neo4jOptions, ServeOptions
+    from gnnrec.serve.service import RecommenderService
+
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--split", "test", "--json", "--device", "cpu"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert main(["recommend", "u3", "-k", "5", "--run", str(run), "--json"]) == 0
+    recommended = json.loads(capsys.readouterr().out)["items"]
+    service = RecommenderService(ServeOptions(run=str(run), neo4j=Neo4jOptions(enabled=False)))
+    served = [(r.item, round(r.score, 4)) for r in service.recommend("u3", 5).items]
+    return evaluated, recommended, served
+
+
+def test_a_moved_run_works_without_its_graph_file(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """The run directory is the artifact: moved elsewhere, with the graph file gone, it
+    evaluates, recommends and serves exactly as where it was trained."""
+    import shutil
+
+    from gnnrec.gnn.run import Run
+
+    gpath = save_graph(small_graph(), tmp_path / "g.pt")
+    out = tmp_path / "runs" / "lgcn"
+    assert main(["train", "--model", "lightgcn", "--graph", str(gpath), "--out", str(out),
+                 "--epochs", "2", "--embedding-dim", "8", "--num-layers", "2",
+                 "--no-progress", "--threads", "1"]) == 0
+    before = _served(out, capsys)
+    moved = Path(shutil.move(out, tmp_path / "elsewhere" / "lgcn"))
+    gpath.unlink()
+    assert _served(moved, capsys) == before
+    evaluated, recommended, served = before
+    assert 0 < evaluated["recall@20"] <= 1
+    assert [r["item"] for r in recommended] == [item for item, _ in served]
+    model = Run.open(moved).model()  # rebuilt from the checkpoint alone
+    assert model.embedding_dim == 8 and not model.training
+
+
+def test_a_version_1_run_says_how_to_upgrade(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    from gnnrec.gnn.run import ADJACENCY_FILE, EMBEDDINGS_FILE
+
+    gpath = save_graph(small_graph(), tmp_path / "g.pt")
+    out = tmp_path / "runs" / "mf"
+    assert main(["train", "--model", "mf", "--graph", str(gpath), "--out", str(out),
+                 "--epochs", "1", "--embedding-dim", "4", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--split", "test", "--json", "--device", "cpu"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    # What gnnrec 0.x wrote: format 1, no sizes, no embeddings or adjacency, no tag ids.
+    meta = json.loads((out / "meta.json").read_text())
+    meta["format"] = "gnnrec.run/1"
+    del meta["model"]["sizes"]
+    (out / "meta.json").write_text(json.dumps(meta))
+    ids = json.loads((out / "id_maps.json").read_text())
+    (out / "id_maps.json").write_text(json.dumps({"user": ids["user"], "item": ids["item"]}))
+    (out / EMBEDDINGS_FILE).unlink()
+    (out / ADJACENCY_FILE).unlink()
+    assert main(["evaluate", str(out), "--split", "test", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "version-1 run" in err and f"gnnrec upgrade-run {out}" in err and "retrain" in err
+    assert main(["upgrade-run", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--split", "test", "--json", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out) == metrics

@@ -26,11 +26,10 @@ from gnnrec.gnn.data import (  # noqa: E402
     fingerprint,
     graph_from_frames,
     id_map,
-    load_graph,
-    save_graph,
-    synthetic_graph,
-    train_subgraph,
 )
+from gnnrec.gnn.generators import synthetic_graph  # noqa: E402
+from gnnrec.gnn.graph_file import load_graph, save_graph  # noqa: E402
+from gnnrec.gnn.views import TrainView  # noqa: E402
 
 
 def test_round_trip_keeps_everything(tmp_path: Path) -> None:
@@ -136,13 +135,14 @@ def test_fingerprint_tracks_edges_and_split() -> None:
     assert fingerprint(g) != fingerprint(h)
 
 
-def test_train_subgraph_keeps_only_train_edges() -> None:
+def test_train_view_keeps_only_train_edges() -> None:
     g = hand_graph()
-    t = train_subgraph(g)
-    assert t[UI].edge_index.size(1) == 9 and int(t[UI].split.max()) == 0
-    assert torch.equal(t[IU].edge_index, t[UI].edge_index.flip(0))
+    t = TrainView.from_graph(g)
+    kept = torch.from_numpy(t.edges(UI)[2])
+    assert t.edge_index(UI).size(1) == 9 and int(g[UI].split[kept].max()) == 0
+    assert torch.equal(t.edge_index(IU), t.edge_index(UI).flip(0))
     assert g[UI].edge_index.size(1) == 13  # original untouched
-    assert torch.equal(t[UU].edge_index, g[UU].edge_index)
+    assert torch.equal(t.edge_index(UU), g[UU].edge_index)
 
 
 def _tagged_graph() -> object:
@@ -159,37 +159,41 @@ def _tagged_graph() -> object:
     return g
 
 
-def test_train_subgraph_drops_the_tagging_of_heldout_pairs(tmp_path: Path) -> None:
+def _weights(g: object, ei: torch.Tensor, w: torch.Tensor) -> dict[tuple[str, str], float]:
+    return {(g["item"].ext_id[i], g["tag"].ext_id[k]): x for (i, k), x in
+            zip(ei.t().tolist(), w.tolist(), strict=True)}
+
+
+def test_train_view_drops_the_tagging_of_heldout_pairs(tmp_path: Path) -> None:
     g = load_graph(save_graph(_tagged_graph(), tmp_path / "g.pt"))  # tag_events survive a file
     assert g.tag_events.tolist() == [[0, 0, 0, 1], [0, 1, 1, 1], [0, 0, 1, 0]]
-    t = train_subgraph(g)
+    t = TrainView.from_graph(g)
 
-    def weights(h: object) -> dict[tuple[str, str], float]:
-        return {(h["item"].ext_id[i], h["tag"].ext_id[k]): w for (i, k), w in
-                zip(h[IT].edge_index.t().tolist(), h[IT].weight.tolist(), strict=True)}
+    def weights(view: TrainView) -> dict[tuple[str, str], float]:
+        return _weights(g, view.edge_index(IT), view.edge_weight(IT))
 
     # u0's test pair (u0, i1) loses its two events: (i1, b) goes, (i1, a) keeps 3 - 1.
     assert weights(t) == {("i0", "a"): 1.0, ("i1", "a"): 2.0, ("i2", "c"): 1.0}
-    assert torch.equal(t[TI].edge_index, t[IT].edge_index.flip(0))
-    assert torch.equal(t[TI].weight, t[IT].weight)
-    assert weights(g) == {("i0", "a"): 1.0, ("i1", "a"): 3.0, ("i1", "b"): 1.0,
-                          ("i2", "c"): 1.0}  # the full graph is untouched
+    assert torch.equal(t.edge_index(TI), t.edge_index(IT).flip(0))
+    assert torch.equal(t.edge_weight(TI), t.edge_weight(IT))
+    assert _weights(g, g[IT].edge_index, g[IT].weight) == {
+        ("i0", "a"): 1.0, ("i1", "a"): 3.0, ("i1", "b"): 1.0,
+        ("i2", "c"): 1.0}  # the full graph is untouched
     g[UI].split = torch.zeros(4, dtype=torch.long)  # nothing held out: nothing dropped
-    assert weights(train_subgraph(g)) == weights(g)
+    assert weights(TrainView.from_graph(g)) == _weights(g, g[IT].edge_index, g[IT].weight)
 
 
-def test_the_sampler_sees_the_train_subgraphs_tag_edges() -> None:
-    from gnnrec.gnn.sampler import HeteroCSR
+def test_the_sampler_sees_the_train_views_tag_edges() -> None:
+    from gnnrec.gnn.sampler import NeighborSampler
 
     g = _tagged_graph()
-    t = train_subgraph(g)
-    view = HeteroCSR.from_data(g)  # mini-batch training samples from this
+    view = NeighborSampler(g, [1]).graph  # mini-batch training samples from this
     for et in (IT, TI):
-        src, dst, eid = view.train_pairs(et)
-        assert torch.equal(torch.from_numpy(np.stack([src, dst])), t[et].edge_index)
+        src, dst, eid = view.edges(et)
+        assert torch.equal(torch.from_numpy(np.stack([src, dst])), g[et].edge_index[:, [0, 1, 3]])
         assert eid.tolist() == [0, 1, 3]  # ids in g: (i1, b) is gone
         c = view.csr[et]
-        _, ids, weights = c.gather(np.arange(c.eid.size))
+        _, ids, weights = c.take(np.arange(c.nnz))
         assert weights is not None  # u0's test pair took one of (i1, a)'s three events
         assert dict(zip(ids.tolist(), weights.tolist(), strict=True)) == {0: 1.0, 1: 2.0, 3: 1.0}
 

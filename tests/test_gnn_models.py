@@ -13,8 +13,6 @@ from torch_geometric.nn import HeteroConv, SAGEConv
 from torch_geometric.nn.models import LightGCN as PygLightGCN
 
 from gnnrec.gnn.models import (
-    EASE,
-    IALS,
     MF,
     MODELS,
     HeteroGraphSAGE,
@@ -24,9 +22,11 @@ from gnnrec.gnn.models import (
     normalized_adjacency,
 )
 from gnnrec.gnn.models.base import ranking_loss, spmm, unique_edges
+from gnnrec.gnn.views import TrainView
 
 NU, NI, NT, GROUPS = 40, 60, 10, 2
 UI = ("user", "interacts", "item")
+IU = ("item", "rev_interacts", "user")
 
 
 def make_graph(seed: int = 0, features: bool = True) -> HeteroData:
@@ -91,6 +91,16 @@ def graph() -> HeteroData:
     return make_graph()
 
 
+def build(cls: type[Recommender], graph: HeteroData, **kw: object) -> tuple[Recommender, object]:
+    """The model for ``graph``'s train view and its full-graph inputs (a model trained
+    without gradients is solved)."""
+    view = TrainView.from_graph(graph)
+    model = cls(view.sizes, **kw)
+    if not model.trainable:
+        model.solve(view, 1)
+    return model, model.inputs(view)
+
+
 def train_pairs(graph: HeteroData) -> set[tuple[int, int]]:
     ei = graph[UI].edge_index[:, graph[UI].split == 0]
     return set(map(tuple, ei.t().tolist()))
@@ -113,17 +123,18 @@ def test_registry() -> None:
 @pytest.mark.parametrize("cls", list(MODELS.values()))
 def test_shapes(cls: type[Recommender], graph: HeteroData) -> None:
     torch.manual_seed(0)
-    model = cls(graph).eval()
-    user, item = model.embeddings()
+    model, inputs = build(cls, graph)
+    model.eval()
+    user, item = model.embeddings(inputs)
     assert user.shape[0] == NU and item.shape[0] == NI and user.shape[1] == item.shape[1]
-    scores = model.score(torch.tensor([0, 3, 5]))
+    scores = model.score(torch.tensor([0, 3, 5]), inputs)
     assert scores.shape == (3, NI) and torch.isfinite(scores).all()
     json.dumps(model.config())
 
 
 def test_lightgcn_adjacency_is_normalised_and_train_only(graph: HeteroData) -> None:
-    model = LightGCN(graph, embedding_dim=8, num_layers=2)
-    a = model.adj.to_dense()
+    model, inputs = build(LightGCN, graph, embedding_dim=8, num_layers=2)
+    a = inputs.adj.to_dense()
     assert torch.allclose(a, a.t())
     binary = (a != 0).float()
     deg = binary.sum(1)
@@ -137,8 +148,8 @@ def test_lightgcn_adjacency_is_normalised_and_train_only(graph: HeteroData) -> N
 
 
 def test_social_edges_change_adjacency(graph: HeteroData) -> None:
-    plain = LightGCN(graph, social_weight=0.0).adj.to_dense()
-    social = LightGCN(graph, social_weight=0.5).adj.to_dense()
+    plain = build(LightGCN, graph, social_weight=0.0)[1].adj.to_dense()
+    social = build(LightGCN, graph, social_weight=0.5)[1].adj.to_dense()
     assert not torch.allclose(plain, social)
     assert torch.allclose(social, social.t())
     uu = social[:NU, :NU]
@@ -150,8 +161,8 @@ def test_social_edges_change_adjacency(graph: HeteroData) -> None:
 
 def test_tag_nodes_join_items_to_their_tags(graph: HeteroData) -> None:
     w = 0.5
-    model = LightGCN(graph, embedding_dim=8, num_layers=2, tag_weight=w)
-    a = model.adj.to_dense()
+    model, inputs = build(LightGCN, graph, embedding_dim=8, num_layers=2, tag_weight=w)
+    a = inputs.adj.to_dense()
     n = NU + NI + NT
     assert a.shape == (n, n) and torch.allclose(a, a.t())
     # the dense reference: interactions 1, item-tag pairs w (each pair once), D^-1/2 A D^-1/2
@@ -164,32 +175,33 @@ def test_tag_nodes_join_items_to_their_tags(graph: HeteroData) -> None:
     dinv = torch.where(d > 0, d.pow(-0.5), torch.zeros_like(d))
     assert torch.allclose(a, dinv[:, None] * ref * dinv[None, :], atol=1e-6)
     assert model.tag_embedding is not None and model.tag_embedding.weight.shape == (NT, 8)
-    user, item = model.embeddings()
+    user, item = model.embeddings(inputs)
     assert user.shape == (NU, 8) and item.shape == (NI, 8)
     # an item with no train interaction still gets its tags' embeddings through propagation
     graph2 = graph.clone()
     keep = graph2[UI].edge_index[1] != 0
     graph2[UI].split = torch.where(keep, graph2[UI].split, torch.ones_like(graph2[UI].split))
-    tagged = LightGCN(graph2, embedding_dim=8, num_layers=2, tag_weight=w)
-    plain = LightGCN(graph2, embedding_dim=8, num_layers=2)
+    tagged, tagged_in = build(LightGCN, graph2, embedding_dim=8, num_layers=2, tag_weight=w)
+    plain, plain_in = build(LightGCN, graph2, embedding_dim=8, num_layers=2)
     for m in (tagged, plain):
         m.item_embedding.weight.data[0] = 0.0  # no ego signal for item 0
-    assert tagged.embeddings()[1][0].abs().sum() > 0
-    assert plain.embeddings()[1][0].abs().sum() == 0
+    assert tagged.embeddings(tagged_in)[1][0].abs().sum() > 0
+    assert plain.embeddings(plain_in)[1][0].abs().sum() == 0
     # the config rebuilds the same structure; tag_weight 0 is plain LightGCN
-    again = LightGCN(graph, **model.config())
+    again = LightGCN(model.sizes, **model.config())
     again.load_state_dict(model.state_dict())
-    assert torch.allclose(again.embeddings()[1], item)
+    assert torch.allclose(again.embeddings(again.inputs(TrainView.from_graph(graph)))[1], item)
     assert "tag_embedding.weight" in model.state_dict()
-    assert LightGCN(graph, tag_weight=0.0).adj.shape == (NU + NI, NU + NI)
+    assert build(LightGCN, graph, tag_weight=0.0)[1].adj.shape == (NU + NI, NU + NI)
     with pytest.raises(ValueError, match="tag_weight must be >= 0"):
-        LightGCN(graph, tag_weight=-1.0)
+        LightGCN(model.sizes, tag_weight=-1.0)
 
 
 def test_lightgcn_matches_pyg(graph: HeteroData) -> None:
     torch.manual_seed(0)
     layers = 3
-    model = LightGCN(graph, embedding_dim=16, num_layers=layers).eval()
+    model, inputs = build(LightGCN, graph, embedding_dim=16, num_layers=layers)
+    model.eval()
     ui = unique_edges(graph[UI].edge_index[:, graph[UI].split == 0], NI)
     edge_index = torch.cat([torch.stack([ui[0], ui[1] + NU]), torch.stack([ui[1] + NU, ui[0]])], 1)
     ref = PygLightGCN(NU + NI, 16, layers)
@@ -198,7 +210,7 @@ def test_lightgcn_matches_pyg(graph: HeteroData) -> None:
             torch.cat([model.user_embedding.weight, model.item_embedding.weight])
         )
     expected = ref.get_embedding(edge_index)
-    user, item = model.embeddings()
+    user, item = model.embeddings(inputs)
     assert torch.allclose(torch.cat([user, item]), expected, atol=1e-6)
 
 
@@ -206,7 +218,8 @@ def test_lightgcn_matches_pyg(graph: HeteroData) -> None:
 def test_sage_matches_edge_index_heteroconv(graph: HeteroData) -> None:
     """The CSR mean aggregation equals PyG's SAGEConv(aggr='mean') on edge_index."""
     torch.manual_seed(0)
-    model = HeteroGraphSAGE(graph, embedding_dim=8, num_layers=2).eval()
+    model, inputs = build(HeteroGraphSAGE, graph, embedding_dim=8, num_layers=2)
+    model.eval()
     ui = unique_edges(graph[UI].edge_index[:, graph[UI].split == 0], NI)
     ff = unique_edges(graph["user", "friend", "user"].edge_index, NU)
     it = unique_edges(graph["item", "has_tag", "tag"].edge_index, NT)
@@ -218,7 +231,7 @@ def test_sage_matches_edge_index_heteroconv(graph: HeteroData) -> None:
         ("tag", "rev_has_tag", "item"): it.flip(0),
     }
     with torch.no_grad():
-        x = model._inputs(model._stored_adjacency())
+        x = model._layer0(inputs)
         for layer, conv in enumerate(model.convs):
             last = layer == len(model.convs) - 1
             types = model._edge_types(last=last)
@@ -226,7 +239,7 @@ def test_sage_matches_edge_index_heteroconv(graph: HeteroData) -> None:
             ref.load_state_dict(conv.state_dict())
             out = ref(x, {et: edges[et] for et in types})
             x = out if last else {k: v.relu() for k, v in out.items()}
-        user, item = model.embeddings()
+        user, item = model.embeddings(inputs)
     assert torch.allclose(user, x["user"], atol=1e-5)
     assert torch.allclose(item, x["item"], atol=1e-5)
 
@@ -250,20 +263,20 @@ def fixed_batch(graph: HeteroData, size: int = 64) -> tuple[torch.Tensor, ...]:
 @pytest.mark.parametrize("cls", TRAINABLE)
 def test_bpr_steps_reduce_loss(cls: type[Recommender], graph: HeteroData) -> None:
     torch.manual_seed(0)
-    model = cls(graph, embedding_dim=16)
+    model, inputs = build(cls, graph, embedding_dim=16)
     users, pos, neg = fixed_batch(graph)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
 
     def loss() -> float:
         model.eval()
         with torch.no_grad():
-            bpr, l2 = model.bpr_loss(users, pos, neg)
+            bpr, l2 = model.bpr_loss(inputs, users, pos, neg)
         return float(bpr + 1e-4 * l2)
 
     before = loss()
     model.train()
     for _ in range(20):
-        bpr, l2 = model.bpr_loss(users, pos, neg)
+        bpr, l2 = model.bpr_loss(inputs, users, pos, neg)
         opt.zero_grad()
         (bpr + 1e-4 * l2).backward()
         opt.step()
@@ -271,10 +284,10 @@ def test_bpr_steps_reduce_loss(cls: type[Recommender], graph: HeteroData) -> Non
 
 
 def test_bpr_loss_one_negative_equals_column(graph: HeteroData) -> None:
-    model = MF(graph, embedding_dim=8)
+    model, inputs = build(MF, graph, embedding_dim=8)
     users, pos, neg = fixed_batch(graph)
-    bpr_1d, l2_1d = model.bpr_loss(users, pos, neg[:, 0])
-    bpr_2d, l2_2d = model.bpr_loss(users, pos, neg[:, :1])
+    bpr_1d, l2_1d = model.bpr_loss(inputs, users, pos, neg[:, 0])
+    bpr_2d, l2_2d = model.bpr_loss(inputs, users, pos, neg[:, :1])
     assert torch.allclose(bpr_1d, bpr_2d) and torch.allclose(l2_1d, l2_2d)
     ego = model.user_embedding.weight
     items = model.item_embedding.weight
@@ -285,7 +298,7 @@ def test_bpr_loss_one_negative_equals_column(graph: HeteroData) -> None:
     )
     assert torch.allclose(l2_1d, expected)
     with pytest.raises(ValueError):
-        model.bpr_loss(users, pos[:3], neg)
+        model.bpr_loss(inputs, users, pos[:3], neg)
 
 
 def test_sampled_softmax_loss_by_hand() -> None:
@@ -307,68 +320,73 @@ def test_sampled_softmax_loss_by_hand() -> None:
 @pytest.mark.parametrize("cls", list(MODELS.values()))
 def test_state_dict_round_trip(cls: type[Recommender], graph: HeteroData) -> None:
     torch.manual_seed(0)
-    kwargs = {Popularity: {"weighted": True}, IALS: {"factors": 8},
-              EASE: {"regularization": 10.0}}.get(cls, {"embedding_dim": 8})
-    model = cls(graph, **kwargs).eval()
-    if getattr(model, "solver", False):  # iALS / EASE: solve once so the state is not zeros
-        model.solve_step()
+    kwargs = {"pop": {"weighted": True}, "ials": {"factors": 8},
+              "ease": {"regularization": 10.0}}.get(cls.name, {"embedding_dim": 8})
+    model, inputs = build(cls, graph, **kwargs)
+    model.eval()
     config = json.loads(json.dumps(model.config()))
     torch.manual_seed(123)
-    again = cls(graph, **config).eval()
+    again = cls(model.sizes, **config).eval()  # from the sizes and config alone
     again.load_state_dict(model.state_dict())
     users = torch.arange(NU)
-    assert torch.allclose(model.score(users), again.score(users))
+    assert torch.allclose(model.score(users, inputs), again.score(users, inputs))
     for key in model.state_dict():
         assert "adj" not in key and "edge_index" not in key
 
 
-def test_score_cache_invalidated_by_optimiser_step(graph: HeteroData) -> None:
+def test_scores_follow_an_optimiser_step(graph: HeteroData) -> None:
+    """Scores are computed from the current weights (no stale cached embeddings), also
+    for a step taken in eval mode."""
     torch.manual_seed(0)
-    model = LightGCN(graph, embedding_dim=8).eval()
+    model, inputs = build(LightGCN, graph, embedding_dim=8)
+    model.eval()
     users = torch.arange(5)
-    first = model.score(users)
-    assert model._cache is not None and torch.equal(first, model.score(users))
+    first = model.score(users, inputs)
+    assert torch.equal(first, model.score(users, inputs))
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     model.train()
-    bpr, _ = model.bpr_loss(*fixed_batch(graph))
+    bpr, _ = model.bpr_loss(inputs, *fixed_batch(graph))
     bpr.backward()
     model.eval()
-    first = model.score(users)
-    opt.step()  # in eval mode: only the tensor versions tell the cache
-    assert not torch.allclose(first, model.score(users))
+    first = model.score(users, inputs)
+    opt.step()  # in eval mode
+    assert not torch.allclose(first, model.score(users, inputs))
 
 
 def test_lightgcn_options(graph: HeteroData) -> None:
-    model = LightGCN(graph, embedding_dim=8, num_layers=2, layer_weights=[1.0, 0.0, 0.0])
-    user, item = model.eval().embeddings()
+    model, inputs = build(LightGCN, graph, embedding_dim=8, num_layers=2,
+                          layer_weights=[1.0, 0.0, 0.0])
+    user, item = model.eval().embeddings(inputs)
     assert torch.allclose(user, model.user_embedding.weight)  # only layer 0
-    drop = LightGCN(graph, embedding_dim=8, dropout=0.5, init_std=None).train()
-    assert not torch.allclose(drop.embeddings()[0], drop.embeddings()[0])
+    drop, inputs = build(LightGCN, graph, embedding_dim=8, dropout=0.5, init_std=None)
+    drop.train()
+    assert not torch.allclose(drop.embeddings(inputs)[0], drop.embeddings(inputs)[0])
     drop.eval()
-    assert torch.allclose(drop.embeddings()[0], drop.embeddings()[0])
+    assert torch.allclose(drop.embeddings(inputs)[0], drop.embeddings(inputs)[0])
     with pytest.raises(ValueError):
-        LightGCN(graph, num_layers=2, layer_weights=[0.5, 0.5])
+        LightGCN(model.sizes, num_layers=2, layer_weights=[0.5, 0.5])
 
 
 def test_sage_inductive_user_is_near_its_community() -> None:
     graph = make_graph(seed=3)
     torch.manual_seed(0)
-    model = HeteroGraphSAGE(graph, embedding_dim=16, id_dropout=0.5)
+    model, inputs = build(HeteroGraphSAGE, graph, embedding_dim=16, id_dropout=0.5)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     ei = graph[UI].edge_index[:, graph[UI].split == 0]
     g = torch.Generator().manual_seed(0)
     for _ in range(60):
         idx = torch.randint(0, ei.size(1), (128,), generator=g)
-        bpr, l2 = model.bpr_loss(ei[0, idx], ei[1, idx], torch.randint(0, NI, (128,), generator=g))
+        bpr, l2 = model.bpr_loss(inputs, ei[0, idx], ei[1, idx],
+                                 torch.randint(0, NI, (128,), generator=g))
         opt.zero_grad()
         (bpr + 1e-4 * l2).backward()
         opt.step()
     model.eval()
     group0_items = torch.arange(0, NI, GROUPS)[:8]
     with torch.no_grad():
-        new = model.embed_new_user(group0_items, friend_idx=torch.tensor([0, 2]))
-        again = model.embed_new_user(group0_items, friend_idx=torch.tensor([0, 2]))
-        user, item = model.embeddings()
+        new = model.embed_new_user(inputs, group0_items, friend_idx=torch.tensor([0, 2]))
+        again = model.embed_new_user(inputs, group0_items, friend_idx=torch.tensor([0, 2]))
+        user, item = model.embeddings(inputs)
     assert new.shape == (16,) and torch.isfinite(new).all() and torch.equal(new, again)
     cos = torch.nn.functional.cosine_similarity(user, new.unsqueeze(0))
     same, other = cos[0::GROUPS].mean(), cos[1::GROUPS].mean()
@@ -377,61 +395,63 @@ def test_sage_inductive_user_is_near_its_community() -> None:
     scores = item @ new
     assert scores[0::GROUPS].mean() > scores[1::GROUPS].mean()
     with torch.no_grad():
-        new_item = model.embed_new_item(torch.tensor([0, 2]), torch.randn(5), torch.tensor([0, 2]))
-        bare = model.embed_new_item(torch.tensor([], dtype=torch.long))
+        new_item = model.embed_new_item(inputs, torch.tensor([0, 2]), torch.randn(5),
+                                        torch.tensor([0, 2]))
+        bare = model.embed_new_item(inputs, torch.tensor([], dtype=torch.long))
     assert new_item.shape == (16,) and torch.isfinite(new_item).all()
     assert torch.isfinite(bare).all()
     with pytest.raises(ValueError):
-        model.embed_new_user(torch.tensor([NI]))
+        model.embed_new_user(inputs, torch.tensor([NI]))
 
 
 def test_sage_without_tags_friends_or_features() -> None:
     graph = make_graph(features=False)
     del graph["item", "has_tag", "tag"], graph["tag", "rev_has_tag", "item"]
     graph["user", "friend", "user"].edge_index = torch.empty(2, 0, dtype=torch.long)
-    model = HeteroGraphSAGE(graph, embedding_dim=8)
+    model, inputs = build(HeteroGraphSAGE, graph, embedding_dim=8)
     assert model.config()["use_tags"] is False and model.config()["use_friends"] is False
-    assert model.score(torch.arange(3)).shape == (3, NI)
-    assert torch.isfinite(model.embed_new_user(torch.tensor([1, 2]))).all()
+    assert model.score(torch.arange(3), inputs).shape == (3, NI)
+    assert torch.isfinite(model.embed_new_user(inputs, torch.tensor([1, 2]))).all()
 
 
 def test_sage_structure_uses_train_edges_only(graph: HeteroData) -> None:
-    model = HeteroGraphSAGE(graph, embedding_dim=8)
-    pairs = set(map(tuple, model.ui_edge_index.t().tolist()))
+    model, inputs = build(HeteroGraphSAGE, graph, embedding_dim=8)
+    pairs = set(map(tuple, inputs.edges[UI].t().tolist()))
     assert pairs == train_pairs(graph)
-    assert model.adj_interacts._nnz() == len(pairs) == model.adj_rev_interacts._nnz()
+    assert inputs.adj[UI]._nnz() == len(pairs) == inputs.adj[IU]._nnz()
 
 
 def test_popularity_ranks_by_train_counts(graph: HeteroData) -> None:
-    model = Popularity(graph).eval()
+    model, inputs = build(Popularity, graph)
+    model.eval()
     assert list(model.parameters()) == [] and model.trainable is False
     train_items = graph[UI].edge_index[1, graph[UI].split == 0]
     counts = torch.bincount(train_items, minlength=NI).float()
-    scores = model.score(torch.tensor([0, 1]))
+    scores = model.score(torch.tensor([0, 1]), inputs)
     assert torch.equal(scores[0], counts) and torch.equal(scores[1], counts)
     assert torch.equal(
         scores[0].argsort(descending=True, stable=True),
         counts.argsort(descending=True, stable=True),
     )
-    weighted = Popularity(graph, weighted=True)
+    weighted, _ = build(Popularity, graph, weighted=True)
     mask = graph[UI].split == 0
     w = torch.zeros(NI).index_add_(0, train_items, graph[UI].weight[mask])
     assert torch.allclose(weighted.item_counts, w)
     assert set(model.state_dict()) == {"item_counts"}
     with pytest.raises(TypeError):
-        model.bpr_loss(torch.tensor([0]), torch.tensor([0]), torch.tensor([1]))
+        model.bpr_loss(inputs, torch.tensor([0]), torch.tensor([0]), torch.tensor([1]))
 
 
 def test_bad_graph_fails_loudly(graph: HeteroData) -> None:
     bad = make_graph()
     bad[UI].split = bad[UI].split[:-1]
     with pytest.raises(ValueError, match="split"):
-        LightGCN(bad)
+        build(LightGCN, bad)
     bad = make_graph()
     bad[UI].edge_index = bad[UI].edge_index.clone()
     bad[UI].edge_index[1, 0] = NI
     with pytest.raises(ValueError, match="outside"):
-        LightGCN(bad)
+        build(LightGCN, bad)
 
 
 @pytest.mark.parametrize("cls", list(MODELS.values()))
@@ -440,13 +460,16 @@ def test_deepcopy_and_dtype_move(cls: type[Recommender], graph: HeteroData) -> N
     and module-wide conversions such as ``.double()`` / ``.to(device)``."""
     import copy
 
-    model = cls(graph).eval()
+    model, inputs = build(cls, graph)
+    model.eval()
     users = torch.arange(4)
     clone = copy.deepcopy(model)
-    assert torch.allclose(clone.score(users), model.score(users))
+    assert torch.allclose(clone.score(users, inputs), model.score(users, inputs))
     if model.trainable:
         with torch.no_grad():
             next(clone.parameters()).add_(1.0)
-        assert not torch.allclose(clone.score(users), model.score(users))
+        assert not torch.allclose(clone.score(users, inputs), model.score(users, inputs))
     wide = copy.deepcopy(model).double()
-    assert torch.allclose(wide.score(users), model.score(users).double(), atol=1e-5)
+    wide_inputs = inputs.to(dtype=torch.float64) if inputs is not None else None
+    assert torch.allclose(wide.score(users, wide_inputs), model.score(users, inputs).double(),
+                          atol=1e-5)

@@ -13,7 +13,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gnn_fixtures import hand_graph  # noqa: E402
 
-from gnnrec.gnn.data import IU, UI, build_graph, fingerprint, synthetic_graph  # noqa: E402
+from gnnrec.gnn.data import IU, UI, build_graph, fingerprint  # noqa: E402
+from gnnrec.gnn.generators import synthetic_graph  # noqa: E402
 from gnnrec.gnn.split import (  # noqa: E402
     TEST,
     TRAIN,

@@ -6,13 +6,15 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gnn_fixtures import TinyMF, TinyPop, fake_models, small_graph  # noqa: E402
 
-from gnnrec.gnn.data import fingerprint, save_graph, train_subgraph  # noqa: E402
+from gnnrec.gnn.data import fingerprint  # noqa: E402
+from gnnrec.gnn.graph_file import save_graph  # noqa: E402
 from gnnrec.gnn.run import Run, RunError, load_run  # noqa: E402
 from gnnrec.gnn.train import (  # noqa: E402
     TrainConfig,
@@ -21,6 +23,7 @@ from gnnrec.gnn.train import (  # noqa: E402
     seed_everything,
     train,
 )
+from gnnrec.gnn.views import SplitInteractions, TrainView  # noqa: E402
 
 CFG = dict(epochs=4, batch_size=256, lr=0.02, l2=1e-4, eval_every=1, patience=10, seed=3,
            device="cpu")
@@ -28,7 +31,7 @@ CFG = dict(epochs=4, batch_size=256, lr=0.02, l2=1e-4, eval_every=1, patience=10
 
 def _model(graph, seed: int = 3, **kw) -> TinyMF:
     seed_everything(seed)
-    return TinyMF(train_subgraph(graph), **kw)
+    return TinyMF(TrainView.from_graph(graph).sizes, **kw)
 
 
 def _run(tmp: Path, graph, model, name: str = "run", graph_path: Path | None = None) -> Run:
@@ -52,7 +55,7 @@ def test_training_learns_and_is_reproducible() -> None:
 def test_multi_threaded_training_is_bit_reproducible() -> None:
     """Two threads, a graph big enough for torch's parallel scatter kernels: without
     deterministic kernels the two runs below differ (checked when this test was written)."""
-    from gnnrec.gnn.data import synthetic_graph
+    from gnnrec.gnn.generators import synthetic_graph
     from gnnrec.gnn.run import build_model
     from gnnrec.gnn.split import apply_split
 
@@ -100,7 +103,7 @@ def test_nan_loss_stops_with_the_epoch() -> None:
 
 def test_model_without_parameters_is_evaluated_not_trained(tmp_path: Path) -> None:
     g = small_graph()
-    pop = TinyPop(train_subgraph(g))
+    pop = TinyPop(TrainView.from_graph(g).sizes)
     run = Run.create(tmp_path / "pop", model_name="pop", model=pop, graph=g, graph_path=None,
                      train_config=TrainConfig(**CFG).to_dict())
     res = train(pop, g, TrainConfig(**CFG), run=run, progress=False)
@@ -116,10 +119,12 @@ def test_run_directory_files(tmp_path: Path) -> None:
     run = _run(tmp_path, g, model, graph_path=gpath)
     res = train(model, g, TrainConfig(**CFG), run=run, progress=False)
     files = sorted(p.name for p in run.path.iterdir())
-    assert files == ["id_maps.json", "last.pt", "meta.json", "model.pt"]  # no temp files
+    assert files == ["adjacency.pt", "embeddings.pt", "id_maps.json", "last.pt", "meta.json",
+                     "model.pt"]  # no temp files
     meta = json.loads((run.path / "meta.json").read_text())
     assert meta["model"] == {"name": "tinymf", "class": "TinyMF", "module": TinyMF.__module__,
-                             "config": {"embedding_dim": 8}}
+                             "config": {"embedding_dim": 8},
+                             "sizes": TrainView.from_graph(g).sizes.to_dict()}
     assert meta["train_config"]["lr"] == 0.02 and meta["status"] == "finished"
     assert meta["graph"]["fingerprint"] == fingerprint(g)
     assert meta["graph"]["path"] == str(gpath.resolve())
@@ -135,11 +140,18 @@ def test_run_directory_files(tmp_path: Path) -> None:
         _run(tmp_path, g, model)
 
     with fake_models(tinymf=TinyMF):
-        loaded, meta2, g2 = load_run(run.path)
-    assert fingerprint(g2) == fingerprint(g) and meta2["best_epoch"] == res.best_epoch
-    assert torch.equal(loaded.score(torch.arange(5)), model.score(torch.arange(5)))
-    with fake_models(tinymf=TinyMF), pytest.raises(RunError, match="another graph"):
-        load_run(run.path, small_graph(seed=9))
+        loaded, meta2, g2 = load_run(run.path)  # the model from its checkpoint alone
+    assert meta2["graph"]["fingerprint"] == fingerprint(g) and meta2["best_epoch"] == res.best_epoch
+    kept = SplitInteractions.from_graph(g)  # the run keeps the split interactions it needs
+    assert np.array_equal(g2.interactions.split, kept.split)
+    assert np.array_equal(g2.interactions.csr.table, kept.csr.table)
+    assert g2.user_ids == g["user"].ext_id and g2.tag_ids == g["tag"].ext_id
+    assert torch.equal(loaded.score(torch.arange(5)), model.eval().score(torch.arange(5)))
+    user, item = run.embeddings()  # the final embeddings: those of the best weights
+    assert torch.equal(user @ item.T, model.score(torch.arange(g["user"].num_nodes)).detach())
+    with pytest.raises(RunError, match="another graph"):
+        check_resumable(run, "tinymf", model.config(), TrainConfig(**CFG),
+                        fingerprint(small_graph(seed=9)))
 
 
 def test_resume_after_a_kill_gives_the_uninterrupted_result(tmp_path: Path) -> None:

@@ -10,20 +10,19 @@ import torch
 from torch_geometric.data import HeteroData
 
 from gnnrec.cli import main
-from gnnrec.gnn.data import save_graph, synthetic_graph, train_subgraph
+from gnnrec.gnn.generators import synthetic_graph
+from gnnrec.gnn.graph_file import save_graph
 from gnnrec.gnn.minibatch import (
     MiniBatchConfig,
-    SampledBPR,
-    lightgcn_forward,
     link_sampler,
     model_fanouts,
-    sage_forward,
     train_minibatch,
 )
 from gnnrec.gnn.models import MF, HeteroGraphSAGE, LightGCN
 from gnnrec.gnn.run import load_run
 from gnnrec.gnn.split import apply_split
-from gnnrec.gnn.train import TrainConfig, TrainingError, seed_everything
+from gnnrec.gnn.train import RankingStep, TrainConfig, TrainingError, seed_everything
+from gnnrec.gnn.views import TrainView
 
 CFG = dict(epochs=3, batch_size=128, lr=0.01, l2=1e-4, patience=5, seed=1, device="cpu")
 
@@ -36,7 +35,7 @@ def graph() -> HeteroData:
 
 def _models(g: HeteroData) -> list[torch.nn.Module]:
     seed_everything(0)
-    t = train_subgraph(g)
+    t = TrainView.from_graph(g).sizes
     return [HeteroGraphSAGE(t, embedding_dim=16, num_layers=2),
             LightGCN(t, embedding_dim=16, num_layers=3, social_weight=0.5),
             LightGCN(t, embedding_dim=16, num_layers=1)]
@@ -46,28 +45,32 @@ def _models(g: HeteroData) -> list[torch.nn.Module]:
 def test_all_neighbours_give_the_full_graph_embeddings_and_loss(graph: HeteroData,
                                                                 which: int) -> None:
     model = _models(graph)[which].eval()
+    inputs = model.inputs(TrainView.from_graph(graph))
     mb = MiniBatchConfig(num_neighbors=[-1] * model.num_layers)
     batch = link_sampler(graph, model, TrainConfig(batch_size=64, num_negatives=2), mb).batch(0, 1)
-    step = SampledBPR(model, graph)
+    step = RankingStep(model)
     with torch.no_grad():
-        out, _ = (lightgcn_forward(model, step.sampling, batch) if isinstance(model, LightGCN)
-                  else sage_forward(model, batch))
-        full = model.propagate()
-        for nt, emb in (("user", full.user), ("item", full.item)):
+        block = model.block(batch, inputs)
+        out = model(block)  # the same forward on the sampled block
+        full = model(inputs)
+        for nt, emb, got in (("user", full.user, out.user), ("item", full.item, out.item)):
             seeds = batch[nt].batch_size
-            torch.testing.assert_close(out[nt][:seeds], emb[batch[nt].n_id[:seeds]],
+            torch.testing.assert_close(got[:seeds], emb[batch[nt].n_id[:seeds]],
                                        atol=1e-5, rtol=1e-5)
         u = batch["user"].n_id[batch["user"].src_index]
         p = batch["item"].n_id[batch["item"].dst_pos_index]
         n = batch["item"].n_id[batch["item"].dst_neg_index]
-        for got, want in zip(step(batch), model.bpr_loss(u, p, n), strict=True):
+        sampled = step(block, batch["user"].src_index, batch["item"].dst_pos_index,
+                       batch["item"].dst_neg_index)
+        for got, want in zip(sampled, model.bpr_loss(inputs, u, p, n), strict=True):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_sampled_batches_are_small_and_train_every_parameter() -> None:
     g = apply_split(synthetic_graph(3000, 800, num_tags=20, mean_interactions=15.0, seed=1),
                     seed=1)
-    model = HeteroGraphSAGE(train_subgraph(g), embedding_dim=8, num_layers=2)
+    view = TrainView.from_graph(g)
+    model = HeteroGraphSAGE(view.sizes, embedding_dim=8, num_layers=2)
     mb = MiniBatchConfig(num_neighbors=[3, 2])
     assert model_fanouts(model, mb.num_neighbors)[("user", "friend", "user")] == [3, 2]
     batch = link_sampler(g, model, TrainConfig(batch_size=32), mb).batch(0, 0)
@@ -75,7 +78,9 @@ def test_sampled_batches_are_small_and_train_every_parameter() -> None:
     # (0.23-0.26 and 0.43-0.50 over the first 10 batches), not the whole graph
     assert batch["user"].num_nodes < 0.3 * 3000 and batch["item"].num_nodes < 0.6 * 800
     model.train()
-    bpr, l2 = SampledBPR(model, g)(batch)
+    block = model.block(batch, model.inputs(view))
+    bpr, l2 = RankingStep(model)(block, batch["user"].src_index, batch["item"].dst_pos_index,
+                                 batch["item"].dst_neg_index)
     (bpr + 1e-4 * l2).backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None]
     assert not no_grad, no_grad
@@ -93,8 +98,8 @@ def test_train_minibatch_learns(graph: HeteroData) -> None:
 
 
 def test_bad_settings_are_refused(graph: HeteroData) -> None:
-    t = train_subgraph(graph)
-    with pytest.raises(TrainingError, match="supports graphsage and lightgcn"):
+    t = TrainView.from_graph(graph).sizes
+    with pytest.raises(TrainingError, match="supports graphsage, lightgcn and xsimgcl"):
         train_minibatch(MF(t), graph, TrainConfig(**CFG), MiniBatchConfig(), progress=False)
     with pytest.raises(TrainingError, match="one fan-out per layer"):
         train_minibatch(HeteroGraphSAGE(t, num_layers=2), graph, TrainConfig(**CFG),

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch_geometric.data import HeteroData
 
-from gnnrec.gnn.data import synthetic_graph
+from gnnrec.gnn.generators import synthetic_graph
 from gnnrec.gnn.sampler import LinkBatchSampler, NodeBatchSampler
 from gnnrec.gnn.split import apply_split
 

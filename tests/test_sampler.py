@@ -13,9 +13,9 @@ import torch
 from torch_geometric.data import HeteroData
 
 from gnnrec.gnn import sampler as sampler_module
-from gnnrec.gnn.data import IU, UI, UU, build_graph, synthetic_graph
+from gnnrec.gnn.data import IU, UI, UU, build_graph
+from gnnrec.gnn.generators import synthetic_graph
 from gnnrec.gnn.sampler import (
-    HeteroCSR,
     LinkBatchSampler,
     NeighborSampler,
     NodeBatchSampler,
@@ -23,6 +23,7 @@ from gnnrec.gnn.sampler import (
     sample_positions,
 )
 from gnnrec.gnn.split import apply_split
+from gnnrec.gnn.views import TrainView
 
 FANOUT = [4, 3, 2]
 
@@ -223,7 +224,7 @@ def test_link_batches(graph: HeteroData) -> None:
 
 
 def test_csr_direction_and_train_only(graph: HeteroData) -> None:
-    csr = HeteroCSR.from_data(graph).csr[UI]  # rows: items, entries: users
+    csr = TrainView.from_graph(graph).csr[UI]  # rows: items, entries: users
     ref = in_neighbours(graph)[UI]
     for item in range(50):
         got = csr.indices[csr.indptr[item]:csr.indptr[item + 1]].tolist()
@@ -232,7 +233,7 @@ def test_csr_direction_and_train_only(graph: HeteroData) -> None:
 
 def test_csr_rows_are_8_or_16_bytes(graph: HeteroData) -> None:
     """Weighted tables carry a zero pad: np.take copies 12-byte rows several times slower."""
-    for et, c in HeteroCSR.from_data(graph).csr.items():
+    for et, c in TrainView.from_graph(graph).csr.items():
         assert c.table.dtype == np.int32 and c.table.strides[0] in (8, 16)
         assert c.has_weight == ("weight" in graph[et])
         if c.has_weight:

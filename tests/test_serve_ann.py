@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gnnrec.gnn.adjacency import CSR
 from gnnrec.serve.ann import AnnOptions, ItemIndex
-from gnnrec.serve.state import Csr, ServingState
+from gnnrec.serve.state import ServingState
 from tests.test_serve_state import make_state
 
 DIM, CLUSTERS = 16, 30
@@ -53,8 +54,8 @@ def pair_of_states(**ann: object) -> tuple[ServingState, ServingState]:
     seen_i = rng.integers(0, n_items, len(seen_u))
     tag_items = np.arange(n_items)
     tag_of = np.where(tag_items % 3 == 0, 0, 1 + tag_items % 7)  # tag 0: a third of items
-    args = dict(seen=Csr.from_pairs(seen_u, seen_i, n_users),
-                item_tags=Csr.from_pairs(tag_items, tag_of, n_items),
+    args = dict(seen=CSR.from_edges(seen_u, seen_i, n_users),
+                item_tags=CSR.from_edges(tag_items, tag_of, n_items),
                 tag_names=[f"t{t}" for t in range(8)])
     user_ids = [f"u{u}" for u in range(n_users)]
     item_ids = [f"i{i}" for i in range(n_items)]

@@ -75,13 +75,13 @@ def served(ray_session: None, neo4j: GraphClient, neo4j_settings: Neo4jSettings,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     from ray import serve
 
-    from gnnrec.gnn.run import load_run
+    from gnnrec.gnn.graph_file import load_graph
     from gnnrec.serve.app import build
 
     tmp = tmp_path_factory.mktemp("serve")
     run_a = make_run(tmp / "run_a", 40, 60, seed=0)
     run_b = make_run(tmp / "run_b", 25, 30, seed=1)
-    _, _, graph = load_run(run_a)
+    graph = load_graph(tmp / "run_a.graph.pt")  # the graph file make_run trained on
     clear_database(neo4j)
     ensure_schema(neo4j)
     _load_into_neo4j(neo4j, graph)

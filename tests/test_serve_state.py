@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
+from gnnrec.gnn.adjacency import CSR
 from gnnrec.serve.errors import (
     AuthError,
     ConflictError,
@@ -21,7 +22,7 @@ from gnnrec.serve.explain import build_explanation
 from gnnrec.serve.options import Neo4jOptions, ServeOptions
 from gnnrec.serve.schemas import InteractionIn, NewUserIn
 from gnnrec.serve.service import RecommenderService, validate_interactions
-from gnnrec.serve.state import Csr, ServingState, mmr
+from gnnrec.serve.state import ServingState, mmr
 
 E1, E2 = np.array([1.0, 0, 0, 0]), np.array([0, 1.0, 0, 0])
 
@@ -41,9 +42,9 @@ def make_state(**kwargs: object) -> ServingState:
     user_emb = np.stack([E1, E2, (E1 + E2) / 2])
     idx = {i: k for k, i in enumerate(items)}
     pairs = [(0, idx["a0"]), (1, idx["b0"]), (1, idx["b1"]), (2, idx["a0"]), (2, idx["b0"])]
-    seen = Csr.from_pairs([p[0] for p in pairs], [p[1] for p in pairs], 3)
-    friends = Csr.from_pairs([1], [2], 3)
-    tags = Csr.from_pairs([idx["a1"], idx["b1"], idx["b2"], idx["a0"]], [0, 0, 0, 1], 10)
+    seen = CSR.from_edges([p[0] for p in pairs], [p[1] for p in pairs], 3)
+    friends = CSR.from_edges([1], [2], 3)
+    tags = CSR.from_edges([idx["a1"], idx["b1"], idx["b2"], idx["a0"]], [0, 0, 0, 1], 10)
     return ServingState(users, items, user_emb, item_emb, seen=seen, friends=friends,
                         item_tags=tags, tag_names=["rock", "pop"], model="test", run="tiny",
                         **kwargs)  # type: ignore[arg-type]
@@ -232,17 +233,18 @@ def test_neo4j_down_writes_503_and_nothing_folded_in() -> None:
 
 def make_run(path: Path, num_users: int = 30, num_items: int = 40, seed: int = 0) -> Path:
     """A real run directory (untrained LightGCN on a synthetic graph), as gnn/run.py writes."""
-    from gnnrec.gnn.data import save_graph, synthetic_graph
-    from gnnrec.gnn.models import LightGCN
-    from gnnrec.gnn.run import Run
+    from gnnrec.gnn.generators import synthetic_graph
+    from gnnrec.gnn.graph_file import save_graph
+    from gnnrec.gnn.run import Run, build_model, final_embeddings
     from gnnrec.gnn.split import apply_split
 
     graph = apply_split(synthetic_graph(num_users, num_items, num_tags=6, seed=seed), seed=seed)
     graph_path = save_graph(graph, path.parent / f"{path.name}.graph.pt")
-    model = LightGCN(graph, embedding_dim=8, num_layers=2)
+    model = build_model("lightgcn", graph, {"embedding_dim": 8, "num_layers": 2})
     run = Run.create(path, model_name="lightgcn", model=model, graph=graph,
                      graph_path=graph_path, train_config={})
     run.save_model(model.state_dict())
+    run.save_embeddings(*final_embeddings(model, graph))
     run.update_meta(status="finished", metrics={"test": {"recall@10": 0.1}})
     return path
 

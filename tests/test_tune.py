@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gnn_fixtures import small_graph  # noqa: E402
 
-from gnnrec.gnn.data import save_graph  # noqa: E402
+from gnnrec.gnn.graph_file import save_graph  # noqa: E402
 from gnnrec.gnn.run import Run, load_run  # noqa: E402
 from gnnrec.gnn.tune import (  # noqa: E402
     SPACES,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -25,12 +26,16 @@ def test_writeback_replaces_its_run_and_keeps_others(
     graph_file = tmp_path / "g.pt"
     assert main(["export", "--out", str(graph_file)]) == 0
     capsys.readouterr()
-    runs = {}
+    trained = {}
     for model in ("mf", "pop"):
-        runs[model] = tmp_path / "runs" / model
+        trained[model] = tmp_path / "runs" / model
         assert main(["train", "--model", model, "--graph", str(graph_file), "--out",
-                     str(runs[model]), "--epochs", "2", "--no-progress", "--threads", "1"]) == 0
+                     str(trained[model]), "--epochs", "2", "--no-progress", "--threads", "1"]) == 0
     capsys.readouterr()
+    # A run ships alone: moved to another place, with the graph file gone, it writes back.
+    shutil.move(tmp_path / "runs", tmp_path / "shipped")
+    graph_file.unlink()
+    runs = {model: tmp_path / "shipped" / model for model in trained}
     users = seeded_graph.read("MATCH (u:User) RETURN count(u) AS n")[0]["n"]
 
     for _ in range(2):  # the second write-back replaces the first, it does not add to it

@@ -1,13 +1,13 @@
 """Recommender models: LightGCN (optionally social), XSimGCL, heterogeneous GraphSAGE, MF,
 popularity, and the iALS and EASE baselines.
 
-``MODELS`` maps the name stored in run configs and checkpoints to the class; every
-class is built as ``MODELS[name](graph, **config)``.
+``MODELS`` maps the name stored in runs to the class; every class is built as
+``MODELS[name](sizes, **config)`` (see :mod:`gnnrec.gnn.models.base` for the interface).
 """
 
 from __future__ import annotations
 
-from .base import Propagation, Recommender
+from .base import GraphSizes, Inputs, Propagation, Recommender
 from .ease import EASE
 from .ials import IALS
 from .lightgcn import LightGCN, normalized_adjacency
@@ -33,6 +33,8 @@ __all__ = [
     "HeteroGraphSAGE",
     "LightGCN",
     "MF",
+    "GraphSizes",
+    "Inputs",
     "Popularity",
     "Propagation",
     "Recommender",

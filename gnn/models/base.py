@@ -1,94 +1,116 @@
-"""The interface every recommender implements, and graph helpers shared by the models.
+"""The interface every recommender implements, and the sparse helpers the models share.
 
-A model is built from a :class:`~torch_geometric.data.HeteroData` (see
-``gnn/data.py`` for the layout) plus plain typed hyper-parameters::
+A model holds only what it learns (its ``state_dict``). It is built from the shape of the
+graph (:class:`GraphSizes`) and plain typed hyper-parameters, so a run rebuilds it
+without the graph, as nanoGPT rebuilds ``GPT(GPTConfig(**model_args))``::
 
-    model = LightGCN(graph, embedding_dim=64, num_layers=3)
-    again = LightGCN(graph, **model.config())      # same structure
-    again.load_state_dict(model.state_dict())      # same weights
+    view = TrainView.from_graph(graph)                  # the train-only view, built once
+    model = LightGCN(view.sizes, embedding_dim=64, num_layers=3)
+    again = LightGCN(view.sizes, **model.config())      # same structure
+    again.load_state_dict(model.state_dict())           # same weights
 
-Structure derived from the graph (adjacency matrices, edge lists, counts used as
-features) is registered as *non-persistent* buffers: it moves with ``.to(device)``
-but is not part of the ``state_dict``, which holds only what was learned. Models
-use only TRAIN interactions (``split == 0``) to build that structure.
+What a model reads from the graph (adjacency, node features) is its *input*, passed to
+``forward`` as PyG models take ``edge_index``: :meth:`Recommender.inputs` builds the
+full-graph input from the train view once, :meth:`Recommender.block` the input of one
+sampled subgraph (mini-batch training), and the same ``forward`` runs on either::
+
+    inputs = model.inputs(view)
+    out = model(inputs)                       # Propagation: user [U, d], item [I, d], egos
+    out = model(model.block(batch, inputs))   # rows of the batch's local users and items
+
+A new model family subclasses :class:`Recommender`: a constructor taking ``sizes`` and
+typed hyper-parameters (kept in ``self._hparams`` for :meth:`config`), ``forward(inputs)
+-> Propagation`` and, when it reads the graph, ``inputs(view)``; for mini-batch training
+``sampled = True``, :meth:`block` and :meth:`edge_types`. ``gnnrec.gnn.train.fit`` trains
+gradient models with :meth:`loss` on their output (the ranking loss, plus what a model
+adds). A model trained without gradients (iALS's sweeps, EASE's closed form, popularity's
+counts) has no trainable parameters (``trainable = False``) and implements :meth:`solve`,
+which fit calls once per epoch, evaluating after each, until it reports ``converged``.
+Every model is scored, evaluated, served and written back through its final embeddings
+(``score = user_emb @ item_emb.T``).
+Registering the class in ``gnnrec.gnn.models.MODELS`` makes it a ``--model``.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
-from typing import Any, ClassVar, NamedTuple
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-USER, ITEM, TAG = "user", "item", "tag"
-INTERACTS = (USER, "interacts", ITEM)
-REV_INTERACTS = (ITEM, "rev_interacts", USER)
-FRIEND = (USER, "friend", USER)
-HAS_TAG = (ITEM, "has_tag", TAG)
-REV_HAS_TAG = (TAG, "rev_has_tag", ITEM)
+from gnnrec.gnn.data import IU, UI, EdgeType
 
-TRAIN = 0
+if TYPE_CHECKING:
+    from gnnrec.gnn.views import TrainView
+
+
+@dataclass(frozen=True)
+class GraphSizes:
+    """The shape of the graph a model is built for: all its parameter shapes depend on.
+
+    Stored in the run next to the model's hyper-parameters, so the model is rebuilt from
+    its checkpoint without the graph. ``friend_edges`` and ``tag_edges`` (train edges of
+    those types) let a model decide whether it uses them.
+    """
+
+    num_users: int
+    num_items: int
+    num_tags: int = 0
+    user_features: int = 0
+    item_features: int = 0
+    friend_edges: int = 0
+    tag_edges: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> GraphSizes:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: int(v) for k, v in values.items() if k in known})
 
 
 class Propagation(NamedTuple):
-    """Output of :meth:`Recommender.propagate`.
+    """Output of a model's ``forward``.
 
     ``user`` [U, d] and ``item`` [I, d] are the final (scoring) embeddings;
     ``user_ego`` [U, d0] and ``item_ego`` [I, d0] the layer-0 inputs that the L2
-    regulariser of :meth:`Recommender.bpr_loss` is applied to.
+    regulariser of :func:`ranking_loss` is applied to. On a sampled block the rows are
+    the block's local users and items. ``extra``: whatever else a model's own
+    :meth:`Recommender.loss` needs from the same forward pass (e.g. XSimGCL's views).
     """
 
     user: Tensor
     item: Tensor
     user_ego: Tensor
     item_ego: Tensor
+    extra: dict[str, Tensor] | None = None
 
 
-def num_nodes(graph: HeteroData, node_type: str) -> int:
-    """Number of nodes of ``node_type`` (0 when the type is absent)."""
-    if node_type not in graph.node_types:
-        return 0
-    n = graph[node_type].num_nodes
-    return int(n) if n is not None else 0
+def _move(value: Any, device: torch.device | str | None, dtype: torch.dtype | None) -> Any:
+    if isinstance(value, Tensor):
+        value = value.to(device) if device is not None else value
+        return value.to(dtype) if dtype is not None and value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {k: _move(v, device, dtype) for k, v in value.items()}
+    return value
 
 
-def edge_index_or_empty(graph: HeteroData, edge_type: tuple[str, str, str]) -> Tensor:
-    """``graph[edge_type].edge_index`` as Long [2, E], or an empty [2, 0] when absent."""
-    if edge_type not in graph.edge_types or "edge_index" not in graph[edge_type]:
-        return torch.empty(2, 0, dtype=torch.long)
-    ei = graph[edge_type].edge_index
-    if ei.dim() != 2 or ei.size(0) != 2:
-        raise ValueError(f"{edge_type}: edge_index must have shape [2, E], got {list(ei.shape)}")
-    return ei.long()
+class Inputs:
+    """Base of a model's input (a dataclass): :meth:`to` moves every tensor it holds."""
 
-
-def train_mask(graph: HeteroData, edge_type: tuple[str, str, str] = INTERACTS) -> Tensor:
-    """Bool [E]: which interaction edges are training edges (``split == 0``).
-
-    A graph without a ``split`` attribute has not been split, so every edge counts
-    as training (there is no held-out edge that could leak).
-    """
-    ei = edge_index_or_empty(graph, edge_type)
-    store = graph[edge_type] if edge_type in graph.edge_types else None
-    if store is None or "split" not in store:
-        return torch.ones(ei.size(1), dtype=torch.bool)
-    split = store.split
-    if split.numel() != ei.size(1):
-        raise ValueError(
-            f"{edge_type}: split has {split.numel()} entries but edge_index has {ei.size(1)} edges"
-        )
-    return split == TRAIN
-
-
-def train_edge_index(graph: HeteroData) -> Tensor:
-    """Long [2, E_train]: (user, item) pairs of the training interactions only."""
-    ei = edge_index_or_empty(graph, INTERACTS)[:, train_mask(graph)]
-    check_range(ei, num_nodes(graph, USER), num_nodes(graph, ITEM), str(INTERACTS))
-    return ei
+    def to(self, device: torch.device | str | None = None,
+           dtype: torch.dtype | None = None) -> Any:
+        """A copy on ``device``; ``dtype`` converts the floating-point tensors only."""
+        changes = {f.name: _move(getattr(self, f.name), device, dtype)
+                   for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
 def check_range(edge_index: Tensor, num_src: int, num_dst: int, what: str) -> None:
@@ -194,59 +216,95 @@ def ranking_loss(user: Tensor, item: Tensor, user_ego: Tensor, item_ego: Tensor,
                 + item_ego[neg].pow(2).sum() / neg.size(1)) / max(users.numel(), 1)
     return value, l2
 
+def select_rows(adj: Tensor, rows: Tensor) -> Tensor:
+    """Sparse CSR [len(rows), M]: the ``rows`` (Long[n]) of the sparse CSR ``adj`` [N, M]."""
+    crow, col, val = adj.crow_indices(), adj.col_indices(), adj.values()
+    start = crow[rows]
+    count = crow[rows + 1] - start
+    pos = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), count)
+    first = torch.cumsum(count, 0) - count
+    entry = start[pos] + torch.arange(pos.numel(), device=rows.device) - first[pos]
+    new_crow = torch.cat([count.new_zeros(1), torch.cumsum(count, 0)])
+    return torch.sparse_csr_tensor(new_crow, col[entry], val[entry], (rows.numel(), adj.size(1)),
+                                   check_invariants=False)
+
 
 class Recommender(torch.nn.Module):
-    """Base class: full-graph propagation, BPR loss, full-ranking scores.
-
-    Subclasses implement :meth:`propagate` and set ``self._hparams`` to the
-    JSON-serialisable constructor arguments (without the graph).
+    """Base class of the model families (see the module docstring).
 
     Attributes:
-        name: registry key (``"lightgcn"``, ...), stored in checkpoints.
+        name: registry key (``"lightgcn"``, ...), stored in runs.
+        trainable: ``False`` for models without gradient training (they implement
+            :meth:`solve`, or have nothing to fit).
+        sampled: the model trains on sampled blocks (mini-batch) as well.
+        sizes, num_users, num_items: the graph shape the model was built for.
         train_defaults: the training settings this model uses by default.
-        trainable: ``False`` for models with no parameters (the training loop
-            skips optimisation for them).
-        num_users, num_items: U and I of the graph the model was built from.
     """
 
     name: ClassVar[str] = ""
     trainable: ClassVar[bool] = True
+    sampled: ClassVar[bool] = False
     # TrainConfig settings `gnnrec train --model NAME` uses unless a flag says otherwise
     # (the loss, lr, l2... this model trains well with; chosen by tuning, see the README).
     train_defaults: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, graph: HeteroData) -> None:
+    def __init__(self, sizes: GraphSizes) -> None:
         super().__init__()
-        self.num_users = num_nodes(graph, USER)
-        self.num_items = num_nodes(graph, ITEM)
+        self.sizes = sizes
+        self.num_users, self.num_items = sizes.num_users, sizes.num_items
         if self.num_users == 0 or self.num_items == 0:
             raise ValueError(
                 f"graph needs users and items, got {self.num_users} users and "
                 f"{self.num_items} items"
             )
         self._hparams: dict[str, Any] = {}
-        self._cache: tuple[tuple[Any, ...], Tensor, Tensor] | None = None
 
     # -- to implement ---------------------------------------------------------
-    def propagate(self) -> Propagation:
-        """Full-graph forward over the training structure."""
+    def forward(self, inputs: Any) -> Propagation:
+        """Propagation over ``inputs`` (the full graph's or a sampled block's)."""
         raise NotImplementedError
 
-    # -- public interface -----------------------------------------------------
-    def forward(self) -> tuple[Tensor, Tensor]:
-        """Same as :meth:`embeddings`."""
-        return self.embeddings()
+    def inputs(self, view: TrainView) -> Any:
+        """What :meth:`forward` reads of the full train graph (default: nothing)."""
+        self.check_view(view)
+        return None
 
-    def embeddings(self) -> tuple[Tensor, Tensor]:
-        """(user_emb [U, d], item_emb [I, d]) after propagation."""
-        out = self.propagate()
+    def block(self, batch: HeteroData, inputs: Any) -> Any:
+        """The input of a sampled link batch (local nodes ``batch[type].n_id``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no sampled forward")
+
+    def edge_types(self) -> set[EdgeType]:
+        """The edge types :meth:`forward` reads (what a mini-batch sampler samples)."""
+        return {UI, IU}
+
+    def cannot_sample(self) -> str | None:
+        """Why this model cannot train on sampled blocks (None: it can)."""
+        return None if self.sampled else f"{type(self).__name__} has no sampled forward"
+
+    def solve(self, view: TrainView, epoch: int) -> dict[str, float]:
+        """One epoch of a model trained without gradients (closed form, ALS sweep): update
+        the state from ``view``; return the epoch's figures (``converged`` > 0 stops)."""
+        raise NotImplementedError(f"{type(self).__name__} is trained by gradient steps")
+
+    def loss(self, out: Propagation, users: Tensor, pos: Tensor, neg: Tensor,
+             loss: str = "bpr", temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+        """``(loss, l2)`` of a batch from this model's output (default: :func:`ranking_loss`;
+        a model adds its own terms here, e.g. XSimGCL's contrastive one)."""
+        return ranking_loss(out.user, out.item, out.user_ego, out.item_ego, users, pos, neg,
+                            loss, temperature)
+
+    # -- public interface -----------------------------------------------------
+    def embeddings(self, inputs: Any) -> tuple[Tensor, Tensor]:
+        """(user_emb [U, d], item_emb [I, d]) after propagation over ``inputs``."""
+        out = self(inputs)
         return out.user, out.item
 
-    def bpr_loss(self, users: Tensor, pos: Tensor, neg: Tensor, loss: str = "bpr",
-                 temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    def bpr_loss(self, inputs: Any, users: Tensor, pos: Tensor, neg: Tensor,
+                 loss: str = "bpr", temperature: float = 1.0) -> tuple[Tensor, Tensor]:
         """Ranking loss and L2 regulariser for a batch (see :func:`ranking_loss`).
 
         Args:
+            inputs: the full graph's inputs (or a block's: then indices are local).
             users: Long [B] user indices.
             pos: Long [B] positive (train) item per user.
             neg: Long [B] or [B, K] sampled negative items.
@@ -265,64 +323,23 @@ class Recommender(torch.nn.Module):
                 f"bpr_loss: users {list(users.shape)}, pos {list(pos.shape)} and neg "
                 f"{list(neg.shape)} must be [B], [B] and [B] or [B, K]"
             )
-        out = self.propagate()
-        return ranking_loss(out.user, out.item, out.user_ego, out.item_ego, users, pos,
-                            neg.view(neg.size(0), -1), loss, temperature)
+        return self.loss(self(inputs), users, pos, neg.view(neg.size(0), -1), loss, temperature)
 
-    def score(self, users: Tensor) -> Tensor:
-        """Float [B, I]: score of every item for each of the B ``users``.
-
-        In eval mode the propagated embeddings are cached (without autograd) and
-        reused until a parameter or buffer changes (in-place optimiser steps and
-        ``load_state_dict`` bump tensor versions), the device changes or
-        :meth:`train` is called.
-        """
-        if self.training:
-            user, item = self.embeddings()
-        else:
-            user, item = self._cached_embeddings()
+    def score(self, users: Tensor, inputs: Any) -> Tensor:
+        """Float [B, I]: score of every item for each of the B ``users``."""
+        user, item = self.embeddings(inputs)
         return user[users] @ item.t()
 
     def config(self) -> dict[str, Any]:
-        """JSON-serialisable constructor hyper-parameters: ``type(self)(graph, **config())``."""
+        """JSON-serialisable hyper-parameters: ``type(self)(sizes, **config())``."""
         return copy.deepcopy(self._hparams)
 
-    # -- caching --------------------------------------------------------------
-    def _state_key(self) -> tuple[Any, ...]:
-        tensors = list(self.parameters()) + list(self.buffers())
-        return tuple((id(t), t._version, t.device) for t in tensors)
-
-    def _cached_embeddings(self) -> tuple[Tensor, Tensor]:
-        key = self._state_key()
-        if self._cache is None or self._cache[0] != key:
-            with torch.no_grad():
-                user, item = self.embeddings()
-            self._cache = (key, user, item)
-        return self._cache[1], self._cache[2]
-
-    def invalidate_cache(self) -> None:
-        """Drop cached embeddings (done automatically; public for explicit use)."""
-        self._cache = None
-
-    def train(self, mode: bool = True) -> Recommender:
-        self._cache = None
-        return super().train(mode)
-
-    def _apply(self, fn: Any, recurse: bool = True) -> Recommender:
-        self._cache = None
-        return super()._apply(fn, recurse)
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> Recommender:
-        # torch cannot deepcopy sparse CSR tensors (no storage): clone those buffers
-        # first so deepcopy finds them in ``memo``; drop the cached embeddings.
-        for buf in self.buffers():
-            if buf.layout != torch.strided and id(buf) not in memo:
-                memo[id(buf)] = buf.clone()
-        new = self.__class__.__new__(self.__class__)
-        memo[id(self)] = new
-        for key, value in self.__dict__.items():
-            new.__dict__[key] = None if key == "_cache" else copy.deepcopy(value, memo)
-        return new
+    def check_view(self, view: TrainView) -> None:
+        """Raise ``ValueError`` when ``view`` is not a graph of this model's shape."""
+        got = (view.num_users, view.num_items)
+        if got != (self.num_users, self.num_items):
+            raise ValueError(f"{type(self).__name__} was built for {self.num_users} users and "
+                             f"{self.num_items} items, the graph has {got[0]} and {got[1]}")
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self._hparams.items())

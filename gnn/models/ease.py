@@ -9,8 +9,11 @@ Only items with a train interaction can have a weight (the others have an empty 
 column in ``X^T X``); ``max_items`` keeps the ``max_items`` most popular train items only
 (ties: lower index first), which bounds the memory: the solve holds one n x n matrix in
 the working precision plus ``B`` in float32. Items outside the model are never
-recommended (their score is ``-inf``). Before any allocation the memory the solve needs is
-checked against what is available, and a clear error names it and the cap that would fit.
+recommended: their score is ``-inf`` (:meth:`EASE.score`), and in the final embeddings
+(what evaluation, serving and write-back read) an extra coordinate, 1 for every user and
+:data:`OUTSIDE` for those items, puts them below any real score. Before any allocation the
+memory the solve needs is checked against what is available, and a clear error names it
+and the cap that would fit.
 
 Fold-in (serving, no retraining) is exact: a user's scores are ``x_u B``, so a new
 interaction sets one more entry of ``x_u`` (:meth:`EASE.fold_in_user`), and a new user with
@@ -20,18 +23,25 @@ items is scored from those items at once (cold start).
 from __future__ import annotations
 
 import os
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch_geometric.data import HeteroData
 
 from gnnrec.errors import GnnrecError
+from gnnrec.gnn.data import UI
 
-from .base import Propagation, Recommender, to_csr, train_edge_index, unique_edges
+from .base import GraphSizes, Inputs, Propagation, Recommender, unique_edges
+
+if TYPE_CHECKING:
+    from gnnrec.gnn.views import TrainView
 
 PRECISIONS = ("float64", "float32")
+# The item embedding's extra coordinate for an item outside the model: finite (serving
+# normalises embeddings, write-back stores them) and below any real score.
+OUTSIDE = -1e30
 
 
 class EASEMemoryError(GnnrecError, MemoryError):
@@ -92,11 +102,20 @@ def ease_weights(gram: np.ndarray, regularization: float) -> np.ndarray:
     return out
 
 
+@dataclass
+class EASEInputs(Inputs):
+    """What :meth:`EASE.forward` reads: the distinct train (user, item) pairs (Long[E])."""
+
+    users: Tensor
+    items: Tensor
+
+
 class EASE(Recommender):
     """EASE item-item model; scores ``x_u B`` over the items it keeps.
 
     Args:
-        graph: the HeteroData; only TRAIN interactions are used (binary: a pair is 1).
+        sizes: the graph's shape; :meth:`solve` reads the train view's interactions
+            (binary: a pair is 1).
         regularization: ``reg`` (the paper's lambda), the L2 weight on ``B``.
         max_items: keep only the ``max_items`` most popular train items (None: all items
             with a train interaction).
@@ -104,20 +123,21 @@ class EASE(Recommender):
             memory, about twice as fast; ``B`` is stored in float32 either way).
         max_memory_gb: the memory the solve may use (default: what is available now).
 
-    ``state_dict``: ``items`` Long[n] (the kept item indices) and ``weights`` Float[n, n].
-    Shapes: ``score(users [B])`` -> [B, I]; ``embeddings()`` -> ([U, n] the users' rows of
-    ``X``, [I, n] the items' columns of ``B``), so ``user @ item.T`` gives the scores.
+    ``state_dict``: ``items`` Long[n] (the kept item indices) and ``weights`` Float[n, n]
+    (empty until solved; a checkpoint's sizes are taken on load).
+    Shapes: ``score(users [B], inputs)`` -> [B, I]; ``forward(inputs)`` -> ([U, n + 1] the
+    users' rows of ``X`` and a 1, [I, n + 1] the items' columns of ``B`` and 0, or zeros
+    and :data:`OUTSIDE` for an item outside the model), so ``user @ item.T`` ranks as the
+    scores do.
     """
 
     name = "ease"
-    trainable = False  # solved in closed form: see solve_step
-    solver = True
-    max_steps = 1
+    trainable = False  # solved in closed form: see solve
 
-    def __init__(self, graph: HeteroData, regularization: float = 250.0,
+    def __init__(self, sizes: GraphSizes, regularization: float = 250.0,
                  max_items: int | None = None, precision: str = "float64",
                  max_memory_gb: float | None = None) -> None:
-        super().__init__(graph)
+        super().__init__(sizes)
         if not regularization > 0:
             raise ValueError(f"regularization must be > 0, got {regularization}")
         if max_items is not None and max_items < 1:
@@ -129,92 +149,111 @@ class EASE(Recommender):
                          "precision": precision,
                          "max_memory_gb": None if max_memory_gb is None else float(max_memory_gb)}
         self.regularization, self.precision = float(regularization), precision
-        ei = unique_edges(train_edge_index(graph), self.num_items)
-        degree = torch.bincount(ei[1], minlength=self.num_items)
-        order = torch.argsort(-degree, stable=True)
-        kept = order[: int((degree > 0).sum())]
-        if max_items is not None:
-            kept = kept[:max_items]
-        kept = kept.sort().values
-        n = kept.numel()
-        need = solve_bytes(n, precision)
-        budget = (available_memory() if max_memory_gb is None else int(max_memory_gb * 2**30))
-        if need > budget:
-            fits = int((budget / (np.dtype(precision).itemsize + 4)) ** 0.5)
-            raise EASEMemoryError(
-                f"EASE on {n:,} items needs about {need / 2**30:.1f} GiB ({n:,}² {precision} "
-                f"values for the solve plus {n:,}² float32 for B) but "
-                f"{budget / 2**30:.1f} GiB are available: keep the most popular items only "
-                f"with --model-arg max_items={fits} (or less), or precision=float32")
-        self.register_buffer("items", kept)
-        self.register_buffer("weights", torch.zeros(n, n))
+        self.max_items, self.max_memory_gb = max_items, max_memory_gb
+        self.register_buffer("items", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("weights", torch.zeros(0, 0))
         # column of each graph item in the model (-1: not kept)
+        self.register_buffer("column", torch.full((self.num_items,), -1, dtype=torch.long),
+                             persistent=False)
+
+    def _keep(self, items: Tensor, weights: Tensor) -> None:
+        self.items, self.weights = items.to(self.items.device), weights.to(self.weights.device)
         column = torch.full((self.num_items,), -1, dtype=torch.long)
-        column[kept] = torch.arange(n)
-        self.register_buffer("column", column, persistent=False)
-        keep = column[ei[1]] >= 0
-        rows, cols = ei[0][keep], column[ei[1][keep]]
-        x = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(rows.numel()),
-                                    (self.num_users, n), check_invariants=False).coalesce()
-        self.register_buffer("user_items", to_csr(x), persistent=False)
+        column[items.cpu()] = torch.arange(items.numel())
+        self.column = column.to(self.column.device)
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any,
+                              **kwargs: Any) -> None:
+        if prefix + "items" in state_dict and prefix + "weights" in state_dict:
+            # take the checkpoint's sizes (n is known only once solved)
+            self.items = torch.zeros_like(state_dict[prefix + "items"])
+            self.weights = torch.zeros_like(state_dict[prefix + "weights"])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._keep(self.items, self.weights)
 
     # -- training -------------------------------------------------------------------
-    def solve_step(self) -> dict[str, Any]:
-        """The closed form (once; later calls change nothing)."""
-        x = self.user_items.to("cpu")
-        crow, col = x.crow_indices().numpy(), x.col_indices().numpy()
+    def inputs(self, view: TrainView) -> EASEInputs:
+        self.check_view(view)
+        ei = unique_edges(view.edge_index(UI), self.num_items)
+        return EASEInputs(ei[0], ei[1])
+
+    def solve(self, view: TrainView, epoch: int) -> dict[str, float]:
+        """The closed form (once: it reports ``converged``)."""
         from scipy.sparse import csr_matrix
 
-        n = self.items.numel()
-        mat = csr_matrix((np.ones(col.size, dtype=self.precision), col, crow),
+        pairs = self.inputs(view)
+        degree = torch.bincount(pairs.items, minlength=self.num_items)
+        order = torch.argsort(-degree, stable=True)
+        kept = order[: int((degree > 0).sum())]
+        if self.max_items is not None:
+            kept = kept[: self.max_items]
+        kept = kept.sort().values
+        n = kept.numel()
+        need = solve_bytes(n, self.precision)
+        budget = (available_memory() if self.max_memory_gb is None
+                  else int(self.max_memory_gb * 2**30))
+        if need > budget:
+            fits = int((budget / (np.dtype(self.precision).itemsize + 4)) ** 0.5)
+            raise EASEMemoryError(
+                f"EASE on {n:,} items needs about {need / 2**30:.1f} GiB ({n:,}² "
+                f"{self.precision} values for the solve plus {n:,}² float32 for B) but "
+                f"{budget / 2**30:.1f} GiB are available: keep the most popular items only "
+                f"with --model-arg max_items={fits} (or less), or precision=float32")
+        column = torch.full((self.num_items,), -1, dtype=torch.long)
+        column[kept] = torch.arange(n)
+        keep = column[pairs.items] >= 0
+        mat = csr_matrix((np.ones(int(keep.sum()), dtype=self.precision),
+                          (pairs.users[keep].numpy(), column[pairs.items[keep]].numpy())),
                          shape=(self.num_users, n))
         gram = (mat.T @ mat).toarray()
         b = ease_weights(gram, self.regularization)
         del gram
         with torch.no_grad():
-            self.weights.copy_(torch.from_numpy(b))
-        return {}
+            self._keep(kept, torch.from_numpy(b))
+        return {"converged": 1.0}
 
     # -- scoring and fold-in ------------------------------------------------------------
-    def score(self, users: Tensor) -> Tensor:
+    def user_rows(self, inputs: EASEInputs, users: Tensor) -> Tensor:
+        """Float [B, n + 1]: the users' binary train rows over the kept items, and a 1."""
+        dev = self.weights.device
+        n = self.items.numel()
+        slot = torch.full((self.num_users,), -1, dtype=torch.long, device=dev)
+        slot[users.to(dev).long()] = torch.arange(users.numel(), device=dev)
+        u, i = inputs.users.to(dev), inputs.items.to(dev)
+        col = self.column.to(dev)[i]
+        mine = (slot[u] >= 0) & (col >= 0)
+        rows = torch.zeros(users.numel(), n + 1, device=dev, dtype=self.weights.dtype)
+        rows[slot[u[mine]], col[mine]] = 1.0
+        rows[:, n] = 1.0
+        return rows
+
+    def forward(self, inputs: EASEInputs) -> Propagation:
+        dev = self.weights.device
+        n = self.items.numel()
+        user = self.user_rows(inputs, torch.arange(self.num_users, device=dev))
+        item = torch.zeros(self.num_items, n + 1, device=dev, dtype=self.weights.dtype)
+        item[:, n] = OUTSIDE
+        item[self.items] = torch.cat([self.weights.t(), self.weights.new_zeros(n, 1)], 1)
+        return Propagation(user, item, user, item)
+
+    def score(self, users: Tensor, inputs: EASEInputs) -> Tensor:
         """Float [B, I]: ``x_u B`` for kept items, ``-inf`` for the others."""
-        rows = self.user_rows(users)
+        rows = self.user_rows(inputs, users)[:, :-1]
         out = torch.full((users.numel(), self.num_items), float("-inf"),
-                         dtype=self.weights.dtype, device=self.weights.device)
+                         device=self.weights.device, dtype=self.weights.dtype)
         out[:, self.items] = rows @ self.weights
         return out
 
-    def user_rows(self, users: Tensor) -> Tensor:
-        """Float [B, n]: the users' binary train rows over the kept items."""
-        x = self.user_items
-        crow, col = x.crow_indices(), x.col_indices()
-        users = users.to(crow.device).long()
-        start, count = crow[users], crow[users + 1] - crow[users]
-        pos = torch.repeat_interleave(torch.arange(users.numel(), device=crow.device), count)
-        first = torch.cumsum(count, 0) - count
-        entry = start[pos] + torch.arange(pos.numel(), device=crow.device) - first[pos]
-        rows = torch.zeros(users.numel(), self.items.numel(), dtype=self.weights.dtype,
-                           device=self.weights.device)
-        rows[pos.to(rows.device), col[entry].to(rows.device)] = 1.0
-        return rows
-
-    def propagate(self) -> Propagation:
-        users = torch.arange(self.num_users, device=self.weights.device)
-        user = self.user_rows(users)
-        item = torch.zeros(self.num_items, self.items.numel(), dtype=self.weights.dtype,
-                           device=self.weights.device)
-        item[self.items] = self.weights.t()
-        return Propagation(user, item, user, item)
-
     @torch.no_grad()
     def fold_in_user(self, items: Tensor, weight: Tensor | None = None) -> Tensor:
-        """Float [n]: the row ``x_u`` of a user whose items are ``items`` (Long[k]); items
-        outside the model add nothing. ``user_row @ item_embeddings.T`` are its scores."""
-        row = torch.zeros(self.items.numel(), dtype=self.weights.dtype)
+        """Float [n + 1]: the row ``x_u`` (and its 1) of a user whose items are ``items``
+        (Long[k]); items outside the model add nothing. ``user_row @ item_embeddings.T``
+        ranks as its scores."""
+        row = torch.zeros(self.items.numel() + 1)
         cols = self.column.cpu()[items.long().cpu()]
         row[cols[cols >= 0]] = 1.0
+        row[-1] = 1.0
         return row
 
-    def bpr_loss(self, users: Tensor, pos: Tensor, neg: Tensor, loss: str = "bpr",
-                 temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-        raise TypeError("EASE is solved in closed form (solve_step), not by gradient steps")
+    def bpr_loss(self, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        raise TypeError("EASE is solved in closed form (solve), not by gradient steps")

@@ -6,9 +6,10 @@ user-item pairs, with ``p_ui = 1`` for a train interaction (0 otherwise) and con
 ``c_ui = alpha * v_ui`` for an interaction (1 otherwise). ``v_ui`` is 1 (``confidence =
 "binary"``, the default: every interaction is one positive, the evaluation protocol's
 implicit feedback) or ``1 + log(1 + weight)`` (``confidence = "log"``: play counts or ratings
-raise the confidence). One :meth:`IALS.solve_step` is one ALS sweep (users given items,
-then items given users); the training loop evaluates after each sweep, so the number of
-iterations is chosen by early stopping on valid like the epochs of the graph models.
+raise the confidence). One :meth:`IALS.solve` is one ALS sweep (users given items, then
+items given users) on the train view's interactions; the training loop evaluates after each
+sweep, so the number of iterations is chosen by early stopping on valid like the epochs of
+the graph models.
 
 Fold-in (serving, no retraining): :meth:`IALS.fold_in_user` re-solves one user's factors
 from its items against the fixed item factors, the exact least-squares step of a sweep;
@@ -17,14 +18,18 @@ a new user with items gets its factors the same way (cold start).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch_geometric.data import HeteroData
 
-from .base import INTERACTS, Propagation, Recommender, train_edge_index, train_mask
+from gnnrec.gnn.data import UI
+
+from .base import GraphSizes, Propagation, Recommender
+
+if TYPE_CHECKING:
+    from gnnrec.gnn.views import TrainView
 
 CONFIDENCES = ("binary", "log")
 
@@ -56,8 +61,8 @@ class IALS(Recommender):
     """Implicit ALS; scores by dot product ``x_u . y_i``.
 
     Args:
-        graph: the HeteroData; only TRAIN interactions are used (with their ``weight``
-            when ``confidence="log"``).
+        sizes: the graph's shape; :meth:`solve` reads the train view's interactions (with
+            their ``weight`` when ``confidence="log"``).
         factors: d, the number of latent factors.
         regularization: L2 weight ``reg`` on both factor matrices (not scaled by counts).
         alpha: confidence of an observed interaction (unobserved pairs have 1).
@@ -68,17 +73,16 @@ class IALS(Recommender):
             of an exact Cholesky solve per user and item.
         num_threads: threads of implicit's solver (0 = all cores).
 
-    Shapes: ``embeddings()`` -> ([U, d], [I, d]); ``score(users [B])`` -> [B, I].
+    Shapes: ``forward(None)`` -> user [U, d], item [I, d] (the factors).
     """
 
     name = "ials"
-    trainable = False  # not optimised by gradients: see solve_step
-    solver = True
+    trainable = False  # not optimised by gradients: see solve
 
-    def __init__(self, graph: HeteroData, factors: int = 128, regularization: float = 30.0,
+    def __init__(self, sizes: GraphSizes, factors: int = 128, regularization: float = 30.0,
                  alpha: float = 5.0, confidence: str = "binary", init_std: float = 0.01,
                  use_cg: bool = True, num_threads: int = 1) -> None:
-        super().__init__(graph)
+        super().__init__(sizes)
         if factors < 1 or regularization < 0 or not alpha > 0 or init_std <= 0:
             raise ValueError(f"iALS needs factors >= 1, regularization >= 0, alpha > 0 and "
                              f"init_std > 0 (got {factors}, {regularization}, {alpha}, "
@@ -96,26 +100,22 @@ class IALS(Recommender):
                                                requires_grad=False)
         self.item_factors = torch.nn.Parameter(torch.rand(self.num_items, d) * init_std,
                                                requires_grad=False)
-        ei = train_edge_index(graph)
-        store = graph[INTERACTS] if INTERACTS in graph.edge_types else None
-        weight = None
-        if store is not None and "weight" in store:
-            weight = store.weight[train_mask(graph)]
-        self._train = (ei[0].numpy(), ei[1].numpy(),
-                       confidence_values(weight, ei.size(1), confidence))
         self._solver: Any = None
+        self._view_id: int | None = None  # the view the solver matrix was built from
 
     # -- training ---------------------------------------------------------------
-    def _matrix(self) -> Any:
+    def _matrix(self, view: TrainView) -> Any:
         """scipy CSR [U, I] of ``v_ui`` (implicit multiplies it by alpha)."""
         from scipy.sparse import csr_matrix
 
-        u, i, v = self._train
+        u, i, _ = view.edges(UI)
+        v = confidence_values(view.edge_weight(UI), u.size, self.confidence)
         return csr_matrix((v, (u, i)), shape=(self.num_users, self.num_items), dtype=np.float32)
 
-    def solve_step(self) -> dict[str, float]:
+    def solve(self, view: TrainView, epoch: int) -> dict[str, float]:
         """One ALS sweep (users, then items), in place on the factor matrices."""
-        if self._solver is None:
+        if self._solver is None or self._view_id != id(view):
+            self.check_view(view)
             from implicit.cpu.als import AlternatingLeastSquares
             from threadpoolctl import threadpool_limits
 
@@ -124,7 +124,7 @@ class IALS(Recommender):
                     factors=self.factors, regularization=self.regularization, alpha=self.alpha,
                     iterations=1, use_cg=self.use_cg, num_threads=self.num_threads,
                     random_state=0)
-            self._solver_matrix = self._matrix()
+            self._solver_matrix, self._view_id = self._matrix(view), id(view)
         if self.user_factors.device.type != "cpu":
             raise RuntimeError("iALS trains on the CPU (implicit's CPU solver)")
         from threadpoolctl import threadpool_limits
@@ -134,13 +134,13 @@ class IALS(Recommender):
         solver.item_factors = self.item_factors.detach().numpy().copy()
         with threadpool_limits(1, "blas"):
             solver.fit(self._solver_matrix, show_progress=False)
-        with torch.no_grad():  # copy_ bumps the versions the score cache is keyed on
+        with torch.no_grad():
             self.user_factors.copy_(torch.from_numpy(solver.user_factors))
             self.item_factors.copy_(torch.from_numpy(solver.item_factors))
         return {}
 
     # -- scoring and fold-in -------------------------------------------------------
-    def propagate(self) -> Propagation:
+    def forward(self, inputs: Any = None) -> Propagation:
         return Propagation(self.user_factors, self.item_factors, self.user_factors,
                            self.item_factors)
 
@@ -162,7 +162,6 @@ class IALS(Recommender):
                        self.regularization)
         return torch.from_numpy(x)
 
-    def bpr_loss(self, users: Tensor, pos: Tensor, neg: Tensor, loss: str = "bpr",
-                 temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-        raise TypeError("iALS is solved by alternating least squares (solve_step), not by "
+    def bpr_loss(self, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        raise TypeError("iALS is solved by alternating least squares (solve), not by "
                         "gradient steps on a ranking loss")

@@ -6,31 +6,37 @@ over the U + I (+ T) nodes (users first, then items, then tags), and the output 
 ``sum_l alpha_l * E^(l)``. This equals PyG's
 :class:`torch_geometric.nn.models.LightGCN` on the same (deduplicated) train edges
 but runs several times faster on CPU than message passing over ``edge_index``.
+
+The same ``forward`` runs on a sampled block (mini-batch training): there the adjacency
+is over the block's local users and items, each edge normalised with the FULL graph's
+degrees ``w / sqrt(d_v d_u)`` and scaled per destination and edge type by ``deg /
+sampled`` (an unbiased estimate of the full sum, exact where every neighbour is sampled).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
+from gnnrec.gnn.data import IT, IU, UI, UU, EdgeType
+
 from .base import (
-    FRIEND,
-    HAS_TAG,
-    TAG,
-    USER,
+    GraphSizes,
+    Inputs,
     Propagation,
     Recommender,
     check_range,
-    edge_index_or_empty,
-    num_nodes,
     spmm,
     to_csr,
-    train_edge_index,
     unique_edges,
 )
+
+if TYPE_CHECKING:
+    from gnnrec.gnn.views import TrainView
 
 
 def normalized_adjacency(
@@ -116,14 +122,33 @@ def edge_dropout(adj: Tensor, p: float) -> Tensor:
     )
 
 
+@dataclass
+class LightGCNInputs(Inputs):
+    """What :meth:`LightGCN.forward` reads.
+
+    ``adj``: sparse CSR [N, N], the normalised adjacency over the nodes propagated: every
+    user, item (and tag) of the graph, or a block's local users then local items.
+    ``users`` / ``items``: a block's global ids (None: every node, in order).
+    ``symmetric``: ``adj`` is symmetric (the backward pass then reuses it).
+    ``degrees``: the full graph's degree terms a block's adjacency is normalised with
+    (``dinv`` Float[U + I] and the edge counts ``user``, ``friend``, ``item``).
+    """
+
+    adj: Tensor
+    users: Tensor | None = None
+    items: Tensor | None = None
+    symmetric: bool = True
+    degrees: dict[str, Tensor] = field(default_factory=dict)
+
+
 class LightGCN(Recommender):
     """LightGCN with optional social edges (``social_weight > 0``) and tag nodes
     (``tag_weight > 0``).
 
     Args:
-        graph: the HeteroData; only TRAIN ``('user','interacts','item')`` edges,
-            (when ``social_weight > 0``) ``('user','friend','user')`` edges and (when
-            ``tag_weight > 0``) ``('item','has_tag','tag')`` edges are used.
+        sizes: the graph's shape; its inputs use only TRAIN ``('user','interacts','item')``
+            edges, (when ``social_weight > 0``) ``('user','friend','user')`` edges and (when
+            ``tag_weight > 0``) ``('item','has_tag','tag')`` edges.
         embedding_dim: d.
         num_layers: L propagation steps.
         layer_weights: L + 1 weights ``alpha_l`` of the layer combination
@@ -134,20 +159,22 @@ class LightGCN(Recommender):
             does: items that share tags pull together, and an item with tags but no
             train interaction still gets an embedding from them. Tag embeddings are
             not in the batch L2 term (they enter the loss only through items).
+            Full-graph training only.
         dropout: edge dropout probability on the adjacency during training (0 = off).
         init_std: std of the normal initialisation (0.1 as in the authors' PyTorch
             code); ``None`` uses Xavier uniform (their TensorFlow code).
 
-    Shapes: ``embeddings()`` -> ([U, d], [I, d]); ``score(users [B])`` -> [B, I].
+    Shapes: ``forward(inputs)`` -> user [U, d], item [I, d] (a block: its local nodes).
     """
 
     name = "lightgcn"
+    sampled = True
     train_defaults: ClassVar[dict[str, Any]] = {
         "loss": "softmax", "num_negatives": 16, "lr": 1e-2, "l2": 1e-2}
 
     def __init__(
         self,
-        graph: HeteroData,
+        sizes: GraphSizes,
         embedding_dim: int = 64,
         num_layers: int = 3,
         layer_weights: list[float] | None = None,
@@ -156,11 +183,14 @@ class LightGCN(Recommender):
         init_std: float | None = 0.1,
         tag_weight: float = 0.0,
     ) -> None:
-        super().__init__(graph)
+        super().__init__(sizes)
         if num_layers < 0:
             raise ValueError(f"num_layers must be >= 0, got {num_layers}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        for name, w in (("social_weight", social_weight), ("tag_weight", tag_weight)):
+            if w < 0:
+                raise ValueError(f"{name} must be >= 0, got {w}")
         if layer_weights is None:
             layer_weights = [1.0 / (num_layers + 1)] * (num_layers + 1)
         layer_weights = [float(w) for w in layer_weights]
@@ -181,9 +211,10 @@ class LightGCN(Recommender):
         self.embedding_dim = embedding_dim
         self.num_layers = num_layers
         self.dropout = dropout
+        self.social_weight, self.tag_weight = float(social_weight), float(tag_weight)
         self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
         self.item_embedding = torch.nn.Embedding(self.num_items, embedding_dim)
-        self.num_tags = num_nodes(graph, TAG) if tag_weight > 0 else 0
+        self.num_tags = sizes.num_tags if tag_weight > 0 else 0
         self.tag_embedding = (torch.nn.Embedding(self.num_tags, embedding_dim)
                               if self.num_tags else None)
         for emb in (self.user_embedding, self.item_embedding, self.tag_embedding):
@@ -193,29 +224,89 @@ class LightGCN(Recommender):
                 torch.nn.init.xavier_uniform_(emb.weight)
             else:
                 torch.nn.init.normal_(emb.weight, std=init_std)
-        social = edge_index_or_empty(graph, FRIEND) if social_weight > 0 else None
-        if social is not None:
-            check_range(social, num_nodes(graph, USER), num_nodes(graph, USER), str(FRIEND))
-        tags = edge_index_or_empty(graph, HAS_TAG) if self.num_tags else None
-        adj = normalized_adjacency(
-            self.num_users, self.num_items, train_edge_index(graph), social, social_weight,
-            self.num_tags, tags, tag_weight,
-        )
-        self.register_buffer("adj", adj, persistent=False)
         self.register_buffer("layer_weights", torch.tensor(layer_weights), persistent=False)
 
-    def propagate(self) -> Propagation:
-        egos = [self.user_embedding.weight, self.item_embedding.weight]
-        if self.tag_embedding is not None:
-            egos.append(self.tag_embedding.weight)
-        ego = torch.cat(egos)  # [U+I(+T), d]
-        adj, symmetric = self.adj, True
+    def edge_types(self) -> set[EdgeType]:
+        return {UI, IU, UU} if self.social_weight > 0 else {UI, IU}
+
+    def cannot_sample(self) -> str | None:
+        if self.num_tags:
+            return ("mini-batch LightGCN samples users and items only: train a LightGCN "
+                    "with tag_weight > 0 full-graph")
+        return None
+
+    def inputs(self, view: TrainView) -> LightGCNInputs:
+        """The normalised adjacency of the train graph and its degree terms."""
+        self.check_view(view)
+        if self.num_tags and view.num_nodes["tag"] != self.num_tags:
+            raise ValueError(f"LightGCN was built for {self.num_tags} tags, the graph has "
+                             f"{view.num_nodes['tag']}")
+        ui = view.edge_index(UI)
+        social = view.edge_index(UU) if self.social_weight > 0 else None
+        tags = view.edge_index(IT) if self.num_tags else None
+        adj = normalized_adjacency(self.num_users, self.num_items, ui, social,
+                                   self.social_weight, self.num_tags, tags, self.tag_weight)
+        user_deg = torch.bincount(ui[0], minlength=self.num_users).float()
+        item_deg = torch.bincount(ui[1], minlength=self.num_items).float()
+        friend_deg = torch.bincount(view.edge_index(UU)[1], minlength=self.num_users).float()
+        deg = torch.cat([user_deg + (self.social_weight * friend_deg
+                                     if self.social_weight > 0 else 0.0), item_deg])
+        dinv = deg.pow(-0.5)
+        dinv[deg == 0] = 0.0
+        return LightGCNInputs(adj, degrees={"dinv": dinv, "user": user_deg,
+                                            "friend": friend_deg, "item": item_deg})
+
+    def block(self, batch: HeteroData, inputs: LightGCNInputs) -> LightGCNInputs:
+        """The adjacency over a sampled batch's users (first) and items, normalised with
+        the full graph's degrees and scaled by ``deg / sampled`` per destination."""
+        if (reason := self.cannot_sample()) is not None:
+            raise ValueError(reason)
+        deg = inputs.degrees
+        dev = deg["dinv"].device
+        n_user, n_item = batch["user"].n_id.to(dev), batch["item"].n_id.to(dev)
+        nu = n_user.numel()
+        n = nu + n_item.numel()
+        glob = torch.cat([n_user, n_item + self.num_users])
+        parts = [(IU, 1.0, deg["user"], nu, 0), (UI, 1.0, deg["item"], 0, nu)]
+        if self.social_weight > 0:
+            parts.append((UU, self.social_weight, deg["friend"], 0, 0))
+        rows, cols, vals = [], [], []
+        for et, w, full_deg, src_off, dst_off in parts:
+            ei = batch[et].edge_index.to(dev)
+            src, dst = ei[0] + src_off, ei[1] + dst_off
+            sampled = torch.bincount(dst, minlength=n).float()
+            dst_g = glob[dst]
+            scale = full_deg[dst_g - (self.num_users if dst_off else 0)] / sampled[dst].clamp(
+                min=1)
+            rows.append(dst)
+            cols.append(src)
+            vals.append(w * deg["dinv"][glob[src]] * deg["dinv"][dst_g] * scale)
+        idx = torch.stack([torch.cat(rows), torch.cat(cols)])
+        coo = torch.sparse_coo_tensor(idx, torch.cat(vals), (n, n), check_invariants=False)
+        return LightGCNInputs(to_csr(coo.coalesce()), users=n_user, items=n_item,
+                              symmetric=False)
+
+    def _layer0(self, inputs: LightGCNInputs) -> tuple[list[Tensor], Tensor, bool]:
+        """(the ego embeddings of users, items (and tags) of ``inputs``, the adjacency to
+        propagate over, whether it is symmetric) with edge dropout in training."""
+        if inputs.users is None:
+            egos = [self.user_embedding.weight, self.item_embedding.weight]
+            if self.tag_embedding is not None:
+                egos.append(self.tag_embedding.weight)
+        else:
+            egos = [self.user_embedding(inputs.users), self.item_embedding(inputs.items)]
+        adj, symmetric = inputs.adj, inputs.symmetric
         if self.training and self.dropout > 0:
             adj, symmetric = edge_dropout(adj, self.dropout), False
+        return egos, adj, symmetric
+
+    def forward(self, inputs: LightGCNInputs) -> Propagation:
+        egos, adj, symmetric = self._layer0(inputs)
+        ego = torch.cat(egos)  # [U+I(+T), d]
         out = ego * self.layer_weights[0]
         x = ego
         for layer in range(1, self.num_layers + 1):
             x = spmm(adj, x, symmetric)
             out = out + x * self.layer_weights[layer]
-        user, item = out.split([self.num_users, self.num_items, self.num_tags])[:2]
-        return Propagation(user, item, self.user_embedding.weight, self.item_embedding.weight)
+        user, item = out.split([e.size(0) for e in egos])[:2]
+        return Propagation(user, item, egos[0], egos[1])

@@ -2,51 +2,55 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
-from torch_geometric.data import HeteroData
+from typing import TYPE_CHECKING, Any
 
-from .base import INTERACTS, Propagation, Recommender, train_edge_index, train_mask
+import torch
+
+from gnnrec.gnn.data import UI
+
+from .base import GraphSizes, Propagation, Recommender
+
+if TYPE_CHECKING:
+    from gnnrec.gnn.views import TrainView
 
 
 class Popularity(Recommender):
     """Scores item ``i`` by its number of TRAIN interactions (or their summed
     ``weight`` when ``weighted``), the same for every user.
 
-    It has no trainable parameters: ``parameters()`` is empty, ``trainable`` is
-    ``False`` and :meth:`bpr_loss` raises. The counts are a persistent buffer
-    ``item_counts`` [I], so ``state_dict()`` and ``.to(device)`` work as for the
-    other models.
+    It has no trainable parameters: ``parameters()`` is empty and ``trainable`` is
+    ``False``; :meth:`solve` counts the train interactions of the view (in closed form:
+    one epoch). The counts are a persistent buffer ``item_counts`` [I], so
+    ``state_dict()`` and ``.to(device)`` work as for the other models.
 
-    Shapes: ``embeddings()`` -> (ones [U, 1], counts [I, 1]), so the dot product
-    is the count; ``score(users [B])`` -> [B, I].
+    Shapes: ``forward(None)`` -> (ones [U, 1], counts [I, 1]), so the dot product is the
+    count.
     """
 
     name = "pop"
     trainable = False
 
-    def __init__(self, graph: HeteroData, weighted: bool = False) -> None:
-        super().__init__(graph)
+    def __init__(self, sizes: GraphSizes, weighted: bool = False) -> None:
+        super().__init__(sizes)
         self._hparams = {"weighted": bool(weighted)}
-        mask = train_mask(graph)
-        items = train_edge_index(graph)[1]
-        if weighted:
-            store = graph[INTERACTS]
-            if "weight" not in store:
-                raise ValueError(f"Popularity(weighted=True): {INTERACTS} has no 'weight'")
-            w = store.weight.float()[mask]
-        else:
-            w = torch.ones(items.numel())
-        counts = torch.zeros(self.num_items).index_add_(0, items.long(), w)
-        self.register_buffer("item_counts", counts)
+        self.weighted = bool(weighted)
+        self.register_buffer("item_counts", torch.zeros(self.num_items))
 
-    def propagate(self) -> Propagation:
-        user = self.item_counts.new_ones(self.num_users, 1)
-        item = self.item_counts.unsqueeze(1)
-        return Propagation(user, item, user, item)
+    def solve(self, view: TrainView, epoch: int) -> dict[str, float]:
+        self.check_view(view)
+        _, items, _ = view.edges(UI)
+        items_t = torch.from_numpy(items)
+        w = view.edge_weight(UI).float() if self.weighted else torch.ones(items_t.numel())
+        counts = torch.zeros(self.num_items).index_add_(0, items_t, w)
+        self.item_counts.copy_(counts.to(self.item_counts))
+        return {"converged": 1.0}
 
-    def bpr_loss(self, users: Tensor, pos: Tensor, neg: Tensor, loss: str = "bpr",
-                 temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    def bpr_loss(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         raise TypeError(
             "Popularity has no trainable parameters (trainable=False); skip optimisation"
         )
+
+    def forward(self, inputs: Any = None) -> Propagation:
+        user = self.item_counts.new_ones(self.num_users, 1)
+        item = self.item_counts.unsqueeze(1)
+        return Propagation(user, item, user, item)

@@ -21,12 +21,17 @@ During training each node's id embedding is dropped with probability
 ``id_dropout``, so the network also learns to embed a node from its features and
 neighbours alone. That is what :meth:`HeteroGraphSAGE.embed_new_user` and
 :meth:`HeteroGraphSAGE.embed_new_item` do for a node not seen in training.
+
+The same ``forward`` runs on a sampled block (mini-batch training): the layers average
+each destination's SAMPLED in-neighbours per edge type over the block's local nodes, and
+an item's input uses all its tags, exactly as on the full graph.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -34,34 +39,40 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 from torch_geometric.nn import HeteroConv, SAGEConv
 
+from gnnrec.gnn.data import IT, ITEM, IU, TAG, TI, UI, USER, UU, EdgeType
+
 from .base import (
-    FRIEND,
-    HAS_TAG,
-    INTERACTS,
-    ITEM,
-    REV_HAS_TAG,
-    REV_INTERACTS,
-    TAG,
-    USER,
+    GraphSizes,
+    Inputs,
     Propagation,
     Recommender,
     check_range,
-    edge_index_or_empty,
     mean_adjacency,
-    num_nodes,
+    select_rows,
     spmm,
-    train_edge_index,
     unique_edges,
 )
 
-EdgeType = tuple[str, str, str]
-_ADJ_NAMES: dict[EdgeType, str] = {
-    INTERACTS: "adj_interacts",
-    REV_INTERACTS: "adj_rev_interacts",
-    FRIEND: "adj_friend",
-    HAS_TAG: "adj_has_tag",
-    REV_HAS_TAG: "adj_rev_has_tag",
-}
+if TYPE_CHECKING:
+    from gnnrec.gnn.views import TrainView
+
+
+@dataclass
+class SageInputs(Inputs):
+    """What :meth:`HeteroGraphSAGE.forward` reads.
+
+    ``adj``: per edge type the mean-aggregation ``adj_t`` [n_dst, n_src] (sparse CSR);
+    ``x``: features of the users / items (those the model projects); ``item_tags``
+    [n_items, T]: the mean over each item's tags (all of them, also in a block);
+    ``n_id``: a block's global ids per node type (None: every node, in order);
+    ``edges``: the full graph's distinct edges per edge type (to embed new nodes).
+    """
+
+    adj: dict[EdgeType, Tensor]
+    x: dict[str, Tensor]
+    item_tags: Tensor | None = None
+    n_id: dict[str, Tensor] | None = None
+    edges: dict[EdgeType, Tensor] | None = None
 
 
 class _SAGEConv(SAGEConv):
@@ -73,6 +84,19 @@ class _SAGEConv(SAGEConv):
         if isinstance(adj_t, Tensor) and adj_t.layout == torch.sparse_csr and self.aggr == "sum":
             return spmm(adj_t, x[0])
         return super().message_and_aggregate(adj_t, x)
+
+
+def _with_tags(item: Tensor, item_tags: Tensor, tag: Tensor, block: bool) -> Tensor:
+    """``item`` [n_items, d] plus the mean of each item's tag embeddings (``item_tags``
+    [n_items, T] holds ``1 / deg`` per tag). The full graph: one sparse product; a block:
+    its few rows added by ``index_add`` (the same sum, in the order mini-batch runs were
+    measured in)."""
+    if not block:
+        return item + spmm(item_tags, tag)
+    crow, col, val = item_tags.crow_indices(), item_tags.col_indices(), item_tags.values()
+    row = torch.repeat_interleave(torch.arange(crow.numel() - 1, device=crow.device),
+                                  crow[1:] - crow[:-1])
+    return item.index_add(0, row, tag[col] * val[:, None])
 
 
 def _friend_pairs(edge_index: Tensor, num_users: int) -> Tensor:
@@ -87,8 +111,8 @@ class HeteroGraphSAGE(Recommender):
     """Inductive heterogeneous GraphSAGE recommender; scores by dot product.
 
     Args:
-        graph: the HeteroData (train interactions, friendships, item tags,
-            optional ``graph['user'].x`` [U, Fu] and ``graph['item'].x`` [I, Fi]).
+        sizes: the graph's shape (its inputs: train interactions, friendships, item
+            tags, optional user features [U, Fu] and item features [I, Fi]).
         embedding_dim: d, the width of every layer.
         num_layers: number of HeteroConv layers (2 by default).
         dropout: feature dropout between layers.
@@ -97,21 +121,22 @@ class HeteroGraphSAGE(Recommender):
             friend edges.
         use_tags: use tag nodes; ``None`` = when the graph has tags and
             ``('item','has_tag','tag')`` edges.
-        use_features: add a projection of ``x`` where the graph has it.
+        use_features: add a projection of the node features where the graph has them.
         init_std: std of the normal initialisation of id and tag embeddings.
 
     ``config()`` stores ``use_friends`` / ``use_tags`` resolved to booleans.
-    Shapes: ``embeddings()`` -> ([U, d], [I, d]); ``score(users [B])`` -> [B, I];
+    Shapes: ``forward(inputs)`` -> user [U, d], item [I, d] (a block: its local nodes);
     ``embed_new_user(...)`` and ``embed_new_item(...)`` -> [d].
     """
 
     name = "graphsage"
+    sampled = True
     train_defaults: ClassVar[dict[str, Any]] = {
         "loss": "softmax", "num_negatives": 16, "lr": 2e-3, "l2": 1e-4}
 
     def __init__(
         self,
-        graph: HeteroData,
+        sizes: GraphSizes,
         embedding_dim: int = 64,
         num_layers: int = 2,
         dropout: float = 0.0,
@@ -121,19 +146,17 @@ class HeteroGraphSAGE(Recommender):
         use_features: bool = True,
         init_std: float = 0.1,
     ) -> None:
-        super().__init__(graph)
+        super().__init__(sizes)
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         if not 0.0 <= id_dropout <= 1.0 or not 0.0 <= dropout < 1.0:
             raise ValueError(f"bad dropout ({dropout}) or id_dropout ({id_dropout})")
         num_users, num_items = self.num_users, self.num_items
-        friends = edge_index_or_empty(graph, FRIEND)
-        tags = edge_index_or_empty(graph, HAS_TAG)
-        self.num_tags = num_nodes(graph, TAG)
+        self.num_tags = sizes.num_tags
         if use_friends is None:
-            use_friends = friends.numel() > 0
+            use_friends = sizes.friend_edges > 0
         if use_tags is None:
-            use_tags = self.num_tags > 0 and tags.numel() > 0
+            use_tags = self.num_tags > 0 and sizes.tag_edges > 0
         if use_tags and self.num_tags == 0:
             raise ValueError("use_tags=True but the graph has no 'tag' nodes")
         self._hparams = {
@@ -153,18 +176,6 @@ class HeteroGraphSAGE(Recommender):
         self.use_friends = bool(use_friends)
         self.use_tags = bool(use_tags)
 
-        # Structure (non-persistent: derived from the graph, moved by .to()).
-        ui = unique_edges(train_edge_index(graph), num_items)
-        check_range(friends, num_users, num_users, str(FRIEND))
-        check_range(tags, num_items, self.num_tags, str(HAS_TAG))
-        ff = _friend_pairs(friends, num_users) if self.use_friends else friends[:, :0]
-        it = unique_edges(tags, self.num_tags) if self.use_tags else tags[:, :0]
-        self.register_buffer("ui_edge_index", ui, persistent=False)
-        self.register_buffer("friend_edge_index", ff, persistent=False)
-        self.register_buffer("tag_edge_index", it, persistent=False)
-        for edge_type, adj in self._adjacency(ui, ff, it, num_users, num_items).items():
-            self.register_buffer(_ADJ_NAMES[edge_type], adj, persistent=False)
-
         # Inputs.
         self.user_id = torch.nn.Embedding(num_users, embedding_dim)
         self.item_id = torch.nn.Embedding(num_items, embedding_dim)
@@ -174,8 +185,10 @@ class HeteroGraphSAGE(Recommender):
         if self.use_tags:
             self.tag_embedding = torch.nn.Embedding(self.num_tags, embedding_dim)
             torch.nn.init.normal_(self.tag_embedding.weight, std=init_std)
-        self.user_proj = self._projection(graph, USER, use_features, "user_x")
-        self.item_proj = self._projection(graph, ITEM, use_features, "item_x")
+        self.user_proj = (torch.nn.Linear(sizes.user_features, embedding_dim)
+                          if use_features and sizes.user_features else None)
+        self.item_proj = (torch.nn.Linear(sizes.item_features, embedding_dim)
+                          if use_features and sizes.item_features else None)
 
         # Layers; the last one skips item -> tag (tag outputs are not scored).
         self.convs = torch.nn.ModuleList()
@@ -189,27 +202,57 @@ class HeteroGraphSAGE(Recommender):
                 warnings.filterwarnings("ignore", message=".*do not occur as destination")
                 self.convs.append(HeteroConv(convs, aggr="sum"))
 
-    # -- construction helpers -------------------------------------------------
-    def _projection(
-        self, graph: HeteroData, node_type: str, use_features: bool, buffer: str
-    ) -> torch.nn.Linear | None:
-        x = graph[node_type].get("x") if use_features else None
-        if x is None:
-            return None
-        n = num_nodes(graph, node_type)
-        if x.dim() != 2 or x.size(0) != n:
-            raise ValueError(f"graph['{node_type}'].x must be [{n}, F], got {list(x.shape)}")
-        self.register_buffer(buffer, x.float(), persistent=False)
-        return torch.nn.Linear(x.size(1), self.embedding_dim)
+    # -- inputs ---------------------------------------------------------------------
+    def edge_types(self) -> set[EdgeType]:
+        return set(self._edge_types(last=False))
 
+    def inputs(self, view: TrainView) -> SageInputs:
+        """Mean adjacencies of the train graph, the node features and the item tags."""
+        self.check_view(view)
+        num_users, num_items = self.num_users, self.num_items
+        if self.use_tags and view.num_nodes["tag"] != self.num_tags:
+            raise ValueError(f"GraphSAGE was built for {self.num_tags} tags, the graph has "
+                             f"{view.num_nodes['tag']}")
+        ui = unique_edges(view.edge_index(UI), num_items)
+        friends, tags = view.edge_index(UU), view.edge_index(IT)
+        check_range(friends, num_users, num_users, str(UU))
+        ff = _friend_pairs(friends, num_users) if self.use_friends else friends[:, :0]
+        it = unique_edges(tags, self.num_tags) if self.use_tags else tags[:, :0]
+        adj = self._adjacency(ui, ff, it, num_users, num_items)
+        x = {}
+        for nt, proj in ((USER, self.user_proj), (ITEM, self.item_proj)):
+            feats = view.features(nt)
+            if proj is not None:
+                if feats is None or feats.size(1) != proj.in_features:
+                    got = None if feats is None else list(feats.shape)
+                    raise ValueError(f"graph['{nt}'].x must be [{view.num_nodes[nt]}, "
+                                     f"{proj.in_features}], got {got}")
+                x[nt] = feats
+        return SageInputs(adj, x, adj.get(TI), edges={UI: ui, UU: ff, IT: it})
+
+    def block(self, batch: HeteroData, inputs: SageInputs) -> SageInputs:
+        """Mean adjacencies over a sampled batch's local nodes and edges."""
+        dev = self.user_id.weight.device
+        n_id = {nt: batch[nt].n_id.to(dev) for nt in (USER, ITEM, TAG)}
+        adj = {}
+        for et in self._edge_types(last=False):
+            ei = batch[et].edge_index.to(dev)
+            n_src, n_dst = int(batch[et[0]].num_nodes), int(batch[et[2]].num_nodes)
+            adj[et] = mean_adjacency(ei[1], ei[0], n_dst, n_src).to(dev)
+        x = {nt: batch[nt].x.to(dev) for nt in inputs.x}
+        item_tags = (select_rows(inputs.item_tags, n_id[ITEM])
+                     if inputs.item_tags is not None else None)
+        return SageInputs(adj, x, item_tags, n_id)
+
+    # -- construction helpers -------------------------------------------------
     def _edge_types(self, last: bool) -> list[EdgeType]:
-        types = [INTERACTS, REV_INTERACTS]
+        types = [UI, IU]
         if self.use_friends:
-            types.append(FRIEND)
+            types.append(UU)
         if self.use_tags:
-            types.append(REV_HAS_TAG)
+            types.append(TI)
             if not last:
-                types.append(HAS_TAG)
+                types.append(IT)
         return types
 
     def _adjacency(
@@ -218,40 +261,42 @@ class HeteroGraphSAGE(Recommender):
         """Mean-aggregation ``adj_t`` [num_dst, num_src] per edge type."""
         u, i = ui
         adj = {
-            INTERACTS: mean_adjacency(i, u, num_items, num_users),
-            REV_INTERACTS: mean_adjacency(u, i, num_users, num_items),
+            UI: mean_adjacency(i, u, num_items, num_users),
+            IU: mean_adjacency(u, i, num_users, num_items),
         }
         if self.use_friends:
-            adj[FRIEND] = mean_adjacency(ff[1], ff[0], num_users, num_users)
+            adj[UU] = mean_adjacency(ff[1], ff[0], num_users, num_users)
         if self.use_tags:
-            adj[HAS_TAG] = mean_adjacency(it[1], it[0], self.num_tags, num_items)
-            adj[REV_HAS_TAG] = mean_adjacency(it[0], it[1], num_items, self.num_tags)
+            adj[IT] = mean_adjacency(it[1], it[0], self.num_tags, num_items)
+            adj[TI] = mean_adjacency(it[0], it[1], num_items, self.num_tags)
         return {et: a.to(ui.device) for et, a in adj.items()}
 
-    def _stored_adjacency(self) -> dict[EdgeType, Tensor]:
-        return {et: getattr(self, name) for et, name in _ADJ_NAMES.items() if hasattr(self, name)}
-
     # -- forward ----------------------------------------------------------------
-    def _inputs(
+    def _layer0(
         self,
-        adj: dict[EdgeType, Tensor],
+        inputs: SageInputs,
         new_user: bool = False,
         new_item: bool = False,
         new_item_x: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Layer-0 features {user: [U(+1), d], item: [I(+1), d], tag: [T, d]}.
+        """Layer-0 features {user: [U(+1), d], item: [I(+1), d], tag: [T, d]} (a block:
+        its local nodes).
 
         A new node (``new_user`` / ``new_item``, appended last) has no id
         embedding; a new item gets ``Linear(new_item_x)`` when given.
         """
-        user, item = self.user_id.weight, self.item_id.weight
+        n_id = inputs.n_id
+        if n_id is None:
+            user, item = self.user_id.weight, self.item_id.weight
+        else:
+            user, item = self.user_id(n_id[USER]), self.item_id(n_id[ITEM])
         if self.training and self.id_dropout > 0:
             user = user * (torch.rand_like(user[:, :1]) >= self.id_dropout)
             item = item * (torch.rand_like(item[:, :1]) >= self.id_dropout)
         if self.user_proj is not None:
-            user = user + self.user_proj(self.user_x)
+            user = user + self.user_proj(inputs.x[USER])
         if self.item_proj is not None:
-            item = item + self.item_proj(self.item_x)
+            item = item + self.item_proj(inputs.x[ITEM])
         if new_user:
             user = torch.cat([user, user.new_zeros(1, user.size(1))])
         if new_item:
@@ -262,8 +307,9 @@ class HeteroGraphSAGE(Recommender):
         x = {USER: user, ITEM: item}
         if self.tag_embedding is not None:
             tag = self.tag_embedding.weight
-            x[ITEM] = item + spmm(adj[REV_HAS_TAG], tag)
-            x[TAG] = tag
+            assert inputs.item_tags is not None
+            x[ITEM] = _with_tags(item, inputs.item_tags, tag, block=n_id is not None)
+            x[TAG] = tag if n_id is None else tag[n_id[TAG]]
         return x
 
     def _encode(self, x: dict[str, Tensor], adj: dict[EdgeType, Tensor]) -> dict[str, Tensor]:
@@ -274,22 +320,29 @@ class HeteroGraphSAGE(Recommender):
             x = out
         return x
 
-    def propagate(self) -> Propagation:
-        adj = self._stored_adjacency()
-        x = self._inputs(adj)
-        out = self._encode(x, adj)
+    def forward(self, inputs: SageInputs) -> Propagation:
+        x = self._layer0(inputs)
+        out = self._encode(x, inputs.adj)
         return Propagation(out[USER], out[ITEM], x[USER], x[ITEM])
 
     # -- inductive embeddings -------------------------------------------------------
-    def embed_new_user(self, item_idx: Tensor, friend_idx: Tensor | None = None) -> Tensor:
+    def _with(self, inputs: SageInputs, ui: Tensor, ff: Tensor, it: Tensor, num_users: int,
+              num_items: int) -> SageInputs:
+        adj = self._adjacency(ui, ff, it, num_users, num_items)
+        return SageInputs(adj, inputs.x, adj.get(TI))
+
+    def embed_new_user(self, inputs: SageInputs, item_idx: Tensor,
+                       friend_idx: Tensor | None = None) -> Tensor:
         """Float [d]: embedding of a user not in the graph, from its items and friends.
 
         The user is added as node U (no id embedding, zero features) with edges to
         ``item_idx`` (Long [k]) and, when friends are used, to ``friend_idx``
-        (Long [f]); the network then runs on the TRAIN graph plus those edges.
-        Call under ``torch.no_grad()`` and in eval mode for serving.
+        (Long [f]); the network then runs on the TRAIN graph (``inputs``, the full
+        graph's) plus those edges. Call under ``torch.no_grad()`` and in eval mode.
         """
-        device = self.ui_edge_index.device
+        assert inputs.edges is not None, "pass the full graph's inputs"
+        edges = inputs.edges
+        device = edges[UI].device
         item_idx = item_idx.long().view(-1).to(device)
         check_range(
             torch.stack([item_idx, item_idx]),
@@ -299,9 +352,9 @@ class HeteroGraphSAGE(Recommender):
         )
         new = self.num_users
         ui = torch.cat(
-            [self.ui_edge_index, torch.stack([torch.full_like(item_idx, new), item_idx])], dim=1
+            [edges[UI], torch.stack([torch.full_like(item_idx, new), item_idx])], dim=1
         )
-        ff = self.friend_edge_index
+        ff = edges[UU]
         if self.use_friends and friend_idx is not None and friend_idx.numel() > 0:
             f = friend_idx.long().view(-1).to(device)
             check_range(
@@ -310,12 +363,13 @@ class HeteroGraphSAGE(Recommender):
             ff = _friend_pairs(
                 torch.cat([ff, torch.stack([torch.full_like(f, new), f])], dim=1), new + 1
             )
-        adj = self._adjacency(ui, ff, self.tag_edge_index, new + 1, self.num_items)
-        out = self._encode(self._inputs(adj, new_user=True), adj)
+        grown = self._with(inputs, ui, ff, edges[IT], new + 1, self.num_items)
+        out = self._encode(self._layer0(grown, new_user=True), grown.adj)
         return out[USER][new]
 
     def embed_new_item(
-        self, tag_idx: Tensor, x: Tensor | None = None, user_idx: Tensor | None = None
+        self, inputs: SageInputs, tag_idx: Tensor, x: Tensor | None = None,
+        user_idx: Tensor | None = None
     ) -> Tensor:
         """Float [d]: embedding of an item not in the graph.
 
@@ -323,20 +377,22 @@ class HeteroGraphSAGE(Recommender):
         (Long [t]; may be empty), attributes ``x`` (Float [Fi]) and the users who
         interacted with it ``user_idx`` (Long [k]), when known.
         """
-        device = self.ui_edge_index.device
+        assert inputs.edges is not None, "pass the full graph's inputs"
+        edges = inputs.edges
+        device = edges[UI].device
         new = self.num_items
-        it = self.tag_edge_index
+        it = edges[IT]
         if self.use_tags and tag_idx.numel() > 0:
             t = tag_idx.long().view(-1).to(device)
             check_range(torch.stack([t, t]), self.num_tags, self.num_tags, "embed_new_item tag_idx")
             it = torch.cat([it, torch.stack([torch.full_like(t, new), t])], dim=1)
-        ui = self.ui_edge_index
+        ui = edges[UI]
         if user_idx is not None and user_idx.numel() > 0:
             u = user_idx.long().view(-1).to(device)
             check_range(
                 torch.stack([u, u]), self.num_users, self.num_users, "embed_new_item user_idx"
             )
             ui = torch.cat([ui, torch.stack([u, torch.full_like(u, new)])], dim=1)
-        adj = self._adjacency(ui, self.friend_edge_index, it, self.num_users, new + 1)
-        out = self._encode(self._inputs(adj, new_item=True, new_item_x=x), adj)
+        grown = self._with(inputs, ui, edges[UU], it, self.num_users, new + 1)
+        out = self._encode(self._layer0(grown, new_item=True, new_item_x=x), grown.adj)
         return out[ITEM][new]

@@ -12,7 +12,8 @@ and the loss adds a cross-layer InfoNCE term: the final (noisy) embedding of eac
 user and positive item of the batch is contrasted with its own embedding at layer
 ``cl_layer`` (positive) against the other users' / items' (negatives), at temperature
 ``cl_temperature``, weighted by ``cl_weight``. Both views come from the same forward pass,
-so a batch costs one propagation, as LightGCN's does. Evaluation and serving use the
+so a batch costs one propagation, as LightGCN's does (on the full graph or, in mini-batch
+training, on a sampled block, with LightGCN's block). Evaluation and serving use the
 noise-free propagation. The final embedding is the mean of layers 1..L by default (the
 paper's; layer 0 left out), ``layer_weights`` changes it.
 """
@@ -24,10 +25,9 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch_geometric.data import HeteroData
 
-from .base import Propagation, ranking_loss, spmm
-from .lightgcn import LightGCN, edge_dropout
+from .base import GraphSizes, Propagation, ranking_loss, spmm
+from .lightgcn import LightGCN, LightGCNInputs
 
 
 def perturbed_propagation(adj: Tensor, ego: Tensor, layer_weights: Tensor, eps: float,
@@ -68,14 +68,15 @@ class XSimGCL(LightGCN):
         cl_layer: the layer (1..L) contrasted with the final embedding.
         layer_weights: default ``[0, 1/L, ..., 1/L]``.
 
-    Shapes: ``embeddings()`` -> ([U, d], [I, d]); ``score(users [B])`` -> [B, I].
+    Shapes: ``forward(inputs)`` -> user [U, d], item [I, d], and in ``extra`` the
+    layer-``cl_layer`` views ``view_user`` and ``view_item``.
     """
 
     name = "xsimgcl"
     train_defaults: ClassVar[dict[str, Any]] = {
         "loss": "softmax", "num_negatives": 16, "lr": 5e-3, "l2": 1e-3}
 
-    def __init__(self, graph: HeteroData, embedding_dim: int = 64, num_layers: int = 2,
+    def __init__(self, sizes: GraphSizes, embedding_dim: int = 64, num_layers: int = 2,
                  eps: float = 0.1, cl_weight: float = 0.05, cl_temperature: float = 0.2,
                  cl_layer: int = 1, layer_weights: list[float] | None = None,
                  social_weight: float = 0.0, tag_weight: float = 0.0, dropout: float = 0.0,
@@ -89,7 +90,7 @@ class XSimGCL(LightGCN):
                              f"(got {eps}, {cl_weight}, {cl_temperature})")
         if layer_weights is None:
             layer_weights = [0.0] + [1.0 / num_layers] * num_layers
-        super().__init__(graph, embedding_dim=embedding_dim, num_layers=num_layers,
+        super().__init__(sizes, embedding_dim=embedding_dim, num_layers=num_layers,
                          layer_weights=layer_weights, social_weight=social_weight,
                          dropout=dropout, init_std=init_std, tag_weight=tag_weight)
         self._hparams.update({"eps": float(eps), "cl_weight": float(cl_weight),
@@ -97,40 +98,29 @@ class XSimGCL(LightGCN):
         self.eps, self.cl_weight = float(eps), float(cl_weight)
         self.cl_temperature, self.cl_layer = float(cl_temperature), int(cl_layer)
 
-    def _views(self) -> tuple[Propagation, Tensor, Tensor]:
-        """The propagation plus the users' and items' layer-``cl_layer`` view (noise in
-        training mode only)."""
-        egos = [self.user_embedding.weight, self.item_embedding.weight]
-        if self.tag_embedding is not None:
-            egos.append(self.tag_embedding.weight)
-        adj, symmetric = self.adj, True
-        if self.training and self.dropout > 0:
-            adj, symmetric = edge_dropout(adj, self.dropout), False
+    def forward(self, inputs: LightGCNInputs) -> Propagation:
+        """The propagation (noise in training mode only) and, in ``extra``, the users' and
+        items' layer-``cl_layer`` view."""
+        egos, adj, symmetric = self._layer0(inputs)
         out, view = perturbed_propagation(adj, torch.cat(egos), self.layer_weights,
                                           self.eps if self.training else 0.0, self.cl_layer,
                                           symmetric)
-        sizes = [self.num_users, self.num_items, self.num_tags]
+        sizes = [e.size(0) for e in egos]
         user, item = out.split(sizes)[:2]
         view_user, view_item = view.split(sizes)[:2]
-        prop = Propagation(user, item, self.user_embedding.weight, self.item_embedding.weight)
-        return prop, view_user, view_item
+        return Propagation(user, item, egos[0], egos[1],
+                           extra={"view_user": view_user, "view_item": view_item})
 
-    def propagate(self) -> Propagation:
-        return self._views()[0]
-
-    def bpr_loss(self, users: Tensor, pos: Tensor, neg: Tensor, loss: str = "bpr",
-                 temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    def loss(self, out: Propagation, users: Tensor, pos: Tensor, neg: Tensor,
+             loss: str = "bpr", temperature: float = 1.0) -> tuple[Tensor, Tensor]:
         """The ranking loss plus ``cl_weight`` times the InfoNCE of the batch's distinct
-        users and positive items (one forward pass); the L2 term as LightGCN's."""
-        if neg.dim() not in (1, 2) or users.shape != pos.shape or neg.size(0) != users.size(0):
-            raise ValueError(f"bpr_loss: users {list(users.shape)}, pos {list(pos.shape)} and "
-                             f"neg {list(neg.shape)} must be [B], [B] and [B] or [B, K]")
-        out, view_user, view_item = self._views()
+        users and positive items (from the same forward pass); the L2 term as LightGCN's."""
         value, l2 = ranking_loss(out.user, out.item, out.user_ego, out.item_ego, users, pos,
-                                 neg.view(neg.size(0), -1), loss, temperature)
+                                 neg, loss, temperature)
         if self.cl_weight > 0:
+            assert out.extra is not None
             u, i = torch.unique(users), torch.unique(pos)
             value = value + self.cl_weight * (
-                info_nce(out.user[u], view_user[u], self.cl_temperature)
-                + info_nce(out.item[i], view_item[i], self.cl_temperature))
+                info_nce(out.user[u], out.extra["view_user"][u], self.cl_temperature)
+                + info_nce(out.item[i], out.extra["view_item"][i], self.cl_temperature))
         return value, l2
