@@ -100,7 +100,10 @@ def test_killed_worker_resumes_from_the_last_checkpoint(
         graph: HeteroData, gpath: Path, cli_run: Path, tmp_path: Path) -> None:
     from gnnrec.gnn.distributed import RayTrainParams, train_distributed
 
-    config = TrainConfig(epochs=4, batch_size=256, lr=0.01, seed=2, device="cpu")
+    # the settings the CLI run used (its flags over LightGCN's training defaults)
+    config = TrainConfig.from_dict(json.loads((cli_run / "meta.json").read_text())[
+        "train_config"])
+    assert (config.epochs, config.batch_size, config.lr, config.seed) == (4, 256, 0.01, 2)
     run, model = _run(tmp_path, graph, "faulty", "lightgcn", config, gpath)
     marker = tmp_path / "killed-once"
     result = train_distributed(model, graph, config,
