@@ -347,9 +347,12 @@ def tune_model(family: str, graph_path: str | os.PathLike[str], out: str | os.Pa
         defaults = {k: _default_point(family, k, v) for k, v in param_space.items()}
         points = [defaults] if defaults else []
         for prior in PRIORS.get(family, []):
-            if any(k not in param_space for k in prior):
-                prior = {k: v for k, v in prior.items() if k in param_space}
-            points.append({**defaults, **prior})
+            # the prior's values the (possibly overridden) space can take; the others keep
+            # the defaults, and a prior that adds nothing to them is not a trial of its own
+            point = {**defaults, **{k: v for k, v in prior.items()
+                                    if k in param_space and _in_space(param_space[k], v)}}
+            if point not in points:
+                points.append(point)
         scheduler = tune.schedulers.ASHAScheduler(
             time_attr="training_iteration", max_t=settings.max_evaluations,
             grace_period=min(settings.grace, settings.max_evaluations),
@@ -373,7 +376,9 @@ def tune_model(family: str, graph_path: str | os.PathLike[str], out: str | os.Pa
     if not done:
         raise TuneError(f"no trial finished an evaluation ({len(errors)} errors): see "
                         f"{experiment}")
-    best = max(done, key=lambda r: r["best_" + settings.metric])
+    # ties go to the earliest trial, so a resumed experiment selects the same one
+    best = max(sorted(done, key=lambda r: str(r["trial_id"])),
+               key=lambda r: r["best_" + settings.metric])
     out.mkdir(parents=True, exist_ok=True)
     write_table(table, out)
     plot_curves(results, settings, out / CURVES_PNG, best["trial_id"])
@@ -405,6 +410,17 @@ def _start_ray(init_ray: Any, address: str | None, attempts: int = 3) -> None:
             if address or "timed out during startup" not in str(exc) or attempt == attempts - 1:
                 raise
             ray.shutdown()
+
+
+def _in_space(space_value: Any, value: Any) -> bool:
+    """Whether ``value`` is one the space entry can take (a constant: that value)."""
+    if not isinstance(space_value, tune.search.sample.Domain):
+        return bool(space_value == value)
+    if isinstance(space_value, tune.search.sample.Categorical):
+        return value in space_value.categories
+    if isinstance(space_value, tune.search.sample.Integer):  # upper bound exclusive
+        return space_value.lower <= value < space_value.upper
+    return bool(space_value.lower <= value <= space_value.upper)
 
 
 def _default_point(family: str, key: str, space_value: Any) -> Any:

@@ -321,8 +321,9 @@ def test_lastfm_ingest_gives_the_published_counts(graph_client: GraphClient) -> 
     assert summary["rejected"] == 0 and summary["read"] == summary["loaded"]
     stats = graph_stats(graph_client)
     assert stats["nodes"] == {"User": 1_892, "Item": 18_022, "Tag": 9_749}
-    assert stats["relationships"] == {"INTERACTED": 92_834, "FRIEND": 12_717,
-                                      "HAS_TAG": 109_750, "TAGGED": 186_479}
+    # a type another test wrote and deleted (RECOMMENDED) stays listed with 0 on a used database
+    assert {t: n for t, n in stats["relationships"].items() if n} == {
+        "INTERACTED": 92_834, "FRIEND": 12_717, "HAS_TAG": 109_750, "TAGGED": 186_479}
     listened = graph_client.read("MATCH (i:Item) WHERE (i)<-[:INTERACTED]-() "
                                  "RETURN count(i) AS n")
     assert listened == [{"n": 17_632}]

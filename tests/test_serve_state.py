@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from gnnrec.gnn.adjacency import CSR
 from gnnrec.serve.errors import (
@@ -173,7 +173,10 @@ def test_validation_follows_the_ingest_rules() -> None:
     records = validate_interactions(rows, now=100)
     assert records[0] == {"user": "u", "item": "i", "weight": 3.0, "ts": 1577836800}
     assert records[1] == {"user": "7", "item": "j", "weight": 1.0, "ts": 100}
-    bad = [InteractionIn(user="u", item="i"), InteractionIn(user=" ", item="i"),
+    with pytest.raises(ValidationError):  # the schema refuses a blank id before the rules run
+        InteractionIn(user=" ", item="i")
+    # the ingest rules still refuse it when a row bypasses the schema
+    bad = [InteractionIn(user="u", item="i"), InteractionIn.model_construct(user=" ", item="i"),
            InteractionIn(user="u", item="i", weight=-1), InteractionIn(user="u", item="i",
                                                                        timestamp="soon")]
     with pytest.raises(InvalidInputError) as err:
