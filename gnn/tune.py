@@ -227,6 +227,11 @@ def load_space(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
+def to_ray_space(space: Mapping[str, Any]) -> dict[str, Any]:
+    """A space (module docstring) as Ray Tune's domains."""
+    return {key: _to_tune(spec) for key, spec in space.items()}
+
+
 def _to_tune(spec: Any) -> Any:
     if not isinstance(spec, Mapping):
         return spec
@@ -237,7 +242,18 @@ def _to_tune(spec: Any) -> Any:
         return tune.uniform(args[0], args[1])
     if kind == "randint":
         return tune.randint(args[0], args[1] + 1)
-    return tune.choice(list(args))
+    return tune.choice([_encode(c) for c in args])
+
+
+def _encode(value: Any) -> Any:
+    """A choice that sets several settings (a mapping) as Ray sees it: its JSON text. Ray
+    merges a mapping in a starting point into the space's entry, which a choice refuses."""
+    return json.dumps(dict(value), sort_keys=True) if isinstance(value, Mapping) else value
+
+
+def _decode(value: Any) -> Any:
+    """The inverse of :func:`_encode`."""
+    return json.loads(value) if isinstance(value, str) and value.startswith("{") else value
 
 
 def trial_settings(family: str, sampled: Mapping[str, Any],
@@ -246,6 +262,7 @@ def trial_settings(family: str, sampled: Mapping[str, Any],
     sampled values (a mapping value sets several settings), then the tuning budget."""
     flat: dict[str, Any] = {}
     for key, value in sampled.items():
+        value = _decode(value)
         if isinstance(value, Mapping):
             flat.update(value)
         else:
@@ -329,7 +346,7 @@ def tune_model(family: str, graph_path: str | os.PathLike[str], out: str | os.Pa
     if applied:
         raise TuneError(f"{graph_path} has no split: make one with `gnnrec split` first "
                         "(tuning selects on valid)")
-    param_space = {k: _to_tune(v) for k, v in search_space(family, graph, space).items()}
+    param_space = to_ray_space(search_space(family, graph, space))
     _start_ray(init_ray, resources.address)
     cpus = max(1, int(resources.cpus_per_trial))
     concurrency = resources.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1))
@@ -344,15 +361,7 @@ def tune_model(family: str, graph_path: str | os.PathLike[str], out: str | os.Pa
         tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True,
                                    restart_errored=True, param_space=param_space)
     else:
-        defaults = {k: _default_point(family, k, v) for k, v in param_space.items()}
-        points = [defaults] if defaults else []
-        for prior in PRIORS.get(family, []):
-            # the prior's values the (possibly overridden) space can take; the others keep
-            # the defaults, and a prior that adds nothing to them is not a trial of its own
-            point = {**defaults, **{k: v for k, v in prior.items()
-                                    if k in param_space and _in_space(param_space[k], v)}}
-            if point not in points:
-                points.append(point)
+        points = starting_points(family, param_space)
         scheduler = tune.schedulers.ASHAScheduler(
             time_attr="training_iteration", max_t=settings.max_evaluations,
             grace_period=min(settings.grace, settings.max_evaluations),
@@ -399,6 +408,20 @@ def tune_model(family: str, graph_path: str | os.PathLike[str], out: str | os.Pa
     return summary
 
 
+def starting_points(family: str, param_space: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The first trials of a search over ``param_space`` (Ray's domains): the family's
+    defaults, then each of its :data:`PRIORS` (the values the space can take; the others
+    keep the defaults; a prior that adds nothing to them is not a trial of its own)."""
+    defaults = {k: _default_point(family, k, v) for k, v in param_space.items()}
+    points = [defaults] if defaults else []
+    for prior in PRIORS.get(family, []):
+        point = {**defaults, **{k: _encode(v) for k, v in prior.items()
+                                if k in param_space and _in_space(param_space[k], v)}}
+        if point not in points:
+            points.append(point)
+    return points
+
+
 def _start_ray(init_ray: Any, address: str | None, attempts: int = 3) -> None:
     """``init_ray``, again after a local start that timed out (Ray waits 30 s for its
     raylet, which a loaded machine can exceed); a cluster address is not retried."""
@@ -417,7 +440,7 @@ def _in_space(space_value: Any, value: Any) -> bool:
     if not isinstance(space_value, tune.search.sample.Domain):
         return bool(space_value == value)
     if isinstance(space_value, tune.search.sample.Categorical):
-        return value in space_value.categories
+        return _encode(value) in space_value.categories
     if isinstance(space_value, tune.search.sample.Integer):  # upper bound exclusive
         return space_value.lower <= value < space_value.upper
     return bool(space_value.lower <= value <= space_value.upper)
@@ -430,7 +453,7 @@ def _default_point(family: str, key: str, space_value: Any) -> Any:
     defaults = default_config(family)
     if key == "objective":
         return next((c for c in space_value.categories
-                     if all(defaults.get(k) == v for k, v in c.items())),
+                     if all(defaults.get(k) == v for k, v in _decode(c).items())),
                     space_value.categories[0])
     value = defaults.get(key)
     if isinstance(space_value, tune.search.sample.Categorical):
@@ -469,6 +492,7 @@ def trial_table(results: Any, settings: TuneSettings) -> list[dict[str, Any]]:
 
 
 def _plain(value: Any) -> Any:
+    value = _decode(value)
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -22,6 +22,8 @@ from gnnrec.gnn.tune import (  # noqa: E402
     default_config,
     load_space,
     search_space,
+    starting_points,
+    to_ray_space,
     trial_settings,
 )
 
@@ -78,6 +80,32 @@ def test_trial_settings_split_model_and_training() -> None:
     assert model == {"embedding_dim": 32}
     assert (train.lr, train.loss, train.num_negatives) == (0.01, "softmax", 16)
     assert (train.epochs, train.eval_every, train.patience, train.seed) == (21, 3, 2, 5)
+
+
+def _nothing(config: dict) -> None:
+    pass
+
+
+def test_starting_points_set_a_choice_of_several_settings() -> None:
+    """XSimGCL's objective is a choice of mappings (loss with its negatives); its starting
+    points must be ones Ray's search accepts (it merges a mapping in a point into the
+    space's entry, which a choice refuses) and give the defaults back."""
+    from ray.tune import Experiment
+    from ray.tune.search import BasicVariantGenerator
+
+    space = to_ray_space(search_space("xsimgcl"))
+    points = starting_points("xsimgcl", space)
+    model, train = trial_settings("xsimgcl", points[0], TuneSettings())
+    defaults = default_config("xsimgcl")
+    assert (train.loss, train.num_negatives, train.lr) == (
+        defaults["loss"], defaults["num_negatives"], defaults["lr"])
+    assert model["embedding_dim"] == defaults["embedding_dim"]
+    search = BasicVariantGenerator(points_to_evaluate=points, random_state=0)
+    search.add_configurations(Experiment("x", run=_nothing, config=space, num_samples=3))
+    drawn = [search.next_trial() for _ in range(3)]
+    assert all(t is not None for t in drawn)
+    objectives = {trial_settings("xsimgcl", t.config, TuneSettings())[1].loss for t in drawn}
+    assert objectives <= {"bpr", "softmax"}
 
 
 @pytest.mark.integration
