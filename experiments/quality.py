@@ -34,6 +34,7 @@ Protocol (DESIGN.md, "Evaluation protocol"):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -274,19 +275,45 @@ def _pop_train_config() -> dict[str, Any]:
     return TrainConfig().to_dict()
 
 
+def selected(family: str, config: dict[str, Any]) -> str:
+    """A selected configuration in a few words (the table's second column)."""
+    model, train = config["model"], config["train"]
+    if family == "pop":
+        return ""
+    if family == "ials":
+        return (f"{model['factors']} factors, reg {model['regularization']:.3g}, "
+                f"alpha {model['alpha']:.3g}")
+    if family == "ease":
+        return f"λ {model['regularization']:.3g}"
+    words = [f"{model.get('embedding_dim', 64)}-d", f"{model.get('num_layers')} layers",
+             f"{train['loss']}/{train['num_negatives']}", f"lr {train['lr']:.2g}",
+             f"l2 {train['l2']:.2g}"]
+    if family == "xsimgcl":
+        words += [f"eps {model['eps']:g}", f"cl {model['cl_weight']:.2g}",
+                  f"τ {model['cl_temperature']:g}"]
+    if family == "graphsage":
+        words.append(f"id dropout {model['id_dropout']:g}")
+    words += [f"{name} {model[key]:g}" for key, name in (("social_weight", "friends"),
+                                                       ("tag_weight", "tags"))
+              if model.get(key)]
+    return ", ".join(words)
+
+
 def table(result: dict[str, Any]) -> str:
     """A markdown table of the families (mean test over the seeds) and the goal ratios."""
     seeds = [s["seed"] for s in result["per_seed"]]
-    lines = ["| model | valid R@20 (seed 0) | test R@20 (seed 0) | test N@20 (seed 0) | "
+    lines = ["| model | selected on valid (seed 0) | valid R@20 | test R@20 (seed 0) | "
              f"test R@20 (mean of {len(seeds)}) | test N@20 (mean of {len(seeds)}) | "
-             "coverage@20 | trials | tuning |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "coverage@20 | tuning |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for family, r in result["families"].items():
         t0, t = r["test_seed0"], r["test_mean"]
         name = f"**{r['label']}**" if family == result["best_graph_model"] else r["label"]
         means = (f"{t['recall@20']:.4f} | {t['ndcg@20']:.4f}" if t else "– | –")
-        lines.append(f"| {name} | {r['refit_valid'][METRIC]:.4f} | {t0['recall@20']:.4f} | "
-                     f"{t0['ndcg@20']:.4f} | {means} | {t0['coverage@20']:.3f} "
-                     f"| {r['trials']} | {r['tune_seconds'] / 60:.0f} min |")
+        tuning = (f"{r['trials']} trials, {r['tune_seconds'] / 60:.0f} min" if family != "pop"
+                  else "–")
+        lines.append(f"| {name} | {selected(family, r['best_config'])} | "
+                     f"{r['refit_valid'][METRIC]:.4f} | {t0['recall@20']:.4f} | {means} | "
+                     f"{t0['coverage@20']:.3f} | {tuning} |")
     lines.append(f"\n(mean: over split seeds {', '.join(map(str, seeds))})")
     if "goal" in result:
         for m, g in result["goal"]["metrics"].items():
@@ -341,12 +368,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--progress", action="store_true")
     p.add_argument("--json", type=Path)
     p.add_argument("--png", type=Path)
+    p.add_argument("--table", type=Path, metavar="JSON",
+                   help="print the markdown table of a result file and exit")
     add_graph_arguments(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if args.table:
+        print(table(json.loads(args.table.read_text(encoding="utf-8"))))
+        return 0
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     torch.set_num_threads(args.threads)
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
