@@ -43,8 +43,19 @@ def machine(device: str = "cpu") -> dict[str, Any]:
         "device": (torch.cuda.get_device_name(device) if device.startswith("cuda")
                    else device), "python": platform.python_version(), "torch": torch.__version__,
         "torch_geometric": torch_geometric.__version__, "numpy": np.__version__,
-        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "loadavg": [round(x, 2) for x in os.getloadavg()], "env": threading_env(),
     }
+
+
+# Environment variables that change how torch's OpenMP threads behave on a busy machine
+# (with OMP_WAIT_POLICY unset, libgomp's waiting threads spin, and a niced 2-thread process
+# on a loaded 2-core host ran an epoch 15-30x slower than with PASSIVE).
+THREADING_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def threading_env() -> dict[str, str]:
+    """The :data:`THREADING_ENV` variables that are set, with their values."""
+    return {k: os.environ[k] for k in THREADING_ENV if k in os.environ}
 
 
 def loadavg() -> list[float]:

@@ -44,7 +44,7 @@ from experiments.common import portable
 ROOT = Path(__file__).resolve().parents[1]
 # The code a graph file depends on: a change to any of it makes a new cache key.
 CODE = ("ingest", "graph/export.py", "graph/features.py", "graph/load.py", "graph/schema.py",
-        "graph/client.py", "gnn/data.py")
+        "graph/client.py", "gnn/data.py", "gnn/graph_file.py")
 INGEST_INTO = ("temp", "configured")
 
 
