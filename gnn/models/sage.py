@@ -29,6 +29,7 @@ an item's input uses all its tags, exactly as on the full graph.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -65,7 +66,10 @@ class SageInputs(Inputs):
     ``x``: features of the users / items (those the model projects); ``item_tags``
     [n_items, T]: the mean over each item's tags (all of them, also in a block);
     ``n_id``: a block's global ids per node type (None: every node, in order);
-    ``edges``: the full graph's distinct edges per edge type (to embed new nodes).
+    ``edges``: the full graph's distinct edges per edge type (to embed new nodes);
+    ``hops``: a block's node counts per type, cumulative by hop (``hops[nt][h]``: its
+    nodes first reached at hop ``h`` or before), by which layer ``l`` of ``L`` computes
+    only the nodes within ``L - 1 - l`` hops of the seeds (None: every node, every layer).
     """
 
     adj: dict[EdgeType, Tensor]
@@ -73,6 +77,7 @@ class SageInputs(Inputs):
     item_tags: Tensor | None = None
     n_id: dict[str, Tensor] | None = None
     edges: dict[EdgeType, Tensor] | None = None
+    hops: dict[str, list[int]] | None = None
 
 
 class _SAGEConv(SAGEConv):
@@ -97,6 +102,45 @@ def _with_tags(item: Tensor, item_tags: Tensor, tag: Tensor, block: bool) -> Ten
     row = torch.repeat_interleave(torch.arange(crow.numel() - 1, device=crow.device),
                                   crow[1:] - crow[:-1])
     return item.index_add(0, row, tag[col] * val[:, None])
+
+
+def _rows(adj: Tensor, rows: int, cols: int) -> Tensor:
+    """The first ``rows`` rows of the sparse CSR ``adj`` as [rows, cols] (a view of its
+    arrays: a block's rows are ordered by hop, and so are the columns they name)."""
+    if rows == adj.size(0) and cols == adj.size(1):
+        return adj
+    crow = adj.crow_indices()[: rows + 1]
+    end = int(crow[-1])
+    return torch.sparse_csr_tensor(crow, adj.col_indices()[:end], adj.values()[:end],
+                                   (rows, cols), check_invariants=False)
+
+
+def _hetero_layer(conv: HeteroConv, x: dict[str, Tensor], adj: dict[EdgeType, Tensor],
+                  keep: dict[str, int] | None) -> dict[str, Tensor]:
+    """``HeteroConv(aggr="sum")`` of :class:`_SAGEConv` s (mean aggregation, root weight,
+    no normalisation) on ``x``, for the first ``keep[nt]`` destinations of each type
+    (None: all). Per destination type: ``x_dst @ (sum of the root weights).T`` plus each
+    edge type's ``lin_l`` of its aggregate, one matrix product per term (the sum of the
+    per-edge-type ``SAGEConv`` outputs, with one root product instead of one per edge type).
+    """
+    by_dst: dict[str, list[tuple[EdgeType, _SAGEConv]]] = {}
+    for et, c in conv.convs.items():
+        et = tuple(et.split("__")) if isinstance(et, str) else et
+        if et[0] in x and et[2] in x:
+            by_dst.setdefault(et[2], []).append((et, c))
+    out = {}
+    for dst, convs in by_dst.items():
+        n_dst = x[dst].size(0) if keep is None else keep[dst]
+        x_dst = x[dst][:n_dst]
+        root = sum(c.lin_r.weight for _, c in convs)
+        bias = sum(c.lin_l.bias for _, c in convs)
+        h = F.linear(x_dst, root, bias)
+        for et, c in convs:
+            x_src = x[et[0]]
+            agg = spmm(_rows(adj[et], n_dst, x_src.size(0)), x_src)
+            h = torch.addmm(h, agg, c.lin_l.weight.t())
+        out[dst] = h
+    return out
 
 
 def _friend_pairs(edge_index: Tensor, num_users: int) -> Tensor:
@@ -242,7 +286,10 @@ class HeteroGraphSAGE(Recommender):
         x = {nt: batch[nt].x.to(dev) for nt in inputs.x}
         item_tags = (select_rows(inputs.item_tags, n_id[ITEM])
                      if inputs.item_tags is not None else None)
-        return SageInputs(adj, x, item_tags, n_id)
+        hops = {nt: list(itertools.accumulate(batch[nt].num_sampled_nodes))
+                for nt in (USER, ITEM, TAG) if "num_sampled_nodes" in batch[nt]}
+        deep = len(hops) == 3 and all(len(h) > self.num_layers for h in hops.values())
+        return SageInputs(adj, x, item_tags, n_id, hops=hops if deep else None)
 
     # -- construction helpers -------------------------------------------------
     def _edge_types(self, last: bool) -> list[EdgeType]:
@@ -312,9 +359,15 @@ class HeteroGraphSAGE(Recommender):
             x[TAG] = tag if n_id is None else tag[n_id[TAG]]
         return x
 
-    def _encode(self, x: dict[str, Tensor], adj: dict[EdgeType, Tensor]) -> dict[str, Tensor]:
+    def _encode(self, x: dict[str, Tensor], adj: dict[EdgeType, Tensor],
+                hops: dict[str, list[int]] | None = None) -> dict[str, Tensor]:
+        """The layers on layer-0 features ``x``; with ``hops`` (a block) layer ``l`` runs
+        on the nodes within ``L - 1 - l`` hops of the seeds only, over their edges (the
+        seeds' outputs are those of every node, every layer: PyG's ``trim_to_layer``)."""
         for layer, conv in enumerate(self.convs):
-            out = conv(x, adj)
+            depth = self.num_layers - 1 - layer  # the hops this layer's outputs reach
+            out = _hetero_layer(conv, x, adj, None if hops is None else
+                                {nt: h[depth] for nt, h in hops.items()})
             if layer < self.num_layers - 1:
                 out = {k: F.dropout(F.relu(v), self.dropout, self.training) for k, v in out.items()}
             x = out
@@ -322,7 +375,7 @@ class HeteroGraphSAGE(Recommender):
 
     def forward(self, inputs: SageInputs) -> Propagation:
         x = self._layer0(inputs)
-        out = self._encode(x, inputs.adj)
+        out = self._encode(x, inputs.adj, inputs.hops)
         return Propagation(out[USER], out[ITEM], x[USER], x[ITEM])
 
     # -- inductive embeddings -------------------------------------------------------
