@@ -22,9 +22,11 @@ training time of one epoch (evaluation, Ray start-up and reports excluded: they 
 stopping on valid recall@20, for each of ``--seeds`` seeds; means and the relative gap.
 
 **Scale** (``--scale-graph FILE``, e.g. from ``gnnrec synth``): mini-batch GraphSAGE
-on the graph; ``--scale-batches`` link batches are timed (0 = a whole epoch) after one
-warm-up batch, the epoch time is extrapolated from the mean batch time when not all batches
-ran, and the process's peak RSS (graph, sampler, model, optimiser, batches) is recorded.
+(``--scale-model lightgcn``: LightGCN, one layer per fan-out) on the graph;
+``--scale-batches`` link batches are timed (0 = a whole epoch) after one warm-up batch,
+the epoch time is extrapolated from the mean batch time when not all batches ran; the
+process's CPU seconds per batch (comparable on a loaded machine), its peak RSS (graph,
+sampler, model, optimiser, batches) and that peak per interaction are recorded.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale-graph", type=Path, help="run the scale measurement on this graph")
     p.add_argument("--scale-batches", type=int, default=40, help="0 = a whole epoch")
     p.add_argument("--scale-batch-size", type=int, default=8192)
+    p.add_argument("--scale-model", choices=sorted(HYPER), default="graphsage",
+                   help="the model of the scale run (LightGCN: 2 layers, one per fan-out)")
     add_graph_arguments(p)
     return p.parse_args(argv)
 
@@ -195,7 +199,7 @@ def minibatch_check(graph: HeteroData, args: argparse.Namespace) -> dict[str, An
 
 
 def scale(path: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Mini-batch GraphSAGE on a big graph file: batch times, epoch estimate, peak RSS."""
+    """Mini-batch training on a big graph file: batch times, epoch estimate, peak RSS."""
     import torch
 
     from gnnrec.gnn.batches import SampledBatches
@@ -211,8 +215,16 @@ def scale(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     t_load = time.perf_counter() - t0
     seed_everything(args.seed)
     view = TrainView.from_graph(graph)
-    hyper = {**HYPER["graphsage"], "num_layers": len(args.num_neighbors)}
-    model = build_model("graphsage", view, hyper)
+    ui = graph["user", "interacts", "item"]
+    sizes = {"num_users": int(graph["user"].num_nodes),
+             "num_items": int(graph["item"].num_nodes), "num_tags": int(graph["tag"].num_nodes),
+             "num_interactions": int(ui.edge_index.size(1)),
+             "num_train": int((ui.split == 0).sum()),
+             "num_friend_edges": int(graph["user", "friend", "user"].edge_index.size(1))}
+    del graph, ui  # training reads the train view only
+    name = args.scale_model
+    hyper = {**HYPER[name], "num_layers": len(args.num_neighbors)}
+    model = build_model(name, view, hyper)
     config = _config(args, batch_size=args.scale_batch_size)
     mb = MiniBatchConfig(num_neighbors=args.num_neighbors)
     sampler = link_sampler(view, model, config, mb)
@@ -227,25 +239,24 @@ def scale(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     timed = total - 1 if args.scale_batches <= 0 else min(args.scale_batches, total - 1)
     steps = batches(1)  # sampler epoch 0: batch 0 warms up, then ``timed`` batches
     run_epoch(step, optimizer, steps, config.l2, max_batches=1)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     stats = run_epoch(step, optimizer, steps, config.l2, max_batches=timed)
-    seconds = time.perf_counter() - t1
+    seconds, cpu = time.perf_counter() - t1, time.process_time() - c1
     per_batch = seconds / timed
-    ui = graph["user", "interacts", "item"]
+    peak = peak_rss_gb()
     return {
-        "graph": str(path), "num_users": int(graph["user"].num_nodes),
-        "num_items": int(graph["item"].num_nodes), "num_tags": int(graph["tag"].num_nodes),
-        "num_interactions": int(ui.edge_index.size(1)),
-        "num_train": int((ui.split == 0).sum()),
-        "num_friend_edges": int(graph["user", "friend", "user"].edge_index.size(1)),
-        "model": "graphsage", "hyper": hyper, "num_neighbors": args.num_neighbors,
+        "graph": str(path), **sizes,
+        "model": name, "hyper": hyper, "num_neighbors": args.num_neighbors,
         "batch_size": config.batch_size, "batches_per_epoch": total, "batches_timed": timed,
         "seconds_timed": round(seconds, 2), "seconds_per_batch": round(per_batch, 4),
+        # CPU seconds of the process (all threads): less sensitive to a loaded machine
+        "cpu_seconds_per_batch": round(cpu / timed, 4),
         "epoch_s": round(per_batch * total, 1),
         # epoch_s is s/batch x batches either way; extrapolated = not every batch ran
         "batches_run": timed + 1, "epoch_extrapolated": timed + 1 < total,  # + the warm-up
         "load_s": round(t_load, 1), "build_s": round(t_build, 1),
-        "peak_rss_gb_after_build": round(rss_built, 2), "peak_rss_gb": round(peak_rss_gb(), 2),
+        "peak_rss_gb_after_build": round(rss_built, 2), "peak_rss_gb": round(peak, 2),
+        "peak_rss_bytes_per_interaction": round(peak * 2**30 / sizes["num_interactions"]),
         "loss": stats["loss"], "torch_threads": torch.get_num_threads(), "loadavg": loadavg(),
     }
 
