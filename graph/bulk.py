@@ -287,10 +287,11 @@ def bulk_load(server: LocalNeo4j, files: ImportFiles, database: str = "neo4j") -
         stats = graph_stats(client)
     expected = _expected(files)
     for part in ("nodes", "relationships"):
+        held = {**stats[part], **stats["tombstones"]} if part == "nodes" else stats[part]
         for name, n in expected[part].items():
-            if stats[part].get(name, 0) != n:
+            if held.get(name, 0) != n:
                 raise BulkImportError(
-                    f"the import wrote {stats[part].get(name, 0):,} {name} {part} but the "
+                    f"the import wrote {held.get(name, 0):,} {name} {part} but the "
                     f"files hold {n:,}; see {report}")
     summary = {"nodes": sum(expected["nodes"].values()),
                "relationships": sum(expected["relationships"].values()),

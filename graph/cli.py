@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from gnnrec.errors import GnnrecError
@@ -33,8 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "reset", help="delete every node and relationship of the configured database",
         description="Empty the database (the local server, or NEO4J_URI's) in batches of "
                     "--batch-size, so no transaction outgrows the server's memory; "
-                    "constraints and indexes stay. Asks for confirmation unless --yes.")
+                    "constraints, indexes and the forget tombstones stay (a re-ingest "
+                    "of an old file does not bring a forgotten user back). Asks for "
+                    "confirmation unless --yes.")
     reset.add_argument("--yes", action="store_true", help="do not ask")
+    reset.add_argument("--drop-tombstones", action="store_true",
+                       help="delete the forget tombstones too")
     reset.add_argument("--batch-size", type=int, default=10_000)
     reset.set_defaults(handler=_reset)
 
@@ -57,6 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="add a seeded train/valid/test split to the file (default random)")
     ex.add_argument("--seed", type=int, default=0)
     ex.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ex.add_argument("--key-file", type=Path, default=None,
+                    help="the key of the forget tombstones, read only when there are some "
+                         "(default $GNNREC_KEY_FILE or <home>/pseudonym.key)")
     ex.set_defaults(handler=_export)
 
     wb = sub.add_parser("writeback", help="write a run's top-k and embeddings into Neo4j")
@@ -205,7 +213,7 @@ def _export(args: argparse.Namespace) -> int:
 
     with GraphClient.connect() as client:
         data, summary = export_hetero(client, page_size=args.page_size,
-                                      progress=not args.no_progress)
+                                      progress=not args.no_progress, key_file=args.key_file)
     from gnnrec.gnn.graph_file import save_graph
 
     if args.split != "none":
@@ -234,10 +242,17 @@ def _reset(args: argparse.Namespace) -> int:
             if sys.stdin.readline().strip().lower() != "yes":
                 raise GnnrecError("not confirmed; nothing was deleted")
         before = graph_stats(client)
-        clear_database(client, batch_size=args.batch_size)
+        clear_database(client, batch_size=args.batch_size,
+                       keep_forgotten=not args.drop_tombstones)
+    tombstones = before["tombstones"]["Forgotten"]
     nodes, rels = (sum(part.values()) for part in (before["nodes"], before["relationships"]))
+    if args.drop_tombstones:
+        nodes, tail = nodes + tombstones, ""
+    else:
+        tail = (f", {tombstones:,} forget tombstones kept (--drop-tombstones deletes them)"
+                if tombstones else "")
     print(f"emptied {target}: deleted {nodes:,} nodes and {rels:,} relationships "
-          f"(constraints and indexes kept)")
+          f"(constraints and indexes kept{tail})")
     return 0
 
 

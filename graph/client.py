@@ -112,6 +112,13 @@ class GraphClient:
         with self.session() as session:
             return session.execute_read(lambda tx: tx.run(cypher, params or {}).data())
 
+    def read_once(self, cypher: str, params: dict[str, Any] | None = None) -> list[Record]:
+        """Like ``read`` in one explicit transaction, without the driver's retry loop: a
+        down server fails at once (serving's background reads)."""
+        with self.session(default_access_mode="READ") as session:
+            with session.begin_transaction() as tx:
+                return tx.run(cypher, params or {}).data()
+
     def read_values(self, cypher: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
         """Like ``read`` but rows are value lists, without ``.data()``'s per-element
         conversion (which dominates the cost of rows holding long lists)."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,7 @@ from tqdm import tqdm
 from gnnrec.errors import GnnrecError
 from gnnrec.graph.client import GraphClient
 from gnnrec.graph.features import attributes_to_features, node_features
+from gnnrec.graph.forgotten import forgotten_ids
 
 __all__ = ["attributes_to_features", "export_hetero", "naive_export"]
 
@@ -119,6 +121,14 @@ class _Nodes:
     nid: np.ndarray  # sorted internal ids of the exported nodes
     ext: list[str]  # their external ids, in the same order
     keyless: np.ndarray  # sorted internal ids of the nodes skipped for lack of a key
+    # sorted internal ids of the users skipped because a forget tombstone names them
+    forgotten: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def skipped(self) -> np.ndarray:
+        return np.concatenate([self.keyless, self.forgotten])
+
+
+_FORGOTTEN_REASON = "a forget tombstone names it (gnnrec forget): never exported"
 
 
 def _read_nodes(client: GraphClient, label: str, key: str, report: _Report) -> _Nodes:
@@ -142,6 +152,20 @@ def _read_nodes(client: GraphClient, label: str, key: str, report: _Report) -> _
     return _Nodes(nid[order], ext, np.sort(np.asarray(keyless, dtype=np.int64)))
 
 
+def _without_forgotten(client: GraphClient, users: _Nodes, key_file: Path | None,
+                       report: _Report) -> _Nodes:
+    """``users`` less those a forget tombstone names (they and their relationships are
+    skipped, as keyless nodes are)."""
+    gone = forgotten_ids(client, users.ext, key_file)
+    if not gone:
+        return users
+    keep = np.array([u not in gone for u in users.ext], dtype=bool)
+    report.skipped_nodes.append({"label": "User", "count": int((~keep).sum()),
+                                 "reason": _FORGOTTEN_REASON})
+    return _Nodes(users.nid[keep], [u for u, k in zip(users.ext, keep, strict=True) if k],
+                  users.keyless, np.sort(users.nid[~keep]))
+
+
 def _to_index(sorted_nid: np.ndarray, nid: np.ndarray, what: str) -> np.ndarray:
     pos = np.searchsorted(sorted_nid, nid)
     pos = np.clip(pos, 0, max(len(sorted_nid) - 1, 0))
@@ -160,7 +184,8 @@ def _read_rels(
     """``rel_type`` relationships as (src nid, dst nid, weight, time) arrays, unusable
     values as sentinels, and how many relationships had each property. Pages go over
     every start node, keyless ones too (their relationships are dropped afterwards)."""
-    src_nid = np.concatenate([src.nid, src.keyless]) if len(src.keyless) else src.nid
+    skipped = src.skipped()
+    src_nid = np.concatenate([src.nid, skipped]) if len(skipped) else src.nid
     _, cypher, _ = _RELS[rel_type]
     total = client.read(_COUNT_RELS, {"type": rel_type})[0]["n"]
     # Pages of start nodes sized so that one page holds about `page_size` relationships.
@@ -229,17 +254,22 @@ def _typed(client: GraphClient, rel_type: str, w: np.ndarray, t: np.ndarray,
 
 def _without_keyless(rel_type: str, ends: tuple[_Nodes, ...], columns: list[np.ndarray],
                      report: _Report) -> list[np.ndarray]:
-    """Drop the relationships whose start or end node was skipped for lack of a key
-    (``columns`` starts with the start and end nids)."""
+    """Drop the relationships whose start or end node was skipped for lack of a key, or
+    is a forgotten user (``columns`` starts with the start and end nids)."""
     keep = np.ones(len(columns[0]), dtype=bool)
-    for nodes, nid in zip(ends, columns[:2], strict=True):
-        if len(nodes.keyless):
-            keep &= ~np.isin(nid, nodes.keyless)
+    for attr, reason in (("keyless", "its start or end node has no id (the node is skipped)"),
+                         ("forgotten", "its user was forgotten (" + _FORGOTTEN_REASON + ")")):
+        drop = np.zeros(len(columns[0]), dtype=bool)
+        for nodes, nid in zip(ends, columns[:2], strict=True):
+            if len(getattr(nodes, attr)):
+                drop |= np.isin(nid, getattr(nodes, attr))
+        drop &= keep
+        if drop.any():
+            report.skipped_relationships.append({
+                "relationship": rel_type, "count": int(drop.sum()), "reason": reason})
+            keep &= ~drop
     if keep.all():
         return columns
-    report.skipped_relationships.append({
-        "relationship": rel_type, "count": int((~keep).sum()),
-        "reason": "its start or end node has no id (the node is skipped)"})
     return [c[keep] for c in columns]
 
 
@@ -253,9 +283,13 @@ def _features(client: GraphClient, label: str, nodes: _Nodes, key: str,
     for prop in keys:
         nid, column = client.read_values(_NODE_COLUMN,
                                          {"label": label, "key": prop, "id": key})[0]
-        if not nid:  # only keyless nodes have it
+        nid = np.asarray(nid, dtype=np.int64)
+        if len(nodes.forgotten):
+            kept = ~np.isin(nid, nodes.forgotten)
+            nid, column = nid[kept], [v for v, k in zip(column, kept, strict=True) if k]
+        if not len(nid):  # only keyless (or forgotten) nodes have it
             continue
-        order = _to_index(nodes.nid, np.asarray(nid, dtype=np.int64), f"{label}.{prop}")
+        order = _to_index(nodes.nid, nid, f"{label}.{prop}")
         values: list[Any] = [None] * len(nodes.nid)
         for pos, value in zip(order.tolist(), column, strict=True):
             values[pos] = value
@@ -267,20 +301,23 @@ def _features(client: GraphClient, label: str, nodes: _Nodes, key: str,
 
 
 def export_hetero(client: GraphClient, page_size: int = 50_000,
-                  progress: bool = True) -> tuple[HeteroData, dict]:
+                  progress: bool = True, key_file: Path | None = None,
+                  ) -> tuple[HeteroData, dict]:
     """Read the whole graph into a ``HeteroData``; returns (data, summary).
 
     The summary holds counts and timing, and names what could not be used as it was:
     ``skipped_properties`` (node properties that are not features, with the reason),
     ``defaulted_properties`` (relationship weights and times replaced by 1.0 / 0),
-    ``skipped_nodes`` (nodes without an id) and ``skipped_relationships`` (theirs, and
-    taggings naming no tag).
+    ``skipped_nodes`` (nodes without an id, users a forget tombstone names: matched with
+    the key of ``key_file``, :mod:`gnnrec.graph.forgotten`) and ``skipped_relationships``
+    (theirs, and taggings naming no tag).
     """
     start = time.perf_counter()
     report = _Report()
     keys = {"user": "id", "item": "id", "tag": "name"}
     nodes = {name: _read_nodes(client, name.capitalize(), key, report)
              for name, key in keys.items()}
+    nodes["user"] = _without_forgotten(client, nodes["user"], key_file, report)
     users, items, tags = nodes["user"], nodes["item"], nodes["tag"]
     if not users.ext or not items.ext:
         raise GnnrecError(

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from gnnrec.graph.client import GraphClient, Progress, Record
+from gnnrec.graph.forgotten import MERGE_TOMBSTONE, tombstone_params
 
 NODE_LABELS = ("User", "Item", "Tag")
 RELATIONSHIP_TYPES = ("INTERACTED", "FRIEND", "HAS_TAG", "TAGGED")
@@ -232,19 +233,23 @@ def existing_user_ids(
     return found
 
 
-def forget_user(client: GraphClient, user_id: str) -> dict[str, int] | None:
+def forget_user(client: GraphClient, user_id: str, key: bytes | None) -> dict[str, int] | None:
     """Delete the user and all its relationships in one transaction.
 
     The ``HAS_TAG`` weights of the (item, tag) pairs the user tagged are recounted in
-    the same transaction (a pair only they tagged loses its ``HAS_TAG``). Returns the
-    number of deleted relationships by type, or ``None`` when no user has this id
-    (nothing is deleted).
+    the same transaction (a pair only they tagged loses its ``HAS_TAG``), and with a
+    ``key`` the user's tombstone is written in it too (:mod:`gnnrec.graph.forgotten`:
+    what keeps them out of serving, export and ingest). Returns the number of deleted
+    relationships by type, or ``None`` when no user has this id (nothing is deleted,
+    no tombstone written).
     """
     def work(tx: Any) -> list[Record]:
         tagged = tx.run(USER_TAGGINGS, {"id": user_id}).data()
         rows = tx.run(FORGET_USER, {"id": user_id}).data()
         if tagged:
             tx.run(RECOUNT_TAG_PAIRS, {"rows": tagged}).consume()
+        if rows and key is not None:
+            tx.run(MERGE_TOMBSTONE, tombstone_params(user_id, key)).consume()
         return rows
 
     with client.session() as session:
@@ -255,7 +260,8 @@ def forget_user(client: GraphClient, user_id: str) -> dict[str, int] | None:
 
 
 def graph_stats(client: GraphClient) -> dict[str, dict[str, int]]:
-    """Node counts by label and relationship counts by type (from the count store).
+    """Node counts by label and relationship counts by type (from the count store), and
+    the forget tombstones apart (``{"tombstones": {"Forgotten": n}}``: not graph nodes).
 
     The project's labels and types are always present (0 when absent).
     """
@@ -275,4 +281,5 @@ def graph_stats(client: GraphClient) -> dict[str, dict[str, int]]:
         for entry in data["relationships"]:
             if set(entry) == {"relationshipType", "count"}:
                 rels[str(entry["relationshipType"])] = int(entry["count"])
-    return {"nodes": nodes, "relationships": rels}
+    tombstones = {"Forgotten": nodes.pop("Forgotten", 0)}
+    return {"nodes": nodes, "relationships": rels, "tombstones": tombstones}

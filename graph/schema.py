@@ -6,6 +6,7 @@
     (:User)-[:TAGGED {tag}]->(:Item)   one per tagging event (user-generated tags); the
                                        HAS_TAG weight of a pair users tagged counts them
     (:User)-[:RECOMMENDED {score, rank, model, run}]->(:Item)   written back by a run
+    (:Forgotten {key, key_id, at})   a forgotten user's tombstone (gnnrec.graph.forgotten)
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ CONSTRAINTS = (
     "CREATE CONSTRAINT user_id IF NOT EXISTS FOR (u:User) REQUIRE u.id IS UNIQUE",
     "CREATE CONSTRAINT item_id IF NOT EXISTS FOR (i:Item) REQUIRE i.id IS UNIQUE",
     "CREATE CONSTRAINT tag_name IF NOT EXISTS FOR (t:Tag) REQUIRE t.name IS UNIQUE",
+    "CREATE CONSTRAINT forgotten_key IF NOT EXISTS FOR (f:Forgotten) REQUIRE f.key IS UNIQUE",
+    "CREATE INDEX forgotten_at IF NOT EXISTS FOR (f:Forgotten) ON (f.at)",
 )
 
 
@@ -26,8 +29,10 @@ def ensure_schema(client: GraphClient) -> None:
     client.run_auto("CALL db.awaitIndexes(300)")
 
 
-def clear_database(client: GraphClient, batch_size: int = 10_000) -> None:
-    """Delete every relationship, then every node, in batches (tests and benchmarks).
+def clear_database(client: GraphClient, batch_size: int = 10_000,
+                   keep_forgotten: bool = False) -> None:
+    """Delete every relationship, then every node, in batches (tests and benchmarks);
+    ``keep_forgotten`` keeps the forget tombstones (``gnnrec neo4j reset``).
 
     Relationships go first so that one batch never holds a dense node's whole
     neighbourhood (``DETACH DELETE`` of 10k users of ML-1M overflows a 1 GB heap).
@@ -37,5 +42,7 @@ def clear_database(client: GraphClient, batch_size: int = 10_000) -> None:
         {"size": batch_size},
     )
     client.run_auto(
-        "MATCH (n) CALL (n) { DELETE n } IN TRANSACTIONS OF $size ROWS", {"size": batch_size}
+        "MATCH (n) WHERE NOT ($keep AND n:Forgotten) "
+        "CALL (n) { DELETE n } IN TRANSACTIONS OF $size ROWS",
+        {"size": batch_size, "keep": keep_forgotten},
     )

@@ -15,12 +15,13 @@ Explanation queries order their rows by the contribution formulas of
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gnnrec.graph import load
 from gnnrec.graph.client import GraphClient, Record
+from gnnrec.graph.forgotten import refuse_forgotten
 
 EXPLAIN_ENDS = """
 OPTIONAL MATCH (u:User {id: $user})
@@ -105,33 +106,40 @@ def explain_paths(client: GraphClient, user: str, item: str, limit: int = 10) ->
     return ExplainRows(True, True, deg, friends, co_users, tags)
 
 
-def _in_one_transaction(client: GraphClient, statements: Sequence[tuple[str, list[Record]]]
-                        ) -> None:
-    """Run ``UNWIND $rows`` statements in one explicit transaction (no retries)."""
+def _in_one_transaction(client: GraphClient, statements: Sequence[tuple[str, list[Record]]],
+                        forgotten: Mapping[str, str] | None = None) -> None:
+    """Run ``UNWIND $rows`` statements in one explicit transaction (no retries); first
+    refuse the write when a tombstone names a user of ``forgotten`` (``{key: user}``)."""
     with client.session() as session:
         with session.begin_transaction() as tx:
+            refuse_forgotten(tx, forgotten or {})
             for cypher, rows in statements:
                 if rows:
                     tx.run(cypher, {"rows": rows}).consume()
             tx.commit()
 
 
-def write_interactions(client: GraphClient, rows: Sequence[Record]) -> int:
+def write_interactions(client: GraphClient, rows: Sequence[Record],
+                       forgotten: Mapping[str, str] | None = None) -> int:
     """MERGE users, items and ``INTERACTED {weight, ts}`` for ``{user, item, weight, ts}`` rows.
 
     One statement in one transaction (all or nothing). Pass one row per (user, item)
-    pair: weight and ts replace earlier values, as in the ingest path. Returns the
-    number of rows written.
+    pair: weight and ts replace earlier values, as in the ingest path. ``forgotten``:
+    ``{tombstone key: user}`` of the rows' users; a tombstoned one refuses the whole
+    write (:class:`~gnnrec.graph.forgotten.ForgottenUserError`). Returns the number of
+    rows written.
     """
-    _in_one_transaction(client, [(RECORD_INTERACTIONS, list(rows))])
+    _in_one_transaction(client, [(RECORD_INTERACTIONS, list(rows))], forgotten)
     return len(rows)
 
 
 def create_user(client: GraphClient, user: str, items: Sequence[str], friends: Sequence[str],
-                ts: int | None = None, weight: float = 1.0) -> None:
+                ts: int | None = None, weight: float = 1.0,
+                forgotten: Mapping[str, str] | None = None) -> None:
     """MERGE a user with ``INTERACTED`` to existing-or-new ``items`` and ``FRIEND`` links.
 
-    Friend users are MERGEd too (so the relationship always lands); one transaction.
+    Friend users are MERGEd too (so the relationship always lands); one transaction,
+    refused when a tombstone names the user or a friend (see :func:`write_interactions`).
     """
     pairs = [{"a": min(user, f), "b": max(user, f)} for f in dict.fromkeys(friends)]
     inter = [{"user": user, "item": i, "weight": weight, "ts": ts} for i in dict.fromkeys(items)]
@@ -140,14 +148,14 @@ def create_user(client: GraphClient, user: str, items: Sequence[str], friends: S
         (load.MERGE_ITEMS, [{"id": i, "props": {}} for i in dict.fromkeys(items)]),
         (load.MERGE_INTERACTIONS, inter),
         (load.MERGE_FRIENDSHIPS, pairs),
-    ])
+    ], forgotten)
 
 
-def forget_user(client: GraphClient, user: str) -> dict[str, int] | None:
-    """:func:`gnnrec.graph.load.forget_user` after a connectivity check.
+def forget_user(client: GraphClient, user: str, key: bytes | None) -> dict[str, int] | None:
+    """:func:`gnnrec.graph.load.forget_user` (with the tombstone) after a connectivity check.
 
     The check makes a down server fail at once instead of inside the driver's retry
     loop; the delete itself is one transaction. ``None`` when no such user.
     """
     client.driver.verify_connectivity()
-    return load.forget_user(client, user)
+    return load.forget_user(client, user, key)

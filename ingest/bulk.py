@@ -28,6 +28,7 @@ import pandas as pd
 
 from gnnrec.graph.bulk import ImportFiles, bulk_load, count_nodes
 from gnnrec.graph.client import GraphClient
+from gnnrec.graph.forgotten import Tombstone, tombstones
 from gnnrec.graph.server import LocalNeo4j
 from gnnrec.graph.settings import Neo4jSettings
 from gnnrec.ingest.errors import IngestError
@@ -52,8 +53,14 @@ def _attributes(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.drop(columns=[c for c in ("id", "row") if c in frame.columns])
 
 
-def write_import_files(rows: GraphRows, files: ImportFiles) -> ImportFiles:
-    """Write ``rows`` as the importer's files: the graph the MERGE path would build."""
+def write_import_files(rows: GraphRows, files: ImportFiles,
+                       tombstones: Sequence[Tombstone] = ()) -> ImportFiles:
+    """Write ``rows`` as the importer's files: the graph the MERGE path would build, plus
+    the forget ``tombstones`` the database held (the import replaces the whole store)."""
+    if tombstones:
+        files.nodes("Forgotten", "key", [t.key for t in tombstones], pd.DataFrame({
+            "key_id": pd.Series([t.key_id for t in tombstones], dtype=object),
+            "at": pd.Series([t.at for t in tombstones], dtype="Int64")}))
     files.nodes("User", "id", rows.users["id"].to_numpy(dtype=object), _attributes(rows.users))
     if rows.extra_users:
         files.nodes("User", "id", rows.extra_users)
@@ -122,21 +129,22 @@ def bulk_ingest(
         server.start()
     settings = Neo4jSettings(server.bolt_uri, "neo4j", server.password(), database)
     with GraphClient(settings) as client:
-        held = count_nodes(client)
+        held = count_nodes(client) - len(tombstones(client))  # forget tombstones are carried
         if held:
             raise IngestError(
                 f"--bulk loads only into an empty database: {database!r} at {server.bolt_uri} "
                 f"holds {held:,} nodes. Add to it with `gnnrec ingest` without --bulk "
                 f"(incremental MERGE), or empty it first; nothing was written"
             )
-        checked = prepare(client, sources, options)
+        checked = prepare(client, sources, options)  # rejects rows of forgotten users
+        kept = tombstones(client)  # less those --allow-forgotten removed
     timings: dict[str, float] = {"read_and_check": time.perf_counter() - started}
     reject_file = write_rejects(checked, reject_path(options, sources))
     t0 = time.perf_counter()
     folder = server.dir / "import" / f"bulk-{os.getpid()}-{int(time.time())}"
     try:
         _say(options, f"writing the import files under {folder}")
-        files = write_import_files(graph_rows(checked), ImportFiles(folder))
+        files = write_import_files(graph_rows(checked), ImportFiles(folder), kept)
         timings["write_files"] = time.perf_counter() - t0
         _say(options, "stopping Neo4j, running neo4j-admin database import full, "
                       "starting Neo4j again")

@@ -8,7 +8,8 @@
                   [--pseudonymize [--key-file F]] [--reject-file F] [--no-progress] [--bulk]
     gnnrec ingest --dataset {ml-100k,ml-1m,lastfm,synthetic}
                   [--num-users N --num-items N --seed S --friend-density P]
-    gnnrec forget USER [--pseudonymize [--key-file F]]
+                  [--allow-forgotten]
+    gnnrec forget USER [--pseudonymize] [--key-file F] [--server URL [--token T]]
     gnnrec stats [--json]
 
 ``ingest`` prints one JSON summary on stdout (``read``, ``loaded``, ``rejected``,
@@ -76,19 +77,32 @@ def register(sub: Any) -> None:
                    help="replace user ids by keyed HMAC-SHA256 pseudonyms")
     p.add_argument("--key-file", type=Path, default=None,
                    help="pseudonymisation key (default <home>/pseudonym.key, made on first use)")
+    p.add_argument("--allow-forgotten", action="store_true",
+                   help="load rows naming a forgotten user (rejected by default) and remove "
+                        "their tombstones")
     p.add_argument("--reject-file", type=Path, default=None,
                    help="CSV for rejected rows (default <home>/rejects/<source>-<time>.csv)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_ingest)
 
     f = sub.add_parser("forget", help="delete a user and all its relationships",
-                       description="Delete the user node and every relationship it has; "
-                                   "prints what was deleted as JSON.")
+                       description="Delete the user node and every relationship it has and "
+                                   "leave a tombstone (a keyed hash of the id) that keeps the "
+                                   "user out of serving, export and ingest; prints what was "
+                                   "deleted as JSON. Running servers drop the user within "
+                                   "their poll interval, at once with --server.")
     f.add_argument("user", metavar="USER", help="the user id (as ingested, or the raw id "
                                                 "with --pseudonymize)")
     f.add_argument("--pseudonymize", action="store_true",
                    help="USER is a raw id: look up its pseudonym with the key")
-    f.add_argument("--key-file", type=Path, default=None)
+    f.add_argument("--key-file", type=Path, default=None,
+                   help="the key of pseudonyms and tombstones (default $GNNREC_KEY_FILE or "
+                        "<home>/pseudonym.key, made on first use)")
+    f.add_argument("--server", default=None, metavar="URL",
+                   help="also tell this running gnnrec server (DELETE /users/USER): every "
+                        "replica drops the user before the command returns")
+    f.add_argument("--token", default=None,
+                   help="the server's API token (default $GNNREC_API_TOKEN)")
     f.set_defaults(handler=run_forget)
 
     s = sub.add_parser("stats", help="node counts by label, relationship counts by type")
@@ -135,6 +149,7 @@ def run_ingest(args: argparse.Namespace) -> int:
     options = IngestOptions(
         batch_size=args.batch_size, strict=args.strict, pseudonymize=args.pseudonymize,
         key_file=args.key_file, reject_file=args.reject_file,
+        allow_forgotten=args.allow_forgotten,
         columns=ColumnNames(user=args.user_col, item=args.item_col, friend=args.friend_col,
                             weight=args.weight_col, time=args.time_col, tag=args.tag_col),
         progress=not args.no_progress, label=args.dataset,
@@ -160,19 +175,47 @@ def run_ingest(args: argparse.Namespace) -> int:
 
 def run_forget(args: argparse.Namespace) -> int:
     from gnnrec.graph.load import forget_user
+    from gnnrec.privacy import load_key, pseudonym
 
     user = args.user
+    key = load_key(args.key_file, create=not args.pseudonymize)
     if args.pseudonymize:
-        from gnnrec.ingest.privacy import load_key, pseudonym
-
-        user = pseudonym(user, load_key(args.key_file, create=False))
+        user = pseudonym(user, key)
     with _client() as client:
-        deleted = forget_user(client, user)
-    if deleted is None:
+        deleted = forget_user(client, user, key)
+    told = _tell_server(args, user) if args.server else None
+    if deleted is None and not (told and told.get("memory")):
         shown = f"{args.user!r} (pseudonym {user})" if args.pseudonymize else repr(user)
         raise UnknownUserError(f"no user {shown} in the database; nothing deleted")
-    print(json.dumps({"user": user, "deleted": {"nodes": 1, "relationships": deleted}}))
+    out: dict[str, Any] = {"user": user, "deleted": None if deleted is None else {
+        "nodes": 1, "relationships": deleted}}
+    if told is not None:
+        out["server"] = told
+    if deleted is not None:
+        print(f"forgot {user!r} in Neo4j and left a tombstone: servers drop the user "
+              + ("now" if told is not None else "within their poll interval (--server: at "
+                                                  "once)")
+              + "; export and ingest leave the user out", file=sys.stderr)
+    print(json.dumps(out))
     return 0
+
+
+def _tell_server(args: argparse.Namespace, user: str) -> dict[str, Any]:
+    """``DELETE /users/USER`` on the running server (404: it did not hold the user)."""
+    import os
+
+    from gnnrec.serve.client import ServeClient, ServerError
+
+    client = ServeClient(args.server, token=args.token or os.environ.get("GNNREC_API_TOKEN"))
+    try:
+        body = client.forget(user)
+    except ServerError as exc:
+        if exc.status == 404:
+            return {"url": client.url, "memory": False}
+        raise ServerError(f"Neo4j forgot {user!r}, but telling the server failed: {exc} "
+                          "(the server drops the user within its poll interval anyway)",
+                          exc.status, exc.body) from exc
+    return {"url": client.url, "memory": bool(body.get("memory"))}
 
 
 def run_stats(args: argparse.Namespace) -> int:
@@ -184,7 +227,7 @@ def run_stats(args: argparse.Namespace) -> int:
         print(json.dumps(stats))
         return 0
     width = max(len(k) for part in stats.values() for k in part) + 2
-    for title, part in (("nodes", stats["nodes"]), ("relationships", stats["relationships"])):
+    for title, part in stats.items():
         print(title)
         for key, n in part.items():
             print(f"  {key:<{width}}{n:>12,}")

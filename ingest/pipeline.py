@@ -20,6 +20,7 @@ and relationships that already existed are matched, not duplicated).
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -39,6 +40,7 @@ from gnnrec.ingest.errors import IngestError
 from gnnrec.ingest.privacy import load_key, pseudonymize_ids
 from gnnrec.ingest.readers import SOURCE_KINDS, Source
 from gnnrec.ingest.validate import (
+    FORGOTTEN_USER,
     UNKNOWN_USER,
     Checked,
     ColumnNames,
@@ -62,6 +64,7 @@ class IngestOptions:
     strict: bool = False
     pseudonymize: bool = False
     key_file: Path | None = None
+    allow_forgotten: bool = False
     reject_file: Path | None = None
     columns: ColumnNames = field(default_factory=ColumnNames)
     progress: bool = False
@@ -136,6 +139,8 @@ def prepare(
         if client is None:
             raise IngestError("strict mode needs the database to look up known users")
         apply_strict(client, checked)
+    if client is not None:
+        apply_forgotten(client, checked, options)
     return checked
 
 
@@ -171,6 +176,36 @@ def apply_strict(client: GraphClient, checked: list[Checked]) -> None:
     if "social" in by_kind:
         c = by_kind["social"]
         c.reject(~(c.clean["user"].isin(known) & c.clean["friend"].isin(known)), UNKNOWN_USER)
+
+
+_USER_COLUMNS = {"interactions": ("user",), "social": ("user", "friend"), "users": ("id",),
+                 "taggings": ("user",)}
+
+
+def apply_forgotten(client: GraphClient, checked: list[Checked],
+                    options: IngestOptions) -> dict[str, str]:
+    """Reject the rows naming a user Neo4j holds a forget tombstone for (a re-ingest of an
+    old file never brings a forgotten user back); with ``allow_forgotten`` load them and
+    delete their tombstones instead. Returns ``{user: tombstone key}`` of those users."""
+    from gnnrec.graph.forgotten import delete_tombstones, forgotten_ids
+
+    named: set[str] = set()
+    for c in checked:
+        for col in _USER_COLUMNS.get(c.source.kind, ()):
+            named.update(str(u) for u in c.clean[col].unique())
+    gone = forgotten_ids(client, sorted(named), options.key_file) if named else {}
+    if not gone:
+        return {}
+    if options.allow_forgotten:
+        delete_tombstones(client, sorted(gone.values()))
+        print(f"note: {len(gone)} forgotten user(s) loaded again (--allow-forgotten); their "
+              "tombstones were removed", file=sys.stderr)
+        return gone
+    for c in checked:
+        cols = _USER_COLUMNS.get(c.source.kind, ())
+        if cols:
+            c.reject(c.clean[list(cols)].astype(str).isin(list(gone)).any(axis=1), FORGOTTEN_USER)
+    return gone
 
 
 def reject_path(options: IngestOptions, sources: Sequence[Source]) -> Path:

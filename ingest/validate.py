@@ -38,6 +38,8 @@ _LEADING_ZERO = r"^\s*[+-]?0\d"
 MAX_ID_LENGTH = 2_000  # characters of an id or tag name (Neo4j's index key limit: ~8 KB)
 
 UNKNOWN_USER = "unknown user (not in the users file nor in the database)"
+FORGOTTEN_USER = ("forgotten user (gnnrec forget left a tombstone): add --allow-forgotten to "
+                  "load them again")
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
     403: {"model": ErrorBody, "description": "writes disabled (no token configured)"},
+    410: {"model": ErrorBody, "description": "names a forgotten user: nothing was written"},
     413: {"description": "body larger than the configured limit"},
     422: {"description": "invalid body (not JSON, wrong types, ingest validation rules)"},
     503: {"model": ErrorBody, "description": "Neo4j unreachable: nothing was applied"},
@@ -201,6 +202,7 @@ class Recommender:
 def build(options: ServeOptions, resources: ResourceOptions | None = None) -> Any:
     """The Serve application for ``options`` on ``resources`` (not started)."""
     resources = resources or ResourceOptions()
+    options = options.with_forget_key()
     actor_options: dict[str, Any] = {"num_cpus": resources.num_cpus}
     if resources.user_code_in_main_loop:
         actor_options["runtime_env"] = {

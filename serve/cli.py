@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="largest request body (default 1 MiB; larger: 413)")
     sv.add_argument("--no-neo4j", action="store_true",
                     help="do not use Neo4j: explanations from memory, writes memory-only")
+    sv.add_argument("--forget-poll-s", type=float, default=2.0,
+                    help="how often each replica asks Neo4j for users forgotten with "
+                         "`gnnrec forget` (default 2 s)")
     sv.add_argument("--address", default=None,
                     help="existing Ray cluster to join (default: start a local Ray)")
     sv.add_argument("--ray-num-cpus", type=int, default=None,
@@ -71,7 +74,8 @@ def _serve(args: argparse.Namespace) -> int:
             run=os.path.abspath(args.run),
             token=SecretStr(args.token) if args.token else None,
             max_k=args.max_k, max_body_bytes=args.max_body_bytes,
-            neo4j=neo4j, ann=AnnOptions(threshold=args.ann_threshold, nprobe=args.ann_nprobe))
+            neo4j=neo4j, ann=AnnOptions(threshold=args.ann_threshold, nprobe=args.ann_nprobe),
+            forget_poll_s=args.forget_poll_s)
         resources = ResourceOptions(replicas=args.replicas, num_cpus=args.num_cpus,
                                     max_replicas_per_node=args.max_replicas_per_node,
                                     host=args.host, port=args.port,

@@ -23,6 +23,12 @@ class ConflictError(ServingError):
     status = 409
 
 
+class GoneError(ServingError):
+    """A write naming a user that was forgotten (a tombstone in Neo4j names them)."""
+
+    status = 410
+
+
 class InvalidInputError(ServingError):
     """Input that passed the JSON schema but not the ingest validation rules."""
 

@@ -66,6 +66,12 @@ class ServeOptions(BaseModel):
         neo4j: where feedback is written and explanations are read.
         ann: from how many items ``/recommend`` uses the approximate item index, and
             its settings (:class:`~gnnrec.serve.ann.AnnOptions`).
+        forget_poll_s: how often each replica asks Neo4j for users forgotten elsewhere
+            (``gnnrec forget`` without ``--server``) and drops them from memory.
+        forget_key: the key of the forget tombstones (hex; :mod:`gnnrec.privacy`);
+            ``None``: each replica reads its key file. :func:`gnnrec.serve.app.build` fills
+            it from the key file of the process that deploys, so every replica matches
+            tombstones with the key ``gnnrec forget`` used.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -79,6 +85,25 @@ class ServeOptions(BaseModel):
     explain_limit: int = Field(10, ge=1, le=1000)
     neo4j: Neo4jOptions = Field(default_factory=Neo4jOptions)
     ann: AnnOptions = Field(default_factory=AnnOptions)
+    forget_poll_s: float = Field(2.0, gt=0.0, le=3600.0)
+    forget_key: SecretStr | None = None
+
+    def with_forget_key(self) -> ServeOptions:
+        """These options with ``forget_key`` read from the key file when unset (and Neo4j
+        is used): what travels to replicas on other hosts."""
+        if self.forget_key is not None or not self.neo4j.enabled:
+            return self
+        from gnnrec.privacy import load_key
+
+        return self.model_copy(update={"forget_key": SecretStr(load_key().hex())})
+
+    def key(self) -> bytes:
+        """The forget-tombstone key: ``forget_key``, else the key file (made on first use)."""
+        if self.forget_key is not None:
+            return bytes.fromhex(self.forget_key.get_secret_value())
+        from gnnrec.privacy import load_key
+
+        return load_key()
 
     @classmethod
     def with_env_token(cls, **fields: Any) -> ServeOptions:

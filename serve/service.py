@@ -26,6 +26,7 @@ import pandas as pd
 
 from gnnrec.serve.errors import (
     AuthError,
+    GoneError,
     InvalidInputError,
     Neo4jUnavailableError,
     NotFoundError,
@@ -142,15 +143,20 @@ class RecommenderService:
         self._graph: Any | None = None
         self._graph_error: str | None = None
         self._neo4j_uri: str | None = None
+        self._key: bytes | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._poll_failing = False
         if options.neo4j.enabled:
             try:
                 from gnnrec.graph.client import GraphClient
 
                 settings = options.neo4j.settings()
                 self._neo4j_uri = settings.uri
+                self._key = options.key()
                 self._graph = GraphClient(settings)
             except Exception as exc:  # noqa: BLE001 - no settings: serve reads, refuse writes
                 self._graph_error = f"cannot configure Neo4j: {exc}"
+        self._prepare(self._state)
 
     @property
     def state(self) -> ServingState:
@@ -159,10 +165,12 @@ class RecommenderService:
     def close(self) -> None:
         """Stop following the log and close the Neo4j driver (best effort, idempotent)."""
         follower, self._follower = self._follower, None
+        poller, self._poller = self._poller, None
         graph, self._graph = self._graph, None
         try:
-            if follower is not None:
-                follower.get_loop().call_soon_threadsafe(follower.cancel)
+            for task in (follower, poller):
+                if task is not None:
+                    task.get_loop().call_soon_threadsafe(task.cancel)
             if graph is not None:
                 graph.close()
         except Exception:  # noqa: BLE001 - the loop may be closed already at shutdown
@@ -253,10 +261,12 @@ class RecommenderService:
         records = validate_interactions(rows, int(time.time()))
         event = InteractionsEvent([(r["user"], r["item"]) for r in records])
 
+        guard = self._tombstone_keys(r["user"] for r in records)
+
         def persist(client: Any) -> int:
             from gnnrec.graph.serving import write_interactions
 
-            return write_interactions(client, records)
+            return write_interactions(client, records, guard)
 
         fold = await self._write(event, persist)
         return InteractionsResult(
@@ -272,10 +282,12 @@ class RecommenderService:
             raise InvalidInputError("empty user id")
         event = NewUserEvent(user, items, friends)
 
+        guard = self._tombstone_keys([user, *friends])
+
         def persist(client: Any) -> None:
             from gnnrec.graph.serving import create_user
 
-            create_user(client, user, items, friends, ts=int(time.time()))
+            create_user(client, user, items, friends, ts=int(time.time()), forgotten=guard)
 
         cold = await self._write(event, persist,
                                  check=lambda s: s.check_new_user(user, items, friends))
@@ -288,7 +300,7 @@ class RecommenderService:
         def persist(client: Any) -> None:
             from gnnrec.graph.serving import forget_user
 
-            deleted["neo4j"] = forget_user(client, user)
+            deleted["neo4j"] = forget_user(client, user, self._key)
 
         in_memory = await self._write(ForgetEvent(user), persist)
         if not in_memory and deleted["neo4j"] is None:
@@ -323,8 +335,12 @@ class RecommenderService:
             if persist is not None and self.options.neo4j.enabled:
                 if self._graph is None:
                     raise Neo4jUnavailableError(f"{self._graph_error}: nothing was written")
+                from gnnrec.graph.forgotten import ForgottenUserError
+
                 try:
                     await asyncio.to_thread(persist, self._graph)
+                except ForgottenUserError as exc:
+                    raise GoneError(str(exc)) from exc
                 except Exception as exc:  # noqa: BLE001 - any failure: nothing is applied
                     raise Neo4jUnavailableError(
                         f"Neo4j at {self._neo4j_uri} did not take the write "
@@ -343,8 +359,13 @@ class RecommenderService:
     async def _load(self, event: ReloadEvent) -> ServingState:
         from gnnrec.errors import GnnrecError
 
+        def load() -> ServingState:
+            state = self._loader(event.run, self.options)
+            self._prepare(state)
+            return state
+
         try:
-            return await asyncio.to_thread(self._loader, event.run, self.options)
+            return await asyncio.to_thread(load)
         except ServingError:
             raise
         except (GnnrecError, OSError, ValueError) as exc:
@@ -355,11 +376,125 @@ class RecommenderService:
             prebuilt, self._prebuilt = self._prebuilt, None
             if prebuilt is not None and prebuilt[0] == event:
                 state = prebuilt[1]
+                try:  # forgets committed since it was built (they may be behind us in the log)
+                    await self._poll_forgotten(state, published=False)
+                except Exception:  # noqa: BLE001 - Neo4j down: the poller applies them later
+                    log.warning("replica %s: tombstone poll before the swap failed",
+                                self.replica, exc_info=True)
             else:
                 state = await self._load(event)
             self._state = state  # the swap: requests in flight keep the old reference
             return state
-        return apply_event(self._state, event)
+        result = apply_event(self._state, event)
+        created = ([event.user] if isinstance(event, NewUserEvent)
+                   else result.users_created if isinstance(event, InteractionsEvent) else [])
+        if created and self._state.neo4j_sync.tombstones:
+            # a log event written before a `gnnrec forget` that this replica already applied
+            # (a replica replaying the log from the beginning): the tombstone wins
+            self._drop_forgotten(self._state, created, self._state.neo4j_sync.tombstones)
+        return result
+
+    # -- forgetting: tombstones in Neo4j (gnnrec.graph.forgotten) ---------------------------
+    def _tombstone_keys(self, users: Any) -> dict[str, str] | None:
+        """``{tombstone key: user}`` a write checks in its transaction (``None``: no key)."""
+        if self._key is None:
+            return None
+        from gnnrec.privacy import pseudonyms
+
+        return pseudonyms(dict.fromkeys(users), self._key)
+
+    def _prepare(self, state: ServingState) -> None:
+        """Bring a state that is not served yet in line with Neo4j: drop the users a
+        tombstone names (blocking: the constructor, or a worker thread for a reload). When
+        Neo4j does not answer, the state is served as it is and the poller does it later."""
+        if self._graph is None or self._key is None:
+            return
+        try:
+            users, found = self._read_forgotten(state.user_ids(), state)
+        except Exception as exc:  # noqa: BLE001 - Neo4j down: serve, retry from the poller
+            log.warning("replica %s: could not read forget tombstones from Neo4j at load "
+                        "(%s: %s); retrying every %.0f s", self.replica, type(exc).__name__,
+                        exc, self.options.forget_poll_s)
+            return
+        self._apply_forgotten(state, users, found)
+        state.neo4j_sync.loaded = True
+
+    def _read_forgotten(self, user_ids: list[str], state: ServingState
+                        ) -> tuple[list[str], list[Any]]:
+        """(users of ``user_ids`` that new tombstones name, the new tombstones); blocking."""
+        from gnnrec.graph.forgotten import match, tombstones
+        from gnnrec.privacy import key_id
+
+        assert self._graph is not None and self._key is not None
+        sync = state.neo4j_sync
+        found = [t for t in tombstones(self._graph, sync.tombstones_since, fail_fast=True)
+                 if t.key not in sync.tombstones]
+        mine = key_id(self._key)
+        other = [t for t in found if t.key_id != mine]
+        if other:
+            log.error("replica %s: %d forget tombstone(s) were made with another key (key id "
+                      "%s; this replica's: %s) and cannot be matched: deploy with the key file "
+                      "that `gnnrec forget` uses", self.replica, len(other),
+                      sorted({str(t.key_id) for t in other})[:3], mine)
+        return list(match(user_ids, [t for t in found if t.key_id == mine], self._key)), found
+
+    def _apply_forgotten(self, state: ServingState, users: list[str], found: list[Any]) -> None:
+        sync = state.neo4j_sync
+        for user in users:
+            state.forget_user(user)
+        sync.tombstones.update(t.key for t in found)
+        if found:
+            from gnnrec.graph.forgotten import POLL_OVERLAP_MS
+
+            newest = max(t.at for t in found) - POLL_OVERLAP_MS
+            sync.tombstones_since = max(newest, sync.tombstones_since or newest)
+        if users:
+            log.info("replica %s: dropped %d forgotten user(s)", self.replica, len(users))
+
+    def _drop_forgotten(self, state: ServingState, users: list[str], keys: set[str]) -> None:
+        assert self._key is not None
+        from gnnrec.privacy import pseudonyms
+
+        for k, user in pseudonyms(users, self._key).items():
+            if k in keys:
+                state.forget_user(user)
+
+    async def _poll_forgotten(self, state: ServingState | None = None, *,
+                              published: bool = True) -> None:
+        """Apply the tombstones Neo4j got since the last poll to ``state`` (default: the
+        served one); a state whose load-time pass failed gets it now."""
+        if self._graph is None or self._key is None:
+            return
+        state = state or self._state
+        users, found = await asyncio.to_thread(self._read_forgotten, state.user_ids(), state)
+        if published:
+            async with self._get_lock():
+                if state is self._state:
+                    self._apply_forgotten(state, users, found)
+                    state.neo4j_sync.loaded = True
+        else:
+            self._apply_forgotten(state, users, found)
+            state.neo4j_sync.loaded = True
+
+    async def poll_forgotten(self) -> None:
+        """One poll of Neo4j's tombstones (what the background poller does)."""
+        await self._poll_forgotten()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.forget_poll_s)
+            try:
+                await self._poll_forgotten()
+                if self._poll_failing:
+                    log.info("replica %s: Neo4j answers tombstone polls again", self.replica)
+                self._poll_failing = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Neo4j down: keep serving, try again
+                if not self._poll_failing:
+                    log.warning("replica %s: tombstone poll failed (%s: %s); retrying",
+                                self.replica, type(exc).__name__, exc)
+                self._poll_failing = True
 
     # -- following the feedback log (several replicas) ------------------------------------
     def _get_lock(self) -> asyncio.Lock:
@@ -368,9 +503,13 @@ class RecommenderService:
         return self._lock
 
     def start_following(self) -> None:
-        """Start the background task applying other replicas' writes (needs a running loop)."""
+        """Start the background tasks (needs a running loop): applying other replicas'
+        writes from the log, and polling Neo4j for forgotten users."""
+        loop = asyncio.get_running_loop()
         if self._log is not None and self._follower is None:
-            self._follower = asyncio.get_running_loop().create_task(self._follow())
+            self._follower = loop.create_task(self._follow())
+        if self._graph is not None and self._key is not None and self._poller is None:
+            self._poller = loop.create_task(self._poll())
 
     async def _catch_up(self, timeout_s: float) -> dict[int, Any]:
         """Apply the log's events after the last applied one (caller holds the lock)."""

@@ -40,7 +40,7 @@ from gnnrec.serve.ann import AnnOptions, ItemIndex
 from gnnrec.serve.arrays import Growing, median_norm, mmr, top_k, unit_rows
 from gnnrec.serve.errors import ConflictError, InvalidInputError, NotFoundError
 
-__all__ = ["ExplainCounts", "FoldIn", "Ranking", "Scored", "ServingState", "mmr"]
+__all__ = ["ExplainCounts", "FoldIn", "NeoSync", "Ranking", "Scored", "ServingState", "mmr"]
 
 _MIN_POOL = 50
 
@@ -73,6 +73,20 @@ class ExplainCounts:
     friends: list[tuple[str, int]]
     co_users: list[tuple[str, int, int]]
     tags: list[tuple[str, int]]
+
+
+@dataclass
+class NeoSync:
+    """How far a state has been brought in line with Neo4j (the service's bookkeeping).
+
+    ``loaded``: the load-time pass ran (tombstoned users dropped, feedback replayed);
+    ``tombstones``: the tombstone keys already applied; ``tombstones_since``: where the
+    next poll for new tombstones starts (Neo4j clock, ms; ``None``: from the beginning).
+    """
+
+    loaded: bool = False
+    tombstones: set[str] = field(default_factory=set)
+    tombstones_since: int | None = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +179,7 @@ class ServingState:
         self._user_norm = median_norm(user_emb)
         self._item_norm = median_norm(item_emb)
         self._online_items: set[int] = set()
+        self.neo4j_sync = NeoSync()
         ann = ann or AnnOptions()
         self._index = ItemIndex.build(item_emb, ann) if ann.applies_to(n_items) else None
 

@@ -208,12 +208,15 @@ def test_typed_attributes_keeps_mixed_text() -> None:
 
 # -- pipeline preparation (no writes) -------------------------------------------------------
 class _StubClient:
-    """Answers the strict-mode lookup; fails the test on any write."""
+    """Answers the strict-mode lookup (and holds no forget tombstone); fails the test on
+    any write."""
 
     def __init__(self, existing: set[str]) -> None:
         self.existing = existing
 
     def read(self, cypher: str, params: dict) -> list[dict]:
+        if "ids" not in params:  # the tombstone lookup
+            return []
         return [{"id": i} for i in params["ids"] if i in self.existing]
 
     def write_batches(self, *args: object, **kwargs: object) -> int:

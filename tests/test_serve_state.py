@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -234,14 +235,18 @@ def test_neo4j_down_writes_503_and_nothing_folded_in() -> None:
     assert health.neo4j.configured and not health.neo4j.reachable
 
 
-def make_run(path: Path, num_users: int = 30, num_items: int = 40, seed: int = 0) -> Path:
-    """A real run directory (untrained LightGCN on a synthetic graph), as gnn/run.py writes."""
+def make_run(path: Path, num_users: int = 30, num_items: int = 40, seed: int = 0,
+             graph: Any = None) -> Path:
+    """A real run directory (untrained LightGCN on a synthetic graph, or on the split
+    ``graph`` given), as gnn/run.py writes."""
     from gnnrec.gnn.generators import synthetic_graph
     from gnnrec.gnn.graph_file import save_graph
     from gnnrec.gnn.run import Run, build_model, final_embeddings
     from gnnrec.gnn.split import apply_split
 
-    graph = apply_split(synthetic_graph(num_users, num_items, num_tags=6, seed=seed), seed=seed)
+    if graph is None:
+        graph = apply_split(synthetic_graph(num_users, num_items, num_tags=6, seed=seed),
+                            seed=seed)
     graph_path = save_graph(graph, path.parent / f"{path.name}.graph.pt")
     model = build_model("lightgcn", graph, {"embedding_dim": 8, "num_layers": 2})
     run = Run.create(path, model_name="lightgcn", model=model, graph=graph,
