@@ -9,8 +9,8 @@ STAMP  := $(VENV)/.gnnrec-installed
 GNNREC := $(BIN)/gnnrec
 DEMO_RUN := runs/demo-lightgcn
 DEMO_GRAPH := .gnnrec/lastfm.pt
-# Short enough for a couple of minutes on 2 cores; see README for the tuned settings.
-DEMO_TRAIN_ARGS ?= --epochs 20 --lr 0.005 --patience 5 --no-progress
+# LightGCN's defaults (README, "Defaults"): about 60 epochs on LastFM before early stopping.
+DEMO_TRAIN_ARGS ?= --no-progress
 # setuptools prints an informational "Editable installation" notice for every editable
 # install of a mapped package layout (pyproject's package-dir); nothing to fix, so off.
 EDITABLE_NOTICE_OFF := PYTHONWARNINGS="ignore:Editable installation:UserWarning"
