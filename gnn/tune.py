@@ -22,7 +22,7 @@ One call tunes one model family on a split graph file:
   in progress starts again);
 * at the end the best configuration (best valid ``metric`` at any evaluation) becomes
   ``OUT``, a normal run directory: the best trial's own run when it finished (a gradient
-  model's trial trains into a run directory in its folder), else the configuration trained
+  model's trial trains into ``<experiment>/trial_runs/<trial id>``), else the configuration trained
   again (deterministic: it reproduces the trial; solver models are cheap to solve again),
   next to ``trials.csv`` / ``trials.json`` (one row per trial) and ``curves.png`` (valid
   ``metric`` per epoch of every trial).
@@ -54,7 +54,10 @@ from gnnrec.gnn.run import Run, build_model, model_class, write_json
 from gnnrec.gnn.train import TrainConfig, seed_everything, train
 
 TRIALS_CSV, TRIALS_JSON, CURVES_PNG = "trials.csv", "trials.json", "curves.png"
-TRIAL_RUN = "run"  # a gradient model's trial trains into this run directory in its folder
+# A gradient model's trial trains into EXPERIMENT/TRIAL_RUNS/<trial id>: straight in the
+# storage path, not in Ray's trial folder, whose copy to the storage path Ray may skip when
+# a file changes under it (then the best trial's run was not there and had to be retrained).
+TRIAL_RUNS = "trial_runs"
 _TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
 _SOFTMAX_16 = {"loss": "softmax", "num_negatives": 16}
 _BPR_1 = {"loss": "bpr", "num_negatives": 1}
@@ -278,9 +281,9 @@ def trial_settings(family: str, sampled: Mapping[str, Any],
 
 
 def _trial(config: dict[str, Any], *, family: str, settings: TuneSettings, graph: HeteroData,
-           threads: int, keep_run: bool) -> None:
+           threads: int, runs: str | None) -> None:
     """One trial (runs in a Ray worker): train and report every valid evaluation; with
-    ``keep_run`` into a run directory ``run`` in the trial's folder."""
+    ``runs`` (a folder) into the run directory ``runs/<trial id>``."""
     import torch
     from threadpoolctl import threadpool_limits
 
@@ -302,8 +305,8 @@ def _trial(config: dict[str, Any], *, family: str, settings: TuneSettings, graph
                      "seconds": time.perf_counter() - state["t0"]})
 
     run = None
-    if keep_run:
-        run = Run.create(Path(tune.get_context().get_trial_dir()) / TRIAL_RUN,
+    if runs is not None:
+        run = Run.create(Path(runs) / tune.get_context().get_trial_id(),
                          model_name=family, model=model, graph=graph, graph_path=None,
                          train_config=train_config.to_dict(), overwrite=True)
     with threadpool_limits(threads):
@@ -354,7 +357,8 @@ def tune_model(family: str, graph_path: str | os.PathLike[str], out: str | os.Pa
     keep_run = bool(getattr(model_class(family), "trainable", True))
     trainable = tune.with_resources(
         tune.with_parameters(_trial, family=family, settings=settings, graph=graph,
-                             threads=cpus, keep_run=keep_run),
+                             threads=cpus,
+                             runs=str(experiment / TRIAL_RUNS) if keep_run else None),
         {"cpu": cpus, "gpu": resources.gpus_per_trial})
     started = time.perf_counter()
     if resume:
@@ -363,7 +367,10 @@ def tune_model(family: str, graph_path: str | os.PathLike[str], out: str | os.Pa
     else:
         points = starting_points(family, param_space)
         scheduler = tune.schedulers.ASHAScheduler(
-            time_attr="training_iteration", max_t=settings.max_evaluations,
+            # max_t one past the last evaluation: the trial's own epoch budget ends it, so its
+            # run directory is finished (ASHA stopping at max_t would interrupt the last
+            # report); the rungs below max_evaluations are the same
+            time_attr="training_iteration", max_t=settings.max_evaluations + 1,
             grace_period=min(settings.grace, settings.max_evaluations),
             reduction_factor=settings.reduction_factor)
         search = tune.search.BasicVariantGenerator(
@@ -392,7 +399,8 @@ def tune_model(family: str, graph_path: str | os.PathLike[str], out: str | os.Pa
     write_table(table, out)
     plot_curves(results, settings, out / CURVES_PNG, best["trial_id"])
     model_args, train_config = trial_settings(family, best["config"], settings)
-    refit = (keep_run and take_trial_run(Path(best["path"]) / TRIAL_RUN, out, graph_path)) or \
+    refit = (keep_run and take_trial_run(experiment / TRIAL_RUNS / str(best["trial_id"]), out,
+                                           graph_path)) or \
         refit_run(family, graph, graph_path, model_args, train_config, out, progress)
     summary = {
         "family": family, "graph": str(Path(graph_path).resolve()), "trials": len(table),

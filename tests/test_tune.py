@@ -159,3 +159,7 @@ def test_tune_a_graph_model_with_asha(ray_session: None, tmp_path: Path) -> None
     assert summary["best_config"]["model"]["num_layers"] == 1
     assert summary["refit_valid"]["recall@20"] == pytest.approx(
         summary["best_valid_in_tuning"], abs=1e-9)
+    best = next(r for r in table if r["trial_id"] == summary["best_trial"])
+    if best["stopped"] != "asha":  # a finished trial's own run is the result, not a retraining
+        assert Run.open(tmp_path / "lg").meta()["copied_from_trial"].endswith(
+            f"trial_runs/{summary['best_trial']}")
