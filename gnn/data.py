@@ -21,6 +21,8 @@ Layout (every node and edge type is always present; any edge type may be empty):
                                             tag index per tagging event), when the tags are
                                             user-generated and has_tag counts these events
     data.split_info                         dict (see ``gnnrec.gnn.split``), when split
+    data.exported_at                        optional int: Neo4j's clock (epoch µs) when
+                                            ``gnnrec export`` started (see graph/export.py)
 
 On disk (:func:`gnnrec.gnn.graph_file.save_graph`): ``torch.save({"format":
 "gnnrec.graph/1", "data": data.to_dict(), ...})``: plain dicts, tuples, lists, strings and

@@ -17,7 +17,8 @@ keeps working. Files (each written atomically: a temporary file, fsync, ``os.rep
     meta.json      format, gnnrec version, created / updated times, status, model
                    (registry name, class, constructor arguments and the graph sizes it was
                    built for: with model.pt, all it takes to rebuild it), train config, graph
-                   (the file it was trained from, fingerprint, sizes, split info), history
+                   (the file it was trained from, fingerprint, sizes, split info, the time
+                   of its export from Neo4j), history
                    per evaluated epoch, best epoch, best valid metrics, metrics
 
 Nothing here is pickled: a run loads with any later gnnrec whose model of the same
@@ -188,6 +189,9 @@ class Run:
                 "num_nodes": {nt: int(graph[nt].num_nodes) for nt in NODE_TYPES},
                 "num_interactions": int(ui.edge_index.size(1)),
                 "split_info": getattr(graph, "split_info", None),
+                # Neo4j's clock when the graph was exported: serving replays the feedback
+                # received after it (None: not exported from Neo4j, nothing is replayed)
+                "exported_at": getattr(graph, "exported_at", None),
             },
             "history": [], "best_epoch": None, "best_valid": None, "metrics": {},
         }

@@ -14,6 +14,8 @@ Result (see ``gnn/data.py`` for the file format)::
     ('item','rev_interacts','user'), ('user','friend','user') (both directions),
     ('item','has_tag','tag') with weight, ('tag','rev_has_tag','item')
     data.tag_events  Long[3, N] (user, item, tag) per TAGGED relationship, when there are any
+    data.exported_at int: Neo4j's clock (epoch µs) when the export started; serving replays
+                     the online feedback received after it (gnnrec.serve.service)
 
 The graph may hold any property pattern (it need not come from ``gnnrec ingest``): node
 properties become features where they can (``gnnrec.graph.features``), relationship
@@ -39,11 +41,13 @@ from gnnrec.errors import GnnrecError
 from gnnrec.graph.client import GraphClient
 from gnnrec.graph.features import attributes_to_features, node_features
 from gnnrec.graph.forgotten import forgotten_ids
+from gnnrec.graph.serving import neo4j_clock_us
 
 __all__ = ["attributes_to_features", "export_hetero", "naive_export"]
 
-# Node properties that are not attributes: the id itself and what write-back stores.
-_SKIP_PROPERTIES = ("id", "name")
+# Node properties that are not attributes: the id itself, when online feedback created the
+# user (gnnrec.graph.serving) and what write-back stores.
+_SKIP_PROPERTIES = ("id", "name", "received")
 _WRITEBACK_PREFIX = "gnnrec_"
 
 # Nodes without their key (User.id, Item.id, Tag.name) cannot be named in an id map:
@@ -313,6 +317,7 @@ def export_hetero(client: GraphClient, page_size: int = 50_000,
     (theirs, and taggings naming no tag).
     """
     start = time.perf_counter()
+    exported_at = neo4j_clock_us(client)  # feedback received from now on is not in it
     report = _Report()
     keys = {"user": "id", "item": "id", "tag": "name"}
     nodes = {name: _read_nodes(client, name.capitalize(), key, report)
@@ -325,6 +330,7 @@ def export_hetero(client: GraphClient, page_size: int = 50_000,
             "ingest interactions first (gnnrec ingest ...)"
         )
     data = HeteroData()
+    data.exported_at = exported_at
     for name, node in nodes.items():
         data[name].num_nodes = len(node.ext)
         data[name].ext_id = node.ext
@@ -382,6 +388,7 @@ def export_hetero(client: GraphClient, page_size: int = 50_000,
         "interactions": counts["INTERACTED"], "friendships": counts["FRIEND"],
         "item_tags": counts["HAS_TAG"], "taggings": counts["TAGGED"], "seconds": round(seconds, 3),
         "rels_per_second": round(relationships / max(seconds, 1e-9)),
+        "exported_at": exported_at,
         **report.to_dict(),
     }
     return data, summary

@@ -54,8 +54,6 @@ MATCH (f:Forgotten {key: k})
 RETURN f.key AS key
 """
 
-NEO4J_NOW = "RETURN datetime.realtime().epochMillis AS now"
-
 
 class ForgetKeyError(GnnrecError):
     """Tombstones made with another key than this process's (they cannot be matched)."""
@@ -149,9 +147,3 @@ def delete_tombstones(client: GraphClient, keys: Sequence[str]) -> None:
     """Remove the tombstones of ``keys`` (``gnnrec ingest --allow-forgotten``)."""
     if keys:
         client.write(DELETE_TOMBSTONES, {"keys": list(keys)})
-
-
-def neo4j_now(client: GraphClient) -> int:
-    """Neo4j's clock, epoch milliseconds (what tombstones and feedback are stamped with)."""
-    rows: list[dict[str, Any]] = client.read(NEO4J_NOW)
-    return int(rows[0]["now"])

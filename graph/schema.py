@@ -1,6 +1,8 @@
 """Graph schema: labels, relationship types and the uniqueness constraints.
 
     (:User {id})-[:INTERACTED {weight, ts}]->(:Item {id, ...attributes})
+                                    online feedback also has ``received`` (Neo4j ms), on
+                                    INTERACTED, FRIEND and the users POST /users made
     (:User)-[:FRIEND]->(:User)      one relationship per unordered pair, queried undirected
     (:Item)-[:HAS_TAG {weight}]->(:Tag {name})
     (:User)-[:TAGGED {tag}]->(:Item)   one per tagging event (user-generated tags); the
@@ -19,6 +21,9 @@ CONSTRAINTS = (
     "CREATE CONSTRAINT tag_name IF NOT EXISTS FOR (t:Tag) REQUIRE t.name IS UNIQUE",
     "CREATE CONSTRAINT forgotten_key IF NOT EXISTS FOR (f:Forgotten) REQUIRE f.key IS UNIQUE",
     "CREATE INDEX forgotten_at IF NOT EXISTS FOR (f:Forgotten) ON (f.at)",
+    # online feedback, replayed by serving after a reload (gnnrec.graph.serving)
+    "CREATE INDEX interacted_received IF NOT EXISTS FOR ()-[r:INTERACTED]-() ON (r.received)",
+    "CREATE INDEX user_received IF NOT EXISTS FOR (u:User) ON (u.received)",
 )
 
 

@@ -60,6 +60,15 @@ LIMIT $limit
 """
 
 
+# Online feedback carries ``received``: Neo4j's clock (epoch microseconds) when the write's
+# transaction started, the same for everything one request wrote. A serving state loaded
+# from a run replays what was received after the run's export (:func:`feedback_since`).
+# Ingest writes carry none: they reach serving through the next export and training.
+RECEIVED = ("(datetime.transaction().epochSeconds * 1000000 "
+            "+ datetime.transaction().microsecond)")
+NOW = ("RETURN datetime.realtime().epochSeconds * 1000000 "
+       "+ datetime.realtime().microsecond AS now")
+
 # The batched form of load.RECORD_INTERACTION (same semantics as an ingest of the rows:
 # nodes MERGEd on their constrained key, weight and ts replaced). One statement, one
 # round trip: about half the latency of the three separate ingest statements in one
@@ -69,8 +78,61 @@ UNWIND $rows AS row
 MERGE (u:User {id: row.user})
 MERGE (i:Item {id: row.item})
 MERGE (u)-[r:INTERACTED]->(i)
-SET r.weight = row.weight, r.ts = row.ts
+SET r.weight = row.weight, r.ts = row.ts, r.received = """ + RECEIVED + """
 """
+
+STAMP_NEW_USER = """
+MATCH (u:User {id: $user})
+SET u.received = """ + RECEIVED + """
+WITH u
+OPTIONAL MATCH (u)-[r:INTERACTED]->(i:Item) WHERE i.id IN $items
+SET r.received = """ + RECEIVED + """
+WITH DISTINCT u
+OPTIONAL MATCH (u)-[f:FRIEND]-(v:User) WHERE v.id IN $friends
+SET f.received = """ + RECEIVED + """
+"""
+
+FEEDBACK_INTERACTIONS = """
+MATCH (u:User)-[r:INTERACTED]->(i:Item) WHERE r.received >= $since
+RETURN r.received AS at, u.id AS user, i.id AS item
+ORDER BY at, user, item
+"""
+
+FEEDBACK_USERS = """
+MATCH (u:User) WHERE u.received >= $since
+RETURN u.received AS at, u.id AS user,
+       [(u)-[f:FRIEND]-(v:User) WHERE f.received = u.received | v.id] AS friends
+ORDER BY at, user
+"""
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """What Neo4j received through the serving API since some time, oldest first.
+
+    ``interactions``: ``(received, user, item)``; ``new_users``: ``(received, user,
+    friends)`` for the users ``POST /users`` created (their items are among the
+    interactions with the same ``received``).
+    """
+
+    interactions: list[tuple[int, str, str]]
+    new_users: list[tuple[int, str, list[str]]]
+
+
+def neo4j_clock_us(client: GraphClient) -> int:
+    """Neo4j's clock now, epoch microseconds (the unit of ``received``)."""
+    return int(client.read(NOW)[0]["now"])
+
+
+def feedback_since(client: GraphClient, since: int) -> Feedback:
+    """The feedback received at or after ``since`` (Neo4j clock, epoch µs); one read
+    transaction without the driver's retry loop (a down server fails at once)."""
+    with client.session(default_access_mode="READ") as session:
+        with session.begin_transaction() as tx:
+            inter = tx.run(FEEDBACK_INTERACTIONS, {"since": since}).values()
+            users = tx.run(FEEDBACK_USERS, {"since": since}).values()
+    return Feedback([(int(at), str(u), str(i)) for at, u, i in inter],
+                    [(int(at), str(u), [str(f) for f in friends]) for at, u, friends in users])
 
 
 @dataclass(frozen=True)
@@ -106,16 +168,20 @@ def explain_paths(client: GraphClient, user: str, item: str, limit: int = 10) ->
     return ExplainRows(True, True, deg, friends, co_users, tags)
 
 
-def _in_one_transaction(client: GraphClient, statements: Sequence[tuple[str, list[Record]]],
-                        forgotten: Mapping[str, str] | None = None) -> None:
-    """Run ``UNWIND $rows`` statements in one explicit transaction (no retries); first
-    refuse the write when a tombstone names a user of ``forgotten`` (``{key: user}``)."""
+def _in_one_transaction(client: GraphClient,
+                        statements: Sequence[tuple[str, list[Record] | None]],
+                        forgotten: Mapping[str, str] | None = None,
+                        params: dict[str, Any] | None = None) -> None:
+    """Run ``UNWIND $rows`` statements (with ``params``) in one explicit transaction (no
+    retries), skipping those with no rows (``None``: a statement without ``$rows``, run
+    once); first refuse the write when a tombstone names a user of ``forgotten``
+    (``{key: user}``)."""
     with client.session() as session:
         with session.begin_transaction() as tx:
             refuse_forgotten(tx, forgotten or {})
             for cypher, rows in statements:
-                if rows:
-                    tx.run(cypher, {"rows": rows}).consume()
+                if rows is None or rows:
+                    tx.run(cypher, {**(params or {}), "rows": rows}).consume()
             tx.commit()
 
 
@@ -148,7 +214,9 @@ def create_user(client: GraphClient, user: str, items: Sequence[str], friends: S
         (load.MERGE_ITEMS, [{"id": i, "props": {}} for i in dict.fromkeys(items)]),
         (load.MERGE_INTERACTIONS, inter),
         (load.MERGE_FRIENDSHIPS, pairs),
-    ], forgotten)
+        (STAMP_NEW_USER, None),
+    ], forgotten, {"user": user, "items": list(dict.fromkeys(items)),
+                   "friends": list(dict.fromkeys(friends))})
 
 
 def forget_user(client: GraphClient, user: str, key: bytes | None) -> dict[str, int] | None:

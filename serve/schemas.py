@@ -137,6 +137,19 @@ class Neo4jStatus(BaseModel):
     error: str | None = None
 
 
+class Neo4jSyncStatus(BaseModel):
+    """What the served state learned from Neo4j beyond its run (see gnnrec.serve.sync)."""
+
+    done: bool = Field(description="false: Neo4j did not answer at load; the replica retries")
+    forgotten: int = Field(description="forget tombstones applied")
+    exported_at: int | None = Field(
+        description="Neo4j's clock (epoch µs) at the run's export; feedback received after "
+                    "it is replayed (null: nothing is)")
+    replayed_interactions: int
+    replayed_users_created: int
+    note: str | None = None
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     run: str
@@ -154,6 +167,7 @@ class Health(BaseModel):
     feedback: Literal["local", "log"] = Field(
         description='"local": one replica folds writes in; "log": replicas follow a shared log')
     writes_enabled: bool
+    neo4j_sync: Neo4jSyncStatus | None = None
 
 
 class InteractionsResult(BaseModel):
@@ -188,6 +202,8 @@ class ReloadResult(BaseModel):
     users: int
     items: int
     seconds: float
+    replayed_interactions: int = Field(
+        0, description="online feedback received after the new run's export, folded in")
 
 
 class ErrorBody(BaseModel):

@@ -43,6 +43,7 @@ from gnnrec.serve.schemas import (
     InteractionIn,
     InteractionsResult,
     Neo4jStatus,
+    Neo4jSyncStatus,
     NewUserIn,
     NewUserResult,
     Recommendations,
@@ -117,6 +118,11 @@ def apply_event(state: ServingState, event: Event) -> Any:
     if isinstance(event, InteractionsEvent):
         return state.add_interactions(event.pairs)
     if isinstance(event, NewUserEvent):
+        if state.has_user(event.user):  # replayed from Neo4j already (a reload, a new replica)
+            if state.user_embedding(event.user) is None:
+                return "popularity"
+            return "+".join(k for k, v in (("items", event.items), ("friends", event.friends))
+                            if v) or "items"
         return state.add_user(event.user, event.items, event.friends)
     if isinstance(event, ForgetEvent):
         return state.forget_user(event.user)
@@ -143,7 +149,7 @@ class RecommenderService:
         self._graph: Any | None = None
         self._graph_error: str | None = None
         self._neo4j_uri: str | None = None
-        self._key: bytes | None = None
+        self._sync: Any | None = None  # gnnrec.serve.sync.Neo4jSync
         self._poller: asyncio.Task[None] | None = None
         self._poll_failing = False
         if options.neo4j.enabled:
@@ -152,8 +158,11 @@ class RecommenderService:
 
                 settings = options.neo4j.settings()
                 self._neo4j_uri = settings.uri
-                self._key = options.key()
+                key = options.key()
                 self._graph = GraphClient(settings)
+                from gnnrec.serve.sync import Neo4jSync
+
+                self._sync = Neo4jSync(self._graph, key, replica)
             except Exception as exc:  # noqa: BLE001 - no settings: serve reads, refuse writes
                 self._graph_error = f"cannot configure Neo4j: {exc}"
         self._prepare(self._state)
@@ -222,6 +231,7 @@ class RecommenderService:
 
     async def health(self) -> Health:
         state = self._state
+        sync = state.neo4j_sync
         reachable = False
         if self._graph is not None:
             reachable = await asyncio.to_thread(self._graph.ping)
@@ -233,7 +243,12 @@ class RecommenderService:
             neo4j=Neo4jStatus(configured=self._graph is not None, reachable=reachable,
                               uri=self._neo4j_uri, error=self._graph_error),
             feedback="log" if self._log is not None else "local",
-            writes_enabled=self.options.token is not None)
+            writes_enabled=self.options.token is not None,
+            neo4j_sync=Neo4jSyncStatus(
+                done=sync.loaded, forgotten=len(sync.tombstones), exported_at=state.exported_at,
+                replayed_interactions=sync.replayed["interactions"],
+                replayed_users_created=sync.replayed["users_created"], note=sync.note)
+            if self._sync is not None else None)
 
     def _check_k(self, k: int) -> None:
         if not 1 <= k <= self.options.max_k:
@@ -300,7 +315,8 @@ class RecommenderService:
         def persist(client: Any) -> None:
             from gnnrec.graph.serving import forget_user
 
-            deleted["neo4j"] = forget_user(client, user, self._key)
+            deleted["neo4j"] = forget_user(client, user,
+                                           self._sync.key if self._sync else None)
 
         in_memory = await self._write(ForgetEvent(user), persist)
         if not in_memory and deleted["neo4j"] is None:
@@ -316,6 +332,7 @@ class RecommenderService:
         state = await self._write(ReloadEvent(run))
         return ReloadResult(run=state.run, model=state.model, previous_run=previous,
                             users=state.num_users, items=state.num_items,
+                            replayed_interactions=state.neo4j_sync.replayed["interactions"],
                             seconds=round(time.perf_counter() - started, 3))
 
     async def _write(self, event: Event, persist: Callable[[Any], Any] | None = None,
@@ -376,8 +393,8 @@ class RecommenderService:
             prebuilt, self._prebuilt = self._prebuilt, None
             if prebuilt is not None and prebuilt[0] == event:
                 state = prebuilt[1]
-                try:  # forgets committed since it was built (they may be behind us in the log)
-                    await self._poll_forgotten(state, published=False)
+                try:  # forgets and feedback committed since it was built (their log events
+                    await self._poll_forgotten(state, published=False)  # may precede ours)
                 except Exception:  # noqa: BLE001 - Neo4j down: the poller applies them later
                     log.warning("replica %s: tombstone poll before the swap failed",
                                 self.replica, exc_info=True)
@@ -388,93 +405,59 @@ class RecommenderService:
         result = apply_event(self._state, event)
         created = ([event.user] if isinstance(event, NewUserEvent)
                    else result.users_created if isinstance(event, InteractionsEvent) else [])
-        if created and self._state.neo4j_sync.tombstones:
+        if created and self._sync is not None:
             # a log event written before a `gnnrec forget` that this replica already applied
             # (a replica replaying the log from the beginning): the tombstone wins
-            self._drop_forgotten(self._state, created, self._state.neo4j_sync.tombstones)
+            self._sync.drop_if_forgotten(self._state, created)
         return result
 
-    # -- forgetting: tombstones in Neo4j (gnnrec.graph.forgotten) ---------------------------
+    # -- forgetting and feedback replay: Neo4j -> state (gnnrec.serve.sync) ------------------
     def _tombstone_keys(self, users: Any) -> dict[str, str] | None:
-        """``{tombstone key: user}`` a write checks in its transaction (``None``: no key)."""
-        if self._key is None:
-            return None
-        from gnnrec.privacy import pseudonyms
-
-        return pseudonyms(dict.fromkeys(users), self._key)
+        """``{tombstone key: user}`` a write checks in its transaction (``None``: no Neo4j)."""
+        return self._sync.keys_of(users) if self._sync is not None else None
 
     def _prepare(self, state: ServingState) -> None:
         """Bring a state that is not served yet in line with Neo4j: drop the users a
-        tombstone names (blocking: the constructor, or a worker thread for a reload). When
-        Neo4j does not answer, the state is served as it is and the poller does it later."""
-        if self._graph is None or self._key is None:
+        tombstone names, replay the feedback received after the run's export (blocking:
+        the constructor, or a worker thread for a reload). When Neo4j does not answer, the
+        state is served as it is and the poller completes the pass later."""
+        if state.exported_at is None:
+            state.neo4j_sync.note = ("the run's graph has no export time (not made by "
+                                     "`gnnrec export`, or by an older gnnrec): no online "
+                                     "feedback is replayed")
+        else:
+            from gnnrec.serve.sync import REPLAY_MARGIN_US
+
+            state.neo4j_sync.feedback_since = state.exported_at - REPLAY_MARGIN_US
+        if self._sync is None:
             return
         try:
-            users, found = self._read_forgotten(state.user_ids(), state)
+            plan = self._sync.read(state, state.user_ids(), replay=True)
         except Exception as exc:  # noqa: BLE001 - Neo4j down: serve, retry from the poller
-            log.warning("replica %s: could not read forget tombstones from Neo4j at load "
-                        "(%s: %s); retrying every %.0f s", self.replica, type(exc).__name__,
-                        exc, self.options.forget_poll_s)
+            log.warning("replica %s: could not read tombstones and feedback from Neo4j at "
+                        "load (%s: %s); retrying every %.0f s", self.replica,
+                        type(exc).__name__, exc, self.options.forget_poll_s)
             return
-        self._apply_forgotten(state, users, found)
-        state.neo4j_sync.loaded = True
-
-    def _read_forgotten(self, user_ids: list[str], state: ServingState
-                        ) -> tuple[list[str], list[Any]]:
-        """(users of ``user_ids`` that new tombstones name, the new tombstones); blocking."""
-        from gnnrec.graph.forgotten import match, tombstones
-        from gnnrec.privacy import key_id
-
-        assert self._graph is not None and self._key is not None
-        sync = state.neo4j_sync
-        found = [t for t in tombstones(self._graph, sync.tombstones_since, fail_fast=True)
-                 if t.key not in sync.tombstones]
-        mine = key_id(self._key)
-        other = [t for t in found if t.key_id != mine]
-        if other:
-            log.error("replica %s: %d forget tombstone(s) were made with another key (key id "
-                      "%s; this replica's: %s) and cannot be matched: deploy with the key file "
-                      "that `gnnrec forget` uses", self.replica, len(other),
-                      sorted({str(t.key_id) for t in other})[:3], mine)
-        return list(match(user_ids, [t for t in found if t.key_id == mine], self._key)), found
-
-    def _apply_forgotten(self, state: ServingState, users: list[str], found: list[Any]) -> None:
-        sync = state.neo4j_sync
-        for user in users:
-            state.forget_user(user)
-        sync.tombstones.update(t.key for t in found)
-        if found:
-            from gnnrec.graph.forgotten import POLL_OVERLAP_MS
-
-            newest = max(t.at for t in found) - POLL_OVERLAP_MS
-            sync.tombstones_since = max(newest, sync.tombstones_since or newest)
-        if users:
-            log.info("replica %s: dropped %d forgotten user(s)", self.replica, len(users))
-
-    def _drop_forgotten(self, state: ServingState, users: list[str], keys: set[str]) -> None:
-        assert self._key is not None
-        from gnnrec.privacy import pseudonyms
-
-        for k, user in pseudonyms(users, self._key).items():
-            if k in keys:
-                state.forget_user(user)
+        self._sync.apply(state, plan)
+        if state.neo4j_sync.note:
+            log.warning("replica %s: %s", self.replica, state.neo4j_sync.note)
 
     async def _poll_forgotten(self, state: ServingState | None = None, *,
                               published: bool = True) -> None:
-        """Apply the tombstones Neo4j got since the last poll to ``state`` (default: the
-        served one); a state whose load-time pass failed gets it now."""
-        if self._graph is None or self._key is None:
+        """Apply what Neo4j got since the last poll to ``state`` (default: the served
+        one): new tombstones, and the whole load-time pass when it failed (or, for a
+        state built before a log-ordered swap, the feedback received since)."""
+        if self._sync is None:
             return
         state = state or self._state
-        users, found = await asyncio.to_thread(self._read_forgotten, state.user_ids(), state)
+        replay = not published or not state.neo4j_sync.loaded
+        plan = await asyncio.to_thread(self._sync.read, state, state.user_ids(), replay)
         if published:
             async with self._get_lock():
                 if state is self._state:
-                    self._apply_forgotten(state, users, found)
-                    state.neo4j_sync.loaded = True
+                    self._sync.apply(state, plan)
         else:
-            self._apply_forgotten(state, users, found)
-            state.neo4j_sync.loaded = True
+            self._sync.apply(state, plan)
 
     async def poll_forgotten(self) -> None:
         """One poll of Neo4j's tombstones (what the background poller does)."""
@@ -508,7 +491,7 @@ class RecommenderService:
         loop = asyncio.get_running_loop()
         if self._log is not None and self._follower is None:
             self._follower = loop.create_task(self._follow())
-        if self._graph is not None and self._key is not None and self._poller is None:
+        if self._sync is not None and self._poller is None:
             self._poller = loop.create_task(self._poll())
 
     async def _catch_up(self, timeout_s: float) -> dict[int, Any]:

@@ -81,12 +81,19 @@ class NeoSync:
 
     ``loaded``: the load-time pass ran (tombstoned users dropped, feedback replayed);
     ``tombstones``: the tombstone keys already applied; ``tombstones_since``: where the
-    next poll for new tombstones starts (Neo4j clock, ms; ``None``: from the beginning).
+    next poll for new tombstones starts (Neo4j clock, ms; ``None``: from the beginning);
+    ``feedback_since``: where the next replay of online feedback starts (µs; ``None``: the
+    run has no export time, nothing is replayed); ``replayed``: what replays folded in
+    (``interactions`` read, ``users_created``); ``note``: why nothing was replayed.
     """
 
     loaded: bool = False
     tombstones: set[str] = field(default_factory=set)
     tombstones_since: int | None = None
+    feedback_since: int | None = None
+    replayed: dict[str, int] = field(
+        default_factory=lambda: {"interactions": 0, "users_created": 0})
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,8 @@ class ServingState:
         fold_in_mix: see the module docstring.
         ann: when and how an approximate item index serves ``recommend``
             (default :class:`~gnnrec.serve.ann.AnnOptions`: from 100,000 items).
+        exported_at: Neo4j's clock (epoch µs) when the run's graph was exported; the
+            service replays the online feedback Neo4j received after it.
     """
 
     def __init__(
@@ -130,6 +139,7 @@ class ServingState:
         metrics: dict[str, Any] | None = None,
         fold_in_mix: float = 0.5,
         ann: AnnOptions | None = None,
+        exported_at: int | None = None,
     ) -> None:
         n_users, n_items = len(user_ids), len(item_ids)
         user_emb = np.asarray(user_emb, dtype=np.float32)
@@ -142,6 +152,7 @@ class ServingState:
         if seen.num_rows != n_users:
             raise ValueError(f"seen has {seen.num_rows} rows for {n_users} users")
         self.model, self.run, self.metrics = model, run, dict(metrics or {})
+        self.exported_at = exported_at
         self.fold_in_mix = fold_in_mix
         self._users: list[str | None] = [str(u) for u in user_ids]
         self._items: list[str] = [str(i) for i in item_ids]
@@ -201,6 +212,7 @@ class ServingState:
             seen=g.interactions.csr, friends=g.friends, item_tags=g.item_tags,
             tag_names=g.tag_ids, model=str(meta["model"]["name"]), run=os.fspath(path),
             metrics=meta.get("metrics") or {}, fold_in_mix=fold_in_mix, ann=ann,
+            exported_at=meta["graph"].get("exported_at"),
         )
 
     # -- lookups ------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 ``gnnrec forget U`` deletes U and leaves a tombstone, a keyed hash of the id
 (:mod:`gnnrec.graph.forgotten`); serving replicas, reloads and restarts are checked in
-``test_forget_serve.py``.
+``test_serve_sync.py``.
 """
 
 from __future__ import annotations

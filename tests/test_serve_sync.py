@@ -1,4 +1,5 @@
-"""Serving never brings a forgotten user back: another replica, a reload, a restart.
+"""Serving follows Neo4j beyond its run: it never brings a forgotten user back (another
+replica, a reload, a restart), and a reload or a restart keeps the online feedback.
 
 One run made through the product path (ingest -> Neo4j -> export -> run directory, an
 untrained LightGCN), served by in-process services that share the real Neo4j (each one a
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from pydantic import SecretStr
@@ -163,7 +165,7 @@ def test_forget_reaches_every_serve_replica(
         assert len({c.health()["replica"] for _ in range(30)}) == 2
         served = c.health()["users"]
 
-        def gone(user: str, tries: int = 20) -> bool:
+        def gone(user: str, tries: int = 10) -> bool:
             return all(c.request("GET", f"/recommend/{user}")[0] == 404 and
                        c.request("GET", "/explain", params=[("user", user),
                                                             ("item", "i0")])[0] == 404
@@ -182,8 +184,63 @@ def test_forget_reaches_every_serve_replica(
         while not gone("u7", 10) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert gone("u7")
-        # a reload of the same run: both stay forgotten on every replica
-        assert c.reload(str(world.run))["users"] == served - 2
+        # online feedback through one replica, then a reload: every replica serves it
+        c.add_user("web-newbie", items=["i4"], friends=["u8"])
+        c.add_interactions([{"user": "web-fresh", "item": "i5"}])
+        # a reload of the same run: the forgotten stay forgotten, the feedback stays
+        answer = c.reload(str(world.run))
+        assert answer["users"] == served and answer["replayed_interactions"] >= 2
         assert gone("u6") and gone("u7")
+        for _ in range(10):
+            assert c.recommend("web-newbie", 3)["cold_start"] is None
+            assert "i5" not in {r["item"] for r in c.recommend("web-fresh", 10)["items"]}
     finally:
         serve.shutdown()
+
+
+def test_reload_and_restart_keep_online_feedback(world: World, tmp_path: Path) -> None:
+    a = RecommenderService(world.options(), replica="a")
+    assert a.state.exported_at is not None and a.state.neo4j_sync.loaded
+    known, friend = "u10", "u11"
+    top = a.recommend(known, 5).items[0].item
+    asyncio.run(a.record_interactions([InteractionIn(user=known, item=top),
+                                       InteractionIn(user="fresh", item="i2"),
+                                       InteractionIn(user="fresh", item="brand-new")]))
+    asyncio.run(a.record_interactions([InteractionIn(user=known, item="brand-new")]))
+    made = asyncio.run(a.create_user(NewUserIn(user="newbie", items=["i1", "i3"],
+                                               friends=[friend])))
+    assert made.cold_start == "items+friends"
+    asyncio.run(a.create_user(NewUserIn(user="lonely")))
+    users = [known, "fresh", "newbie", "lonely"]
+    seen = {u: sorted(a.state.user_items(u)) for u in users}
+    emb = {u: a.state.user_embedding(u) for u in users}
+    assert top in seen[known] and "brand-new" in seen["fresh"]
+
+    def same_as_before(service: RecommenderService) -> None:
+        for u in users:
+            assert sorted(service.state.user_items(u)) == seen[u], u
+            if emb[u] is None:  # popularity-served
+                assert service.state.user_embedding(u) is None
+            else:
+                assert np.allclose(service.state.user_embedding(u), emb[u], atol=1e-6), u
+        assert service.recommend("newbie", 5).cold_start is None
+        assert service.recommend("lonely", 5).cold_start == "popularity"
+        assert top not in {r.item for r in service.recommend(known, 20).items}
+
+    answer = asyncio.run(a.reload(str(world.run)))
+    assert answer.replayed_interactions >= 6
+    same_as_before(a)
+    b = RecommenderService(world.options(), replica="b")  # a restart on the same run
+    same_as_before(b)
+    health = asyncio.run(b.health()).neo4j_sync
+    assert health is not None and health.done and health.replayed_users_created >= 3
+    assert health.note is None
+
+    # a run from a graph that was not exported from Neo4j replays nothing, and says so
+    synthetic = make_run(tmp_path / "synthetic")
+    c = RecommenderService(world.options().model_copy(update={"run": str(synthetic)}))
+    status = asyncio.run(c.health()).neo4j_sync
+    assert status is not None and status.replayed_interactions == 0
+    assert "no export time" in (status.note or "") and not c.state.has_user("newbie")
+    for service in (a, b, c):
+        service.close()
