@@ -148,7 +148,8 @@ class LocalNeo4j:
         self.dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self._password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(24))
+            # a leading '-' would make neo4j-admin read the password as an option
+            fh.write("p" + secrets.token_urlsafe(24))
         return self._password_file.read_text().strip()
 
     def pid(self) -> int | None:
