@@ -25,7 +25,7 @@ from gnnrec.ingest.validate import MAX_ID_LENGTH, aggregate_interactions
 TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=12)
 HOSTILE_TEXT = st.one_of(
     TEXT,
-    st.sampled_from(["", " ", "\t", "007", "1.0", "NA", "null", "true", 'a"b', "a,b", "x\ny",
+    st.sampled_from(["", " ", "\t", "007", "1.0", "NA", "null", "true", 'a"b', "a,b", "x\ny", "x\ry",
                      "MATCH (n) DETACH DELETE n", "u" * (MAX_ID_LENGTH + 1),
                      "é" * MAX_ID_LENGTH]),
 )
@@ -100,7 +100,13 @@ def test_files_read_equals_loaded_plus_rejected(
         frame.to_parquet(path)
         bad: set[int] = set()
     else:
-        text = frame.to_csv(index=False, lineterminator="\n")
+        # One record per row, ended by "\n". Written with a "\r\n" terminator so that pandas
+        # quotes a field holding a bare "\r" (with "\n" it leaves it bare, and a CSV reader
+        # rightly ends a record there).
+        records = [frame.iloc[:0].to_csv(index=False, lineterminator="\r\n")[:-2]]
+        records += [frame.iloc[[n]].to_csv(index=False, header=False, lineterminator="\r\n")[:-2]
+                    for n in range(len(frame))]
+        text = "\n".join(records) + "\n"
         lines = text.split("\n")
         # Only break rows whose CSV record is one line (a quoted newline spans two).
         single = [n for n, r in enumerate(rows) if not any("\n" in c for c in r)]
