@@ -3,8 +3,9 @@
 Nodes come first, one query per label returning column lists (internal id,
 external id); relationships are then read in pages of start nodes looked up by
 internal id (``WHERE id(n) IN $ids`` is an id seek, so no ``SKIP`` and no rescans),
-each page answered as one record of parallel lists that numpy maps to indices with
-``searchsorted``, so there is no per-relationship Python object.
+two pages at a time, each page answered as one record of parallel lists that numpy maps
+to indices with ``searchsorted``, so there is no per-relationship Python object. A type
+with no relationship is not paged at all.
 
 Result (see ``gnn/data.py`` for the file format)::
 
@@ -28,6 +29,7 @@ an id are skipped with their relationships, and the summary names all of it
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,10 @@ _RELS = {
                        "count(r.ts) AS has_t", ()),
 }
 _COUNT_RELS = "MATCH ()-[r:$($type)]->() RETURN count(r) AS n"
+# Pages read at the same time (one session each): the server computes one page while the
+# driver and numpy decode another: on the 10M synthetic graph (2 cores) the export's
+# reading took 28-32 s with 2 readers against 38-41 s with 1.
+_READERS = 2
 # Only run when some values were unusable: which types they had.
 _REL_VALUE_TYPES = ("MATCH ()-[r:$($type)]->() WHERE r[$key] IS NOT NULL "
                     "RETURN valueType(r[$key]) AS type, count(*) AS n")
@@ -195,13 +201,18 @@ def _read_rels(
     # Pages of start nodes sized so that one page holds about `page_size` relationships.
     per_node = max(total / max(len(src_nid), 1), 1e-9)
     nodes_per_page = int(max(1, min(len(src_nid), page_size / per_node)))
-    params: dict[str, Any] = {"nan": float("nan"), "no_time": _NO_TIME}
+
+    def page(lo: int) -> tuple[Any, ...]:  # [s, d, w, t, has_w, has_t]
+        return tuple(client.read_values(cypher, {
+            "nan": float("nan"), "no_time": _NO_TIME,
+            "ids": src_nid[lo : lo + nodes_per_page].tolist()})[0])
+
     parts: list[tuple[Any, ...]] = []
-    for lo in range(0, len(src_nid), nodes_per_page):
-        params["ids"] = src_nid[lo : lo + nodes_per_page].tolist()
-        part = client.read_values(cypher, params)[0]  # [s, d, w, t, has_w, has_t]
-        parts.append(tuple(part))
-        bar.update(len(part[0]))
+    if total:  # pages in order, _READERS at a time: the server works while numpy decodes
+        with ThreadPoolExecutor(_READERS, thread_name_prefix="export") as pool:
+            for part in pool.map(page, range(0, len(src_nid), nodes_per_page)):
+                parts.append(part)
+                bar.update(len(part[0]))
     has = {"weight": sum(p[4] for p in parts), "ts": sum(p[5] for p in parts)}
     if not parts:
         empty = np.zeros(0, dtype=np.int64)
