@@ -8,11 +8,12 @@ Parquet keeps its own column types (ids are turned into strings there too).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -108,25 +109,28 @@ def _refuse_repeated(name: object, columns: list[str]) -> None:
                                   f"every column needs its own name")
 
 
-def _scan_fields(path: Path, sep: str) -> tuple[list[str], dict[int, int], int]:
-    """The header, the data rows whose field count differs from it (row -> count), and
-    the widest row's count. Blank lines are skipped, as pandas skips them."""
+@contextlib.contextmanager
+def _csv_rows(path: Path, sep: str) -> Iterator[Iterator[list[str]]]:
+    """The file's non-blank records as :mod:`csv` reads them (header first); blank lines
+    are skipped, as pandas skips them."""
     from pandas.io.common import get_handle
 
     limit = csv.field_size_limit()
     csv.field_size_limit(sys.maxsize)
     try:
         with get_handle(path, "r", encoding="utf-8-sig", compression="infer") as handles:
-            rows = (r for r in csv.reader(handles.handle, delimiter=sep) if r)
-            header = next(rows, [])
-            width, ragged, widest, row = len(header), {}, len(header), 0
-            for row, fields in enumerate(rows, start=1):
-                if len(fields) != width:
-                    ragged[row] = len(fields)
-                    widest = max(widest, len(fields))
+            yield (r for r in csv.reader(handles.handle, delimiter=sep) if r)
     finally:
         csv.field_size_limit(limit)
-    return header, ragged, widest
+
+
+def _scan_fields(path: Path, sep: str) -> tuple[list[str], dict[int, int]]:
+    """The header and the data rows whose field count differs from it (row -> count)."""
+    with _csv_rows(path, sep) as rows:
+        header = next(rows, [])
+        ragged = {row: len(fields) for row, fields in enumerate(rows, start=1)
+                  if len(fields) != len(header)}
+    return header, ragged
 
 
 def read_csv_file(path: str | Path, sep: str = ",") -> tuple[pd.DataFrame, dict[int, str]]:
@@ -137,17 +141,19 @@ def read_csv_file(path: str | Path, sep: str = ",") -> tuple[pd.DataFrame, dict[
     reason), so validation rejects it with the others instead of failing the file. A
     header naming one column twice is a :class:`SourceFileError` naming the column.
     """
-    header, ragged, widest = _scan_fields(Path(path), sep)
+    header, ragged = _scan_fields(Path(path), sep)
     if not header:
         raise pd.errors.EmptyDataError("no header row")
     _refuse_repeated(path, header)
     if not ragged:
         return read_csv_strings(path, sep=sep), {}
-    frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_filter=False,
-                        encoding="utf-8-sig", header=None, names=range(widest),
-                        index_col=False)
-    frame = frame.iloc[1:, : len(header)].reset_index(drop=True)  # row 0 is the header
-    frame.columns = header
+    # The frame comes from the same reader as the scan, so that its rows are the rows the
+    # reasons name (pandas' parser skips lines the csv module keeps, such as " ").
+    width = len(header)
+    with _csv_rows(Path(path), sep) as rows:
+        next(rows)
+        frame = pd.DataFrame([(r + [""] * width)[:width] for r in rows], columns=header,
+                             dtype=str)
     reasons = {row: f"row has {n} fields, the header has {len(header)}"
                for row, n in ragged.items()}
     return frame, reasons

@@ -25,7 +25,8 @@ from gnnrec.ingest.validate import MAX_ID_LENGTH, aggregate_interactions
 TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=12)
 HOSTILE_TEXT = st.one_of(
     TEXT,
-    st.sampled_from(["", " ", "\t", "007", "1.0", "NA", "null", "true", 'a"b', "a,b", "x\ny", "x\ry",
+    st.sampled_from(["", " ", "\t", "007", "1.0", "NA", "null", "true", 'a"b', "a,b", "x\ny",
+                     "x\ry",
                      "MATCH (n) DETACH DELETE n", "u" * (MAX_ID_LENGTH + 1),
                      "é" * MAX_ID_LENGTH]),
 )

@@ -119,6 +119,20 @@ def test_ragged_csv_rows_become_rejected_rows(tmp_path: Path) -> None:
     assert rejects["user"].tolist() == ["b", "c"]
 
 
+def test_ragged_rows_keep_their_row_numbers_next_to_a_blank_looking_line(
+        tmp_path: Path) -> None:
+    # pandas' parser drops a line holding only a space while the csv module keeps it as a
+    # one-field record: the frame and the reasons must count rows the same way (the reasons
+    # once named row 3 of a 2-row frame: IndexError, or a valid row rejected in its place).
+    path = tmp_path / "i.csv"
+    path.write_text("user,item,weight\na,1,1\n \nb,2,2,extra\nc,3,3\n", encoding="utf-8")
+    checked = check_source(read_source("interactions", path))
+    assert _reasons(checked) == {2: "row has 1 fields, the header has 3",
+                                 3: "row has 4 fields, the header has 3"}
+    assert checked.clean["user"].tolist() == ["a", "c"]
+    assert checked.read == 4 == checked.loaded + checked.rejected
+
+
 def test_duplicate_header_is_an_error_naming_the_column(tmp_path: Path) -> None:
     path = tmp_path / "i.csv"
     path.write_text("user,item,user\na,1,b\n", encoding="utf-8")
