@@ -37,8 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="catalogues of at least this many items are served through an "
                          "approximate item index (faiss IVF); 0 = always exact "
                          "(default 100000)")
-    sv.add_argument("--ann-nprobe", type=int, default=32,
-                    help="index lists scanned per request (recall vs speed; default 32)")
+    sv.add_argument("--ann-recall", type=float, default=0.95,
+                    help="target recall@20 of the index against exact scoring: each replica "
+                         "calibrates the lists it scans per request on 200 users' "
+                         "embeddings when it loads the run (default 0.95)")
+    sv.add_argument("--ann-nprobe", type=int, default=None,
+                    help="scan this many index lists per request instead of calibrating")
     sv.add_argument("--max-body-bytes", type=int, default=1 << 20,
                     help="largest request body (default 1 MiB; larger: 413)")
     sv.add_argument("--no-neo4j", action="store_true",
@@ -74,7 +78,8 @@ def _serve(args: argparse.Namespace) -> int:
             run=os.path.abspath(args.run),
             token=SecretStr(args.token) if args.token else None,
             max_k=args.max_k, max_body_bytes=args.max_body_bytes,
-            neo4j=neo4j, ann=AnnOptions(threshold=args.ann_threshold, nprobe=args.ann_nprobe),
+            neo4j=neo4j, ann=AnnOptions(threshold=args.ann_threshold, nprobe=args.ann_nprobe,
+                                        target_recall=args.ann_recall),
             forget_poll_s=args.forget_poll_s)
         resources = ResourceOptions(replicas=args.replicas, num_cpus=args.num_cpus,
                                     max_replicas_per_node=args.max_replicas_per_node,

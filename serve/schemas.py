@@ -150,6 +150,20 @@ class Neo4jSyncStatus(BaseModel):
     note: str | None = None
 
 
+class IndexStatus(BaseModel):
+    """The approximate item index of an ``"approximate"`` replica."""
+
+    lists: int
+    nprobe: int = Field(description="lists scanned per request (fixed, or calibrated)")
+    items: int
+    build_seconds: float = Field(description="k-means, adding the items and calibrating")
+    calibrated_recall: float | None = Field(
+        None, description="recall@calibration_k against exact scoring on the calibration "
+                          "users (null: nprobe fixed by --ann-nprobe)")
+    calibration_k: int | None = None
+    target_recall: float | None = None
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     run: str
@@ -162,6 +176,7 @@ class Health(BaseModel):
     scoring: Literal["exact", "approximate"] = Field(
         "exact", description='"approximate": /recommend scores the candidates of the item '
                              'index (a catalogue of at least --ann-threshold items)')
+    index: IndexStatus | None = None
     neo4j: Neo4jStatus
     replica: str
     feedback: Literal["local", "log"] = Field(

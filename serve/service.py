@@ -239,7 +239,7 @@ class RecommenderService:
         return Health(
             run=info["run"], model=info["model"], metrics=info["metrics"], users=info["users"],
             items=info["items"], tags=info["tags"], dim=info["dim"], scoring=info["scoring"],
-            replica=self.replica,
+            index=info.get("index"), replica=self.replica,
             neo4j=Neo4jStatus(configured=self._graph is not None, reachable=reachable,
                               uri=self._neo4j_uri, error=self._graph_error),
             feedback="log" if self._log is not None else "local",

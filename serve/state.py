@@ -192,7 +192,24 @@ class ServingState:
         self._online_items: set[int] = set()
         self.neo4j_sync = NeoSync()
         ann = ann or AnnOptions()
-        self._index = ItemIndex.build(item_emb, ann) if ann.applies_to(n_items) else None
+        self._index = self._build_index(ann) if ann.applies_to(n_items) else None
+
+    def _build_index(self, ann: AnnOptions) -> ItemIndex:
+        """The approximate index over the item embeddings, its ``nprobe`` calibrated on a
+        seeded sample of ``ann.calibration_users`` users (their embeddings and seen items)."""
+        users = np.flatnonzero(self._user_known.view)
+        rng = np.random.default_rng(ann.seed)
+        rows = np.sort(rng.choice(users, min(ann.calibration_users, len(users)), replace=False))
+        return ItemIndex.build(self._item_emb.view, ann, queries=self._user_emb.view[rows],
+                               query_rows=rows, query_seen=[self._seen[u] for u in rows])
+
+    def calibration_users(self) -> list[str]:
+        """The users whose embeddings calibrated the index (none without an index or a
+        calibration): a measurement of its recall leaves them out."""
+        cal = self._index.calibration if self._index is not None else None
+        if not cal or cal["rows"] is None:
+            return []
+        return [u for u in (self._users[r] for r in cal["rows"]) if u is not None]
 
     # -- construction -------------------------------------------------------------
     @classmethod
@@ -253,7 +270,8 @@ class ServingState:
     def info(self) -> dict[str, Any]:
         return {"run": self.run, "model": self.model, "metrics": self.metrics,
                 "users": self.num_users, "items": self.num_items, "tags": len(self._tag_names),
-                "dim": self.dim, "scoring": "exact" if self._index is None else "approximate"}
+                "dim": self.dim, "scoring": "exact" if self._index is None else "approximate",
+                **({"index": self._index.info()} if self._index is not None else {})}
 
     def _uidx(self, user: str) -> int:
         u = self._user_index.get(user)

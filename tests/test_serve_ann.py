@@ -2,6 +2,7 @@
 
 Small catalogues (a few thousand clustered items) with the index forced on
 (``AnnOptions(threshold=1)``) next to the same state scoring exactly; no Ray, no Neo4j.
+The index's ``nprobe`` is calibrated on some users; recall is measured on the others.
 The 1M-item figures are in ``experiments/serve_bench.py``.
 """
 
@@ -12,6 +13,7 @@ import pytest
 
 from gnnrec.gnn.adjacency import CSR
 from gnnrec.serve.ann import AnnOptions, ItemIndex
+from gnnrec.serve.schemas import IndexStatus
 from gnnrec.serve.state import ServingState
 from tests.test_serve_state import make_state
 
@@ -44,11 +46,11 @@ def test_index_finds_the_exact_neighbours() -> None:
     assert index.search(queries[0], 1).tolist() == [5_000]
 
 
-def pair_of_states(**ann: object) -> tuple[ServingState, ServingState]:
+def pair_of_states(n_users: int = 300, **ann: object) -> tuple[ServingState, ServingState]:
     """The same 3,000-item state twice: exact scoring, and through the index."""
     rng = np.random.default_rng(1)
     centres = rng.standard_normal((CLUSTERS, DIM))
-    n_users, n_items = 300, 3_000
+    n_items = 3_000
     users, items = clustered(rng, n_users, centres), clustered(rng, n_items, centres)
     seen_u = np.repeat(np.arange(n_users), 15)
     seen_i = rng.integers(0, n_items, len(seen_u))
@@ -72,7 +74,9 @@ def pair_of_states(**ann: object) -> tuple[ServingState, ServingState]:
 def test_indexed_recommendations_follow_the_filters_and_match_exact(query: dict) -> None:
     exact, approx = pair_of_states(exact_below=100)  # t0 through the index, t3 exactly
     recalls = []
-    for user in exact.user_ids()[:150]:
+    calibration = set(approx.calibration_users())
+    assert len(calibration) == 200
+    for user in [u for u in exact.user_ids() if u not in calibration]:
         kwargs = dict(query)
         if kwargs.get("exclude") == "top3":
             kwargs["exclude"] = [s.id for s in exact.recommend(user, 3).items]
@@ -113,3 +117,43 @@ def test_small_catalogues_score_exactly() -> None:
     for user in ("ua", "ub", "uc"):
         for kwargs in ({}, {"tag": "rock"}, {"exclude": ["a1"]}, {"diversity": 0.5}):
             assert forced.recommend(user, 4, **kwargs) == state.recommend(user, 4, **kwargs)
+
+
+def held_out_recall(exact: ServingState, approx: ServingState, k: int = 20) -> float:
+    """Mean recall@k of ``approx`` against ``exact`` over the users that did not calibrate."""
+    calibration = set(approx.calibration_users())
+    users = [u for u in exact.user_ids() if u not in calibration]
+    return float(np.mean([recall([s.id for s in approx.recommend(u, k).items],
+                                 [s.id for s in exact.recommend(u, k).items]) for u in users]))
+
+
+@pytest.mark.parametrize("target", [0.8, 0.95, 0.99])
+def test_calibration_reaches_its_target_on_other_users(target: float) -> None:
+    exact, approx = pair_of_states(n_users=800, target_recall=target)
+    index = approx.index
+    assert index is not None and index.calibration is not None
+    cal = index.calibration
+    assert cal["recall_lower_bound"] >= target and cal["k"] == 20
+    tried = {step[0]: step[2] for step in cal["steps"]}
+    assert tried[index.nprobe] >= target
+    below = [p for p, bound in tried.items() if p < index.nprobe]
+    assert all(tried[p] < target for p in below)  # nothing smaller that was tried passed
+    assert held_out_recall(exact, approx) >= target
+    info = approx.info()["index"]
+    assert info["nprobe"] == index.nprobe and info["calibrated_recall"] >= target
+    assert info["build_seconds"] > 0
+    assert IndexStatus(**info).nprobe == index.nprobe  # what /health answers
+
+
+def test_calibration_scans_fewer_lists_for_a_lower_target() -> None:
+    low = pair_of_states(target_recall=0.6)[1].index
+    high = pair_of_states(target_recall=0.99)[1].index
+    assert low is not None and high is not None
+    assert low.nprobe < high.nprobe <= high.num_lists
+
+
+def test_a_fixed_nprobe_is_not_calibrated() -> None:
+    _, approx = pair_of_states(nprobe=3)
+    assert approx.index is not None and approx.index.nprobe == 3
+    assert approx.index.calibration is None and approx.calibration_users() == []
+    assert approx.info()["index"]["calibrated_recall"] is None
