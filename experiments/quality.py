@@ -19,14 +19,16 @@ Protocol (DESIGN.md, "Evaluation protocol"):
    recall@20, the best configuration refit into ``OUT/<dataset>/seed0/<family>`` (a normal
    run directory). The experiments resume where they stopped (``Tuner.restore``).
 3. Selection on seed 0's VALID only: the best graph model is the graph family with the best
-   valid recall@20. Then the selected configurations of the final comparison (popularity,
-   iALS, EASE and the best graph model) are trained on seeds 1 and 2
-   (``OUT/<dataset>/seed<S>/<family>``), early stopping on that split's valid; the other
-   graph families have their seed-0 test figure only.
+   valid recall@20. Then every family's selected configuration (no new search) is trained
+   on seeds 1 and 2 (``OUT/<dataset>/seed<S>/<family>``), early stopping on that split's
+   valid. A rerun reuses every finished run whose configuration and split match, so a
+   finished tuning is never searched again (``--families`` adds the missing fits).
 4. Test is read once per run, after all tuning and selection. Reported per seed and as the
-   mean over the three seeds: the best graph model's test recall@20 and NDCG@20 over the
-   better (on test, per metric) of tuned iALS and tuned EASE, with 95 % paired bootstrap
-   intervals over the test users per seed (:func:`paired_bootstrap`).
+   mean over the three seeds, for every graph family: its test recall@20 and NDCG@20 over
+   the better of tuned iALS and tuned EASE (per seed: the better on that seed's test; for
+   the mean: the better mean), with 95 % paired bootstrap intervals over the test users,
+   per seed (:func:`paired_bootstrap`) and for the ratio of the means over the seeds
+   (users resampled within each seed). The goal is the best graph model's ratio of means.
 
 ``--quick`` shrinks the budget for a smoke run.
 """
@@ -132,21 +134,24 @@ def fit_selected(family: str, config: dict[str, Any], graph_path: Path, out: Pat
                  progress: bool) -> dict[str, Any]:
     """Train a selected configuration on another split into the run ``out`` (or take the
     finished run already there, when it holds the same configuration)."""
+    from gnnrec.gnn.data import fingerprint
     from gnnrec.gnn.graph_file import load_graph
     from gnnrec.gnn.run import Run
     from gnnrec.gnn.train import TrainConfig
     from gnnrec.gnn.tune import refit_run
 
     train_config = TrainConfig.from_dict(config["train"])
+    graph = load_graph(graph_path)
     if (out / "meta.json").is_file():
         meta = Run.open(out).meta()
         if (meta.get("status") == "finished" and meta["model"]["config"] == {
                 **meta["model"]["config"], **config["model"]}
-                and meta["train_config"] == train_config.to_dict()):
+                and meta["train_config"] == train_config.to_dict()
+                and meta["graph"]["fingerprint"] == fingerprint(graph)):
             return {"valid": meta["best_valid"], "seconds": meta.get("fit_seconds")}
     t0 = time.perf_counter()
-    valid = refit_run(family, load_graph(graph_path), graph_path, dict(config["model"]),
-                      train_config, out, progress)
+    valid = refit_run(family, graph, graph_path, dict(config["model"]), train_config, out,
+                      progress)
     seconds = round(time.perf_counter() - t0, 1)
     Run.open(out).update_meta(fit_seconds=seconds)
     return {"valid": valid, "seconds": seconds}
@@ -173,12 +178,28 @@ def paired_bootstrap(ours: Tensor, baseline: Tensor, *, resamples: int = 2000,
     the two means on that draw (paired: both models see the same users). The interval says
     how much of a test ratio is the particular sample of test users.
     """
-    if ours.shape != baseline.shape or ours.numel() == 0:
-        raise ValueError(f"need two equal non-empty per-user vectors, got {list(ours.shape)} "
-                         f"and {list(baseline.shape)}")
+    return seeds_bootstrap([(ours, baseline)], resamples=resamples, seed=seed)
+
+
+def seeds_bootstrap(pairs: list[tuple[Tensor, Tensor]], *, resamples: int = 2000,
+                    seed: int = 0) -> dict[str, float]:
+    """95 % interval of the ratio of the means over splits: ``mean_s(mean(ours_s)) /
+    mean_s(mean(baseline_s))`` for ``pairs`` ``(ours_s, baseline_s)`` of per-user values
+    (Float64[U_s], the same users in the same order within a pair). Each resample draws
+    the users of every split with replacement, independently per split, paired within it
+    (one split: :func:`paired_bootstrap`)."""
+    if not pairs:
+        raise ValueError("need at least one pair of per-user vectors")
     gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, ours.numel(), (resamples, ours.numel()), generator=gen)
-    ratios = ours[idx].mean(1) / baseline[idx].mean(1).clamp(min=1e-12)
+    ours_sum = base_sum = torch.zeros(resamples, dtype=torch.float64)
+    for ours, baseline in pairs:
+        if ours.shape != baseline.shape or ours.numel() == 0:
+            raise ValueError(f"need two equal non-empty per-user vectors, got "
+                             f"{list(ours.shape)} and {list(baseline.shape)}")
+        idx = torch.randint(0, ours.numel(), (resamples, ours.numel()), generator=gen)
+        ours_sum = ours_sum + ours.double()[idx].mean(1)
+        base_sum = base_sum + baseline.double()[idx].mean(1)
+    ratios = ours_sum / base_sum.clamp(min=1e-12)
     lo, hi = torch.quantile(ratios, torch.tensor([0.025, 0.975], dtype=ratios.dtype)).tolist()
     return {"low": lo, "high": hi, "resamples": resamples,
             f"share_ge_{GOAL}": float((ratios >= GOAL).double().mean())}
@@ -193,6 +214,24 @@ def compare(best: str, tests: dict[str, dict[str, float]],
         base = max(BASELINES, key=lambda b: tests[b][m])
         out[m] = {"baseline": base, "ratio": tests[best][m] / tests[base][m],
                   "ci95": paired_bootstrap(per_user[best][m], per_user[base][m])}
+    return out
+
+
+def compare_over_seeds(family: str, per_seed: list[dict[str, Any]],
+                       per_user: list[dict[str, dict[str, Tensor]]],
+                       mean: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """``family``'s mean test metrics over the better baseline's (the better mean), per
+    goal metric: the ratio of the means, its interval (:func:`seeds_bootstrap`) and each
+    seed's ratio and interval against that seed's better baseline (:func:`compare`)."""
+    out: dict[str, Any] = {}
+    per = [compare(family, s["test"], users) for s, users in zip(per_seed, per_user,
+                                                                   strict=True)]
+    for m in GOAL_METRICS:
+        base = max(BASELINES, key=lambda b: mean[b][m])
+        out[m] = {"baseline": base, "ratio_of_means": mean[family][m] / mean[base][m],
+                  "ci95": seeds_bootstrap([(users[family][m], users[base][m])
+                                           for users in per_user]),
+                  "per_seed": [p[m] for p in per]}
     return out
 
 
@@ -221,20 +260,19 @@ def run_benchmark(dataset: str, graph: HeteroData, out: Path, budget: Budget,
     graph_families = [f for f in families if f in GRAPH_FAMILIES]
     best = max(graph_families, key=lambda f: tuned[f]["refit_valid"][METRIC])
     log(f"{dataset}: best graph model on valid: {best}")
-    # The final comparison (pop, the baselines, the best graph model) on the other seeds.
-    final = [f for f in families if f not in GRAPH_FAMILIES or f == best]
+    # Every family's selected configuration on the other seeds (no new search).
     fits: dict[int, dict[str, Any]] = {}
     for seed in seeds[1:]:
         fits[seed] = {}
-        for family in final:
+        for family in families:
             fits[seed][family] = fit_selected(family, tuned[family]["best_config"], paths[seed],
                                               root / f"seed{seed}" / family, progress)
             log(f"  seed {seed} {family}: valid {fits[seed][family]['valid'][METRIC]:.4f}")
     # Test, once per run, after all selection.
-    per_seed = []
+    per_seed, per_users = [], []
     for seed in seeds:
         tests, per_user = {}, {}
-        for family in (families if seed == seeds[0] else final):
+        for family in families:
             metrics, _, users_metrics = test_read(root / f"seed{seed}" / family)
             tests[family], per_user[family] = metrics, users_metrics
         valid = {f: (tuned[f]["refit_valid"] if seed == seeds[0] else
@@ -243,8 +281,11 @@ def run_benchmark(dataset: str, graph: HeteroData, out: Path, budget: Budget,
         if all(b in families for b in BASELINES):
             entry["versus_baselines"] = compare(best, tests, per_user)
         per_seed.append(entry)
+        per_users.append(per_user)
     mean = {f: {m: sum(s["test"][f][m] for s in per_seed) / len(per_seed)
-                for m in TABLE_METRICS} for f in final}
+                for m in TABLE_METRICS} for f in families}
+    versus = ({f: compare_over_seeds(f, per_seed, per_users, mean) for f in graph_families}
+              if all(b in families for b in BASELINES) else {})
     result: dict[str, Any] = {
         "best_graph_model": best, "selected_by": f"valid {METRIC} on split seed {seeds[0]}",
         "families": {f: {"label": LABELS[f], "trials": tuned[f]["trials"],
@@ -255,15 +296,13 @@ def run_benchmark(dataset: str, graph: HeteroData, out: Path, budget: Budget,
                          "test_seed0": per_seed[0]["test"][f],
                          "fit_seconds_other_seeds": [fits[s][f]["seconds"] for s in seeds[1:]
                                                      if f in fits[s]],
-                         "test_mean": mean.get(f)} for f in families},
+                         "test_mean": mean[f],
+                         **({"versus_baselines": versus[f]} if f in versus else {})}
+                     for f in families},
         "per_seed": per_seed, "test_mean": mean,
     }
-    if all(b in families for b in BASELINES):
-        ratios = {}
-        for m in GOAL_METRICS:
-            base = max(BASELINES, key=lambda b: mean[b][m])
-            ratios[m] = {"baseline": base, "ratio_of_means": mean[best][m] / mean[base][m],
-                         "per_seed": [s["versus_baselines"][m] for s in per_seed]}
+    if versus:
+        ratios = versus[best]
         result["goal"] = {"ratio": GOAL, "metrics": ratios,
                           "met": all(r["ratio_of_means"] >= GOAL for r in ratios.values())}
     return result
@@ -302,26 +341,36 @@ def selected(family: str, config: dict[str, Any]) -> str:
 def table(result: dict[str, Any]) -> str:
     """A markdown table of the families (mean test over the seeds) and the goal ratios."""
     seeds = [s["seed"] for s in result["per_seed"]]
+    n = len(seeds)
     lines = ["| model | selected on valid (seed 0) | valid R@20 | test R@20 (seed 0) | "
-             f"test R@20 (mean of {len(seeds)}) | test N@20 (mean of {len(seeds)}) | "
-             "coverage@20 | tuning |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+             f"test R@20 (mean of {n}) | test N@20 (mean of {n}) | R@20 / better baseline "
+             f"(mean of {n}) [95 % CI] | N@20 / better baseline [95 % CI] | coverage@20 | "
+             "tuning |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for family, r in result["families"].items():
         t0, t = r["test_seed0"], r["test_mean"]
         name = f"**{r['label']}**" if family == result["best_graph_model"] else r["label"]
         means = (f"{t['recall@20']:.4f} | {t['ndcg@20']:.4f}" if t else "– | –")
+        versus = r.get("versus_baselines")
+        ratios = " | ".join(
+            f"×{v['ratio_of_means']:.3f} [{v['ci95']['low']:.3f}, {v['ci95']['high']:.3f}]"
+            if "ci95" in v else f"×{v['ratio_of_means']:.3f}"
+            for v in (versus[m] for m in GOAL_METRICS)) if versus else "– | –"
         tuning = (f"{r['trials']} trials, {r['tune_seconds'] / 60:.0f} min" if family != "pop"
                   else "–")
         lines.append(f"| {name} | {selected(family, r['best_config'])} | "
                      f"{r['refit_valid'][METRIC]:.4f} | {t0['recall@20']:.4f} | {means} | "
-                     f"{t0['coverage@20']:.3f} | {tuning} |")
-    lines.append(f"\n(mean: over split seeds {', '.join(map(str, seeds))})")
+                     f"{ratios} | {t0['coverage@20']:.3f} | {tuning} |")
+    lines.append(f"\n(mean: over split seeds {', '.join(map(str, seeds))}; better baseline: "
+                 "the better mean of tuned iALS and EASE)")
     if "goal" in result:
         for m, g in result["goal"]["metrics"].items():
             per = "; ".join(f"seed {s['seed']}: x{p['ratio']:.3f} [{p['ci95']['low']:.3f}, "
                             f"{p['ci95']['high']:.3f}] vs {p['baseline']}"
                             for s, p in zip(result["per_seed"], g["per_seed"], strict=True))
+            ci = (f" [{g['ci95']['low']:.3f}, {g['ci95']['high']:.3f}]" if "ci95" in g
+                  else "")
             lines.append(f"{m}: {result['best_graph_model']} / {g['baseline']} = "
-                         f"x{g['ratio_of_means']:.3f} (mean over seeds); {per}")
+                         f"x{g['ratio_of_means']:.3f}{ci} (mean over seeds); {per}")
     return "\n".join(lines)
 
 

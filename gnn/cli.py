@@ -48,9 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     tr.add_argument("--l2", type=float, help="L2 weight on the batch's ego embeddings")
     tr.add_argument("--num-negatives", type=int)
     tr.add_argument("--negatives", choices=["uniform", "popularity"])
-    tr.add_argument("--loss", choices=["bpr", "softmax"],
-                    help="bpr (default) or sampled softmax over the --num-negatives negatives")
-    tr.add_argument("--temperature", type=float, help="softmax temperature (default 1)")
+    tr.add_argument("--loss", choices=["bpr", "softmax", "full"],
+                    help="bpr (default), sampled softmax over the --num-negatives negatives, "
+                         "or full: softmax over every item (full-graph training only)")
+    tr.add_argument("--temperature", type=float,
+                    help="temperature of the softmax losses (default 1)")
     tr.add_argument("--patience", type=int, help="evaluations without improvement before stopping")
     tr.add_argument("--eval-every", type=int, help="epochs between valid evaluations")
     tr.add_argument("--seed", type=int)

@@ -98,6 +98,9 @@ def link_sampler(graph: HeteroData | TrainView, model: nn.Module, config: TrainC
     """The BPR batch sampler of a mini-batch run (the train view of ``graph``)."""
     if config.negatives != "uniform":
         raise TrainingError("mini-batch training samples uniform negatives only")
+    if config.loss == "full":  # a block holds only some items: no softmax over all of them
+        raise TrainingError("loss full (softmax over every item) needs full-graph training; "
+                            "mini-batch training takes bpr or softmax")
     return LinkBatchSampler(graph, model_fanouts(model, mb.num_neighbors),
                             batch_size=batch_size or config.batch_size,
                             num_negatives=config.num_negatives, replace=mb.replace,

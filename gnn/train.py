@@ -15,7 +15,8 @@ every train ``(user, positive)`` edge once per epoch in a seeded random order, w
 passes the model's full-graph inputs; ``SampledBatches`` passes the block of each
 sampled subgraph (mini-batch training). ``bpr`` is the mean BPR loss and ``reg`` the
 unscaled L2 term of the batch's ego embeddings (``loss="softmax"``: sampled softmax of
-each positive against its negatives instead of BPR, scores divided by ``temperature``).
+each positive against its negatives instead of BPR, scores divided by ``temperature``;
+``loss="full"``: softmax of each positive against every item, full-graph training only).
 A :class:`Session` decides where the loop starts from and what it writes: a run directory
 (``model.pt`` on improvement, ``last.pt`` and meta at each evaluation) here, Ray Train's
 checkpoints in ``gnnrec.gnn.distributed`` (which also wraps the step in DDP and
@@ -73,8 +74,9 @@ class TrainConfig:
     l2: float = 1e-4  # multiplies the model's L2 term on the batch's ego embeddings
     num_negatives: int = 1
     negatives: Literal["uniform", "popularity"] = "uniform"
-    loss: Literal["bpr", "softmax"] = "bpr"  # softmax: sampled softmax over the negatives
-    temperature: float = 1.0  # divides the scores in the softmax loss
+    # softmax: sampled softmax over the negatives; full: softmax over every item
+    loss: Literal["bpr", "softmax", "full"] = "bpr"
+    temperature: float = 1.0  # divides the scores in the softmax losses
     patience: int = 10  # evaluations without improvement before stopping
     eval_every: int = 1  # epochs between valid evaluations
     metric: str = "recall@20"

@@ -52,6 +52,14 @@ def test_quality_benchmark_runs_on_a_tiny_graph(ray_session: None, tmp_path: Pat
         assert (tmp_path / "tiny" / "seed1" / family / "model.pt").is_file()
         assert result["families"][family]["trials"] == (1 if family == "pop" else 2)
     assert set(result["goal"]["metrics"]) == set(quality.GOAL_METRICS)
+    versus = result["families"]["lightgcn"]["versus_baselines"]
+    assert result["goal"]["metrics"] == versus
+    for m in quality.GOAL_METRICS:  # every family over every seed: means, ratio, interval
+        base = versus[m]["baseline"]
+        means = [sum(s["test"][f][m] for s in result["per_seed"]) / 2 for f in ("lightgcn", base)]
+        assert versus[m]["ratio_of_means"] == pytest.approx(means[0] / means[1])
+        assert versus[m]["ci95"]["low"] <= versus[m]["ratio_of_means"] <= versus[m]["ci95"]["high"]
+        assert len(versus[m]["per_seed"]) == 2
     again = quality.run_benchmark("tiny", graph, tmp_path, quality.Budget.quick(),
                                   quality.TuneResources(), families=families, seeds=(0, 1),
                                   log=logged.append)
@@ -105,6 +113,22 @@ def test_paired_bootstrap_interval() -> None:
     assert noisy["low"] < 1.0 < noisy["high"]  # a tie on 4 users: the interval spans 1
     with pytest.raises(ValueError):
         quality.paired_bootstrap(ours, ours[:2])
+
+
+def test_seeds_bootstrap_is_the_ratio_of_means_over_splits() -> None:
+    a = torch.tensor([0.2, 0.4, 0.6, 0.8], dtype=torch.float64)
+    b = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    # split 1 exactly x1.5 (paired), split 2 exactly x1.0: ratio of means (0.75 + 0.5) / 1.0
+    fixed = quality.seeds_bootstrap([(a * 1.5, a), (b, b)], resamples=300)
+    assert 1.0 < fixed["low"] <= 1.25 <= fixed["high"] < 1.5  # not 1.5: split 2 pulls it
+    noisy = quality.seeds_bootstrap([(a, a.flip(0)), (b, b)], resamples=500, seed=1)
+    assert noisy["low"] < 1.0 < noisy["high"]
+    single = quality.seeds_bootstrap([(a * 1.1, a)], resamples=100)
+    assert single == quality.paired_bootstrap(a * 1.1, a, resamples=100)
+    with pytest.raises(ValueError):
+        quality.seeds_bootstrap([])
+    with pytest.raises(ValueError):
+        quality.seeds_bootstrap([(a, a), (b, a)])
 
 
 def test_sampling_benchmark_runs_on_a_tiny_graph(ray_session: None) -> None:

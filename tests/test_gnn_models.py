@@ -317,6 +317,24 @@ def test_sampled_softmax_loss_by_hand() -> None:
         ranking_loss(user, item, user, item, users, pos, neg, "hinge")
 
 
+def test_full_softmax_loss_by_hand() -> None:
+    """Each positive against EVERY item (not only its negatives), once per distinct user."""
+    user = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    item = torch.tensor([[1.0, 1.0], [2.0, 0.0], [0.0, -1.0], [3.0, 1.0]])
+    users, pos = torch.tensor([0, 1, 0]), torch.tensor([0, 0, 2])
+    neg = torch.tensor([[1], [1], [1]])  # enters only the l2 term
+    value, l2 = ranking_loss(user, item, user, item, users, pos, neg, "full", temperature=0.5)
+    scores = {0: (1.0, 2.0, 0.0, 3.0), 1: (2.0, 0.0, -2.0, 2.0)}  # user u's score per item
+    expected = [math.log(sum(math.exp(s / 0.5) for s in scores[u])) - scores[u][i] / 0.5
+                for u, i in ((0, 0), (1, 0), (0, 2))]
+    assert value.item() == pytest.approx(sum(expected) / 3, rel=1e-6)
+    other = torch.tensor([[2], [3], [0]])
+    again, l2_other = ranking_loss(user, item, user, item, users, pos, other, "full", 0.5)
+    assert again.item() == value.item() and l2_other.item() != l2.item()
+    sampled, _ = ranking_loss(user, item, user, item, users, pos, neg, "softmax", 0.5)
+    assert sampled.item() < value.item()  # fewer items in the denominator
+
+
 @pytest.mark.parametrize("cls", list(MODELS.values()))
 def test_state_dict_round_trip(cls: type[Recommender], graph: HeteroData) -> None:
     torch.manual_seed(0)

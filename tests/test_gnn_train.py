@@ -95,6 +95,19 @@ def test_softmax_loss_trains() -> None:
     assert [r["loss"] for r in bpr.history] != losses
 
 
+def test_full_softmax_loss_trains_and_learns() -> None:
+    g = small_graph()
+    cfg = TrainConfig(**{**CFG, "loss": "full", "temperature": 0.5})
+    res = train(_model(g), g, cfg, progress=False)
+    losses = [r["loss"] for r in res.history]
+    assert losses[-1] < losses[0]
+    sampled = train(_model(g), g, TrainConfig(**{**CFG, "loss": "softmax", "temperature": 0.5}),
+                    progress=False)
+    assert [r["loss"] for r in sampled.history] != losses
+    with pytest.raises(TrainingError, match="loss must be one of bpr, softmax, full"):
+        TrainConfig(**{**CFG, "loss": "fullsoftmax"}).validate()
+
+
 def test_nan_loss_stops_with_the_epoch() -> None:
     g = small_graph()
     with pytest.raises(TrainingError, match="diverged at epoch 1"):

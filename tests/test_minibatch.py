@@ -107,6 +107,9 @@ def test_bad_settings_are_refused(graph: HeteroData) -> None:
     with pytest.raises(TrainingError, match="tag_weight > 0 full-graph"):
         train_minibatch(LightGCN(t, num_layers=2, tag_weight=0.5), graph, TrainConfig(**CFG),
                         MiniBatchConfig(num_neighbors=[5, 5]), progress=False)
+    with pytest.raises(TrainingError, match="loss full .* needs full-graph training"):
+        train_minibatch(LightGCN(t, num_layers=2), graph, TrainConfig(**{**CFG, "loss": "full"}),
+                        MiniBatchConfig(num_neighbors=[5, 5]), progress=False)
 
 
 def _cli_train(gpath: Path, out: Path, *extra: str) -> list[str]:

@@ -198,7 +198,7 @@ def mean_adjacency(dst: Tensor, src: Tensor, num_dst: int, num_src: int) -> Tens
     return to_csr(coo)
 
 
-LOSSES = ("bpr", "softmax")
+LOSSES = ("bpr", "softmax", "full")
 
 
 def ranking_loss(user: Tensor, item: Tensor, user_ego: Tensor, item_ego: Tensor, users: Tensor,
@@ -212,17 +212,27 @@ def ranking_loss(user: Tensor, item: Tensor, user_ego: Tensor, item_ego: Tensor,
     ``-log(exp(s_pos/t) / (exp(s_pos/t) + sum_k exp(s_neg_k/t)))``: each positive is
     ranked against all its K negatives at once, which the many-negatives recommender
     literature (e.g. Wu et al., "On the effectiveness of sampled softmax loss for item
-    recommendation", 2023) finds stronger than BPR for LightGCN. ``l2`` as in
-    :meth:`Recommender.bpr_loss`.
+    recommendation", 2023) finds stronger than BPR for LightGCN. ``"full"``: full
+    softmax, the cross-entropy of each positive over ALL the ``item`` rows,
+    ``-log(exp(s_pos/t) / sum_i exp(s_i/t))`` averaged over B (the negatives enter only
+    the ``l2`` term); the log-sum-exp is computed once per distinct user of the batch
+    (a [distinct users, I] score matrix), which on catalogues of thousands of items costs
+    about one sampled-softmax step. On a sampled block the rows are only the block's
+    items, so mini-batch training refuses it. ``l2`` as in :meth:`Recommender.bpr_loss`.
     """
     eu = user[users]  # [B, d]
     pos_score = (eu * item[pos]).sum(-1)  # [B]
-    neg_score = (eu.unsqueeze(1) * item[neg]).sum(-1)  # [B, K]
     if loss == "bpr":
+        neg_score = (eu.unsqueeze(1) * item[neg]).sum(-1)  # [B, K]
         value = F.softplus(neg_score - pos_score.unsqueeze(1)).mean()
     elif loss == "softmax":
+        neg_score = (eu.unsqueeze(1) * item[neg]).sum(-1)  # [B, K]
         logits = torch.cat([pos_score.unsqueeze(1), neg_score], dim=1) / temperature
         value = (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
+    elif loss == "full":
+        distinct, row = torch.unique(users, return_inverse=True)
+        lse = torch.logsumexp(user[distinct] @ item.t() / temperature, dim=1)  # [B_u]
+        value = (lse[row] - pos_score / temperature).mean()
     else:
         raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
     l2 = 0.5 * (user_ego[users].pow(2).sum() + item_ego[pos].pow(2).sum()
@@ -321,8 +331,9 @@ class Recommender(torch.nn.Module):
             users: Long [B] user indices.
             pos: Long [B] positive (train) item per user.
             neg: Long [B] or [B, K] sampled negative items.
-            loss: ``"bpr"`` (default) or ``"softmax"`` (sampled softmax).
-            temperature: divides the scores of the softmax loss.
+            loss: ``"bpr"`` (default), ``"softmax"`` (sampled softmax) or ``"full"``
+                (softmax over every item; see :func:`ranking_loss`).
+            temperature: divides the scores of the softmax losses.
 
         Returns:
             ``(loss, l2)``: with ``"bpr"`` the mean of ``softplus(s_neg - s_pos)`` over
