@@ -116,7 +116,10 @@ def split_files(graph: HeteroData, dataset: str, folder: Path,
 def tune_family(family: str, graph_path: Path, out: Path, budget: Budget,
                 resources: TuneResources, progress: bool,
                 space: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Tune ``family`` on ``graph_path`` into the run ``out`` (resumes an earlier start)."""
+    """Tune ``family`` on ``graph_path`` into the run ``out`` (resumes an earlier start; a
+    finished tuning is taken as it is, never searched again)."""
+    from gnnrec.gnn.data import fingerprint
+    from gnnrec.gnn.graph_file import load_graph
     from gnnrec.gnn.run import Run
     from gnnrec.gnn.tune import tune_model
 
@@ -124,6 +127,9 @@ def tune_family(family: str, graph_path: Path, out: Path, budget: Budget,
     if meta.is_file():
         done = Run.open(out).meta()
         if done.get("status") == "finished" and "tuning" in done:
+            if done["graph"]["fingerprint"] != fingerprint(load_graph(graph_path)):
+                raise SystemExit(f"{out} was tuned on another graph or split than "
+                                 f"{graph_path}: use another --out")
             return done["tuning"]
     experiment = out / "tune" / family
     return tune_model(family, graph_path, out, budget.settings(), resources, space=space,
@@ -324,9 +330,12 @@ def selected(family: str, config: dict[str, Any]) -> str:
                 f"alpha {model['alpha']:.3g}")
     if family == "ease":
         return f"λ {model['regularization']:.3g}"
+    loss = ("full softmax" if train["loss"] == "full" else
+            f"{train['loss']}/{train['num_negatives']}")
+    if train["loss"] != "bpr" and train.get("temperature", 1.0) != 1.0:
+        loss += f" t {train['temperature']:g}"
     words = [f"{model.get('embedding_dim', 64)}-d", f"{model.get('num_layers')} layers",
-             f"{train['loss']}/{train['num_negatives']}", f"lr {train['lr']:.2g}",
-             f"l2 {train['l2']:.2g}"]
+             loss, f"lr {train['lr']:.2g}", f"l2 {train['l2']:.2g}"]
     if family == "xsimgcl":
         words += [f"eps {model['eps']:g}", f"cl {model['cl_weight']:.2g}",
                   f"τ {model['cl_temperature']:g}"]
