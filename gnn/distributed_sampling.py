@@ -28,6 +28,7 @@ This is the only sampling module that imports ``ray``.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import itertools
 import os
 from collections import deque
@@ -83,9 +84,9 @@ def _ship(sampler: BatchSampler, epoch: int, index: int) -> SampledArrays:
 
     def small(d: dict[Any, np.ndarray]) -> dict[Any, np.ndarray]:
         return {k: v.astype(np.int32) if v.dtype == np.int64 else v for k, v in d.items()}
-    return SampledArrays(small(a.n_id), small(a.edge_index), small(a.e_id), a.batch_size,
-                         a.num_sampled_nodes, a.num_sampled_edges, small(a.seed_local),
-                         a.weight, small(a.meta))
+    return dataclasses.replace(a, n_id=small(a.n_id), edge_index=small(a.edge_index),
+                               e_id=small(a.e_id), seed_local=small(a.seed_local),
+                               meta=small(a.meta))
 
 
 def keep_freed_memory() -> None:

@@ -18,8 +18,10 @@ PyG-shaped ``HeteroData``: per node type ``n_id`` (global ids: the seeds in the 
 given, then each hop's new nodes, ascending), ``num_nodes``, ``batch_size`` (seed types),
 ``num_sampled_nodes`` (per hop, seeds included) and ``x`` when the graph has features;
 per edge type a local ``edge_index`` Long[2, M] (row 0 indexes ``src`` n_id, row 1
-``dst`` n_id), ``e_id`` (column in the full graph's ``edge_index``), ``num_sampled_edges``
-and ``weight`` when the graph has one. A batch of :class:`NodeBatchSampler` or
+``dst`` n_id; sorted by ``dst``, so a model builds its block's CSR without a sort),
+``e_id`` (column in the full graph's ``edge_index``), ``num_sampled_edges``, ``weight`` when
+the graph has one and ``distinct`` (no ``(src, dst)`` pair repeats: sampled without
+replacement from a CSR without repeated entries). A batch of :class:`NodeBatchSampler` or
 :class:`LinkBatchSampler` is a pure function of ``(seed, epoch, index)``, so any process
 (a Ray worker) rebuilds it bit for bit.
 """
@@ -64,6 +66,7 @@ class SampledArrays:
     seed_local: dict[str, np.ndarray]
     weight: dict[EdgeType, np.ndarray] = field(default_factory=dict)
     meta: dict[str, np.ndarray] = field(default_factory=dict)
+    distinct: dict[EdgeType, bool] = field(default_factory=dict)
 
 
 def _as_graph(graph: HeteroData | TrainView) -> TrainView:
@@ -112,13 +115,22 @@ def _floyd(deg: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     return chosen
 
 
+def _repeats(c: Any) -> bool:
+    """Whether some row of the CSR ``c`` lists a column twice (a repeated edge)."""
+    if c.nnz < 2:
+        return False
+    keys = c.rows() * (int(c.indices.max()) + 1) + c.indices
+    keys.sort()
+    return bool((keys[1:] == keys[:-1]).any())
+
+
 def sample_positions(indptr: np.ndarray, nodes: np.ndarray, k: int, replace: bool,
                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Sample up to ``k`` in-neighbours of every node in ``nodes`` (Int64[n]) at once.
 
-    Returns ``(row Int64[M], pos Int64[M])``: ``row`` indexes ``nodes``, ``pos`` the CSR
-    entry (``indices[pos]`` is the neighbour). ``k = -1`` takes every neighbour. Without
-    replacement, nodes with ``deg <= k`` (all neighbours) come first, then the others.
+    Returns ``(row Int64[M], pos Int64[M])``: ``row`` indexes ``nodes`` and is
+    non-decreasing (each node's picks together, in the order of ``nodes``), ``pos`` the CSR
+    entry (``indices[pos]`` is the neighbour). ``k = -1`` takes every neighbour.
     """
     start = indptr[nodes]
     deg = indptr[nodes + 1] - start
@@ -127,20 +139,16 @@ def sample_positions(indptr: np.ndarray, nodes: np.ndarray, k: int, replace: boo
         d = deg[some][:, None]
         off = np.minimum((rng.random((some.size, k)) * d).astype(np.int64), d - 1)
         return np.repeat(some, k), (start[some][:, None] + off).ravel()
-    full = np.flatnonzero(deg <= k) if k >= 0 else np.arange(nodes.size)
-    if full.size:
-        dfull = deg[full]
-        first = np.cumsum(dfull) - dfull
-        row = np.repeat(full, dfull)
-        pos = np.repeat(start[full] - first, dfull) + np.arange(row.size)
-        if full.size == nodes.size:
-            return row, pos
-    big = np.flatnonzero(deg > k)
-    row_b = np.repeat(big, k)  # row-major: a node's picks are read from its segment together
-    pos_b = (start[big][:, None] + _floyd(deg[big], k, rng).T).ravel()
-    if not full.size:
-        return row_b, pos_b
-    return np.concatenate([row, row_b]), np.concatenate([pos, pos_b])
+    take = deg if k < 0 else np.minimum(deg, k)
+    first = np.cumsum(take) - take
+    row = np.repeat(np.arange(nodes.size), take)
+    # each node's first `take` entries (all of them where deg <= k) ...
+    pos = np.repeat(start - first, take) + np.arange(row.size)
+    big = np.flatnonzero(deg > k) if k >= 0 else first[:0]
+    if big.size:  # ... and a uniform k-subset (Floyd) where deg > k
+        pos[(first[big][:, None] + np.arange(k)).ravel()] = (
+            start[big][:, None] + _floyd(deg[big], k, rng).T).ravel()
+    return row, pos
 
 
 class NeighborSampler:
@@ -165,6 +173,9 @@ class NeighborSampler:
         self.num_hops = len(next(iter(self.num_neighbors.values()), []))
         self.replace = replace
         self.rng = np.random.default_rng(seed)
+        # a batch's edges repeat no (src, dst) pair: each node is expanded once per edge type
+        self.distinct = {et: not replace and not _repeats(self.graph.csr[et])
+                         for et in self.edge_types if any(self.num_neighbors[et])}
         self._local = {nt: np.full(n, -1, dtype=np.int64) for nt, n in self.graph.num_nodes.items()}
 
     def sample(self, seeds: Mapping[str, Tensor | Sequence[int]]) -> HeteroData:
@@ -275,7 +286,8 @@ class NeighborSampler:
                 weight[et] = np.concatenate([p[3] for p in parts if p[3] is not None]
                                             or [np.empty(0, np.float32)])
         return SampledArrays(n_id, edge_index, e_id, {nt: counts[nt][0] for nt in seeds},
-                             counts, num_edges, seed_local, weight)
+                             counts, num_edges, seed_local, weight,
+                             distinct={et: self.distinct.get(et, True) for et in edges})
 
     def to_data(self, a: SampledArrays) -> HeteroData:
         """PyG ``HeteroData`` of a sample (features and edge weights gathered by id)."""
@@ -294,6 +306,7 @@ class NeighborSampler:
             store.edge_index = _tensor(a.edge_index[et])
             store.e_id = _tensor(a.e_id[et])
             store.num_sampled_edges = list(a.num_sampled_edges[et])
+            store.distinct = bool(a.distinct.get(et, False))
             if et in a.weight:
                 store.weight = _tensor(a.weight[et])
         return data

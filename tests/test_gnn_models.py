@@ -6,6 +6,7 @@ import json
 import math
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import torch
 from torch_geometric.data import HeteroData
@@ -21,7 +22,16 @@ from gnnrec.gnn.models import (
     Recommender,
     normalized_adjacency,
 )
-from gnnrec.gnn.models.base import ranking_loss, spmm, unique_edges
+from gnnrec.gnn.models.base import (
+    mean_adjacency,
+    radix_order,
+    ranking_loss,
+    rows_csr,
+    spmm,
+    to_csr,
+    transpose_csr,
+    unique_edges,
+)
 from gnnrec.gnn.views import TrainView
 
 NU, NI, NT, GROUPS = 40, 60, 10, 2
@@ -251,6 +261,46 @@ def test_spmm_gradient_matches_torch() -> None:
     w = torch.randn(6, 3)
     (spmm(adj, x) * w).sum().backward()
     assert torch.allclose(x.grad, dense.t() @ w, atol=1e-6)
+
+
+def test_rows_csr_counts_sorted_rows_and_sorts_others() -> None:
+    g = torch.Generator().manual_seed(3)
+    parts = []
+    for m in (40, 25, 0, 10):  # rows sorted per part; repeated (row, col) pairs included
+        row = torch.randint(0, 9, (m,), generator=g).sort().values
+        parts.append((row, torch.randint(0, 5, (m,), generator=g), torch.rand(m, generator=g)))
+    dense = torch.zeros(9, 5)
+    for r, c, v in parts:
+        dense.index_put_((r, c), v, accumulate=True)
+    got = rows_csr(parts, 9, 5)
+    torch.testing.assert_close(got.to_dense(), dense)
+    # a row's entries: the first part's, then the next part's, each in its own order
+    crow, col = got.crow_indices(), got.col_indices()
+    want = [c for row in range(9) for r, cs, _ in parts for c in cs[r == row].tolist()]
+    assert col.tolist() == want and crow[-1] == 75
+    shuffled = [(r.flip(0), c.flip(0), v.flip(0)) for r, c, v in parts]  # not sorted: coalesce
+    torch.testing.assert_close(rows_csr(shuffled, 9, 5).to_dense(), dense)
+    mean = mean_adjacency(parts[0][0], parts[0][1], 9, 5).to_dense()
+    unique = torch.unique(parts[0][0] * 5 + parts[0][1])
+    distinct = (unique // 5, unique % 5)
+    torch.testing.assert_close(mean_adjacency(*distinct, 9, 5, distinct=True).to_dense(), mean)
+
+
+@pytest.mark.parametrize("num_cols", [7, 70_000, 2**33])
+def test_transpose_csr_is_torch_transpose(num_cols: int) -> None:
+    g = torch.Generator().manual_seed(num_cols % 1000)
+    row = torch.randint(0, 50, (400,), generator=g).sort().values
+    col = torch.randint(0, num_cols, (400,), generator=g)
+    keys = col.numpy()
+    assert (radix_order(keys) == np.argsort(keys, kind="stable")).all()
+    if num_cols > 2**20:
+        return  # a dense check of 2**33 columns would not fit
+    adj = rows_csr([(row, col, torch.rand(400, generator=g))], 50, num_cols)
+    got, want = transpose_csr(adj), to_csr(adj.t())
+    assert torch.equal(got.crow_indices(), want.crow_indices())
+    assert torch.equal(got.col_indices(), want.col_indices())  # a row's entries in order
+    assert got.shape == (num_cols, 50)
+    assert torch.equal(got.to_dense(), adj.to_dense().t())
 
 
 def fixed_batch(graph: HeteroData, size: int = 64) -> tuple[torch.Tensor, ...]:

@@ -19,6 +19,7 @@ from gnnrec.gnn.minibatch import (
     train_minibatch,
 )
 from gnnrec.gnn.models import MF, HeteroGraphSAGE, LightGCN
+from gnnrec.gnn.models import lightgcn as lgcn_module
 from gnnrec.gnn.run import load_run
 from gnnrec.gnn.split import apply_split
 from gnnrec.gnn.train import RankingStep, TrainConfig, TrainingError, seed_everything
@@ -64,6 +65,38 @@ def test_all_neighbours_give_the_full_graph_embeddings_and_loss(graph: HeteroDat
                        batch["item"].dst_neg_index)
         for got, want in zip(sampled, model.bpr_loss(inputs, u, p, n), strict=True):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("social", [0.0, 0.5])
+def test_lightgcn_block_layers_run_on_the_seeds_neighbourhood_only(graph: HeteroData,
+                                                                   social: float) -> None:
+    """Trimmed layers (layer l on the nodes within L - l hops) give the seeds the outputs of
+    the untrimmed propagation over every node of the same sampled block."""
+    seed_everything(0)
+    view = TrainView.from_graph(graph)
+    model = LightGCN(view.sizes, embedding_dim=8, num_layers=3, social_weight=social).eval()
+    mb = MiniBatchConfig(num_neighbors=[3, 2, 2])
+    batch = link_sampler(view, model, TrainConfig(batch_size=16), mb).batch(0, 2)
+    block = model.block(batch, model.inputs(view))
+    rows = block.hop_rows(3)
+    assert rows is not None and rows[0] < rows[1] < rows[2] < rows[3] == block.adj.size(0)
+    with torch.no_grad():
+        out = model(block)
+        egos = [model.user_embedding(block.users), model.item_embedding(block.items)]
+        dense, x = block.stack(egos) * 0.25, block.stack(egos)
+        for _ in range(3):
+            x = block.adj.to_dense() @ x
+            dense = dense + x * 0.25
+    nu, ni = batch["user"].batch_size, batch["item"].batch_size
+    assert out.user.shape == (nu, 8) and out.item.shape == (ni, 8)
+    torch.testing.assert_close(torch.cat([out.user, out.item]), dense[: nu + ni])
+    # the hop order: seed users, seed items, then each hop's new users and items
+    glob = torch.cat([block.users, block.items + model.num_users])
+    user_pos, item_pos = lgcn_module._hop_positions(block.hops, torch.device("cpu"))
+    order = torch.empty_like(glob)
+    order[user_pos], order[item_pos] = glob[: block.users.numel()], glob[block.users.numel():]
+    assert torch.equal(order[:nu], block.users[:nu])
+    assert torch.equal(order[nu:nu + ni], block.items[:ni] + model.num_users)
 
 
 def test_sampled_batches_are_small_and_train_every_parameter() -> None:

@@ -141,6 +141,24 @@ def test_seeded_determinism(graph: HeteroData) -> None:
     assert any(not torch.equal(a[et].e_id, c[et].e_id) for et in graph.edge_types)
 
 
+def test_edges_come_sorted_by_destination_and_distinct(graph: HeteroData) -> None:
+    seeds = {"user": torch.arange(0, 80, 3), "item": torch.arange(0, 50, 4)}
+    for replace in (False, True):
+        batch = NeighborSampler(graph, FANOUT, replace=replace, seed=5).sample(seeds)
+        for et in graph.edge_types:
+            ei = batch[et].edge_index
+            assert bool((ei[1, 1:] >= ei[1, :-1]).all()), et
+            pairs = set(map(tuple, ei.t().tolist()))
+            if batch[et].distinct:
+                assert not replace and len(pairs) == ei.size(1)
+    # a friendship listed twice: the batches of that edge type are not marked distinct
+    g = build_graph(["a", "b"], ["x"], [[0, 1], [0, 0]])
+    g[UU].edge_index = torch.tensor([[0, 0, 1, 1], [1, 1, 0, 0]])
+    batch = NeighborSampler(g, [3], seed=0).sample({"user": torch.tensor([1])})
+    assert batch[UU].edge_index.size(1) == 2 and not batch[UU].distinct
+    assert batch[IU].distinct
+
+
 @pytest.mark.parametrize(("deg", "k"), [(5, 2), (40, 36), (3000, 15)])
 def test_without_replacement_is_uniform(deg: int, k: int) -> None:
     """Floyd's method: k distinct offsets per node, each offset equally likely."""

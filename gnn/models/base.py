@@ -39,6 +39,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -172,9 +173,41 @@ class _SpMM(torch.autograd.Function):
         else:
             adj_t = getattr(adj, "_gnnrec_transpose", None)
             if adj_t is None:
-                adj_t = to_csr(adj.t())
+                adj_t = transpose_csr(adj)
                 adj._gnnrec_transpose = adj_t
         return None, _bag_mm(adj_t, grad.contiguous()), None
+
+
+def radix_order(keys: np.ndarray) -> np.ndarray:
+    """Int64[n]: the stable sorting permutation of the non-negative ints ``keys``, by an LSD
+    radix sort over 16-bit digits (numpy's stable sort of uint16 is a counting sort: ~5x
+    torch.sort on 2M keys)."""
+    order = np.arange(keys.size)
+    top = int(keys.max(initial=0))
+    shift = 0
+    while shift == 0 or top >> shift:
+        digit = ((keys[order] if shift else keys) >> shift & 0xFFFF).astype(np.uint16)
+        step = np.argsort(digit, kind="stable")
+        order = step if shift == 0 else order[step]
+        shift += 16
+    return order
+
+
+def transpose_csr(adj: Tensor) -> Tensor:
+    """The sparse CSR ``adj.T`` [M, N] of the sparse CSR ``adj`` [N, M] (the same CSR as
+    ``adj.t().to_sparse_csr()``: a row's entries by ascending column), by a radix sort on
+    the CPU."""
+    if adj.device.type != "cpu":
+        return to_csr(adj.t())
+    crow, col, val = (t.detach().numpy() for t in (adj.crow_indices(), adj.col_indices(),
+                                                   adj.values()))
+    n, m = adj.shape
+    order = radix_order(col)
+    row = np.repeat(np.arange(n, dtype=col.dtype), np.diff(crow))
+    crow_t = np.zeros(m + 1, dtype=crow.dtype)
+    np.cumsum(np.bincount(col, minlength=m), out=crow_t[1:])
+    return torch.sparse_csr_tensor(torch.from_numpy(crow_t), torch.from_numpy(row[order]),
+                                   torch.from_numpy(val[order]), (m, n), check_invariants=False)
 
 
 def to_csr(t: Tensor) -> Tensor:
@@ -183,12 +216,61 @@ def to_csr(t: Tensor) -> Tensor:
         return t.to_sparse_csr()
 
 
-def mean_adjacency(dst: Tensor, src: Tensor, num_dst: int, num_src: int) -> Tensor:
+def first_rows(adj: Tensor, rows: int, cols: int) -> Tensor:
+    """The first ``rows`` rows of the sparse CSR ``adj`` as [rows, cols] (a view of its
+    arrays; the caller knows those rows name no column past ``cols``: a block's rows are
+    ordered by hop, and so are the columns they name)."""
+    if rows == adj.size(0) and cols == adj.size(1):
+        return adj
+    crow = adj.crow_indices()[: rows + 1]
+    end = int(crow[-1])
+    return torch.sparse_csr_tensor(crow, adj.col_indices()[:end], adj.values()[:end],
+                                   (rows, cols), check_invariants=False)
+
+
+def rows_csr(parts: list[tuple[Tensor, Tensor, Tensor]], num_rows: int,
+             num_cols: int) -> Tensor:
+    """Sparse CSR [num_rows, num_cols] of the entries ``(row, col, value)`` of ``parts``.
+
+    When each part's rows are sorted (a sampled block's edges are, by destination), the
+    CSR is laid out by counting (a row's entries: the first part's, then the next
+    part's, each in its order), without a sort; otherwise by ``coalesce``. Repeated
+    ``(row, col)`` pairs sum either way.
+    """
+    if not all(bool((r[1:] >= r[:-1]).all()) for r, _, _ in parts):
+        row, col, val = (torch.cat(t) for t in zip(*parts, strict=True))
+        coo = torch.sparse_coo_tensor(torch.stack([row, col]), val,
+                                      (num_rows, num_cols), check_invariants=False)
+        return to_csr(coo.coalesce())
+    counts = [torch.bincount(r, minlength=num_rows) for r, _, _ in parts]
+    crow = torch.zeros(num_rows + 1, dtype=torch.long, device=parts[0][0].device)
+    torch.cumsum(sum(counts), 0, out=crow[1:])
+    if len(parts) == 1:
+        _, col, val = parts[0]
+    else:
+        nnz = int(crow[-1])
+        col = parts[0][1].new_empty(nnz)
+        val = parts[0][2].new_empty(nnz)
+        done = torch.zeros_like(crow[1:])  # entries of earlier parts per row
+        for (r, c, v), cnt in zip(parts, counts, strict=True):
+            start = torch.cumsum(cnt, 0) - cnt  # a row's first entry within this part
+            pos = crow[r] + done[r] - start[r] + torch.arange(r.numel(), device=r.device)
+            col[pos], val[pos] = c, v
+            done += cnt
+    return torch.sparse_csr_tensor(crow, col, val, (num_rows, num_cols), check_invariants=False)
+
+
+def mean_adjacency(dst: Tensor, src: Tensor, num_dst: int, num_src: int,
+                   distinct: bool = False) -> Tensor:
     """Row-normalised sparse CSR [num_dst, num_src] with ``1 / deg(dst)`` per edge.
 
     ``A @ x_src`` is the mean of each destination's source neighbours (0 when it has
-    none). Repeated (dst, src) pairs are merged first.
+    none). Repeated (dst, src) pairs are merged first; ``distinct``: the caller knows there
+    are none (a sampled block's edges), so none is looked for.
     """
+    if distinct:
+        deg = torch.bincount(dst, minlength=num_dst).clamp(min=1).float()
+        return rows_csr([(dst, src, 1.0 / deg[dst])], num_dst, num_src)
     ei = unique_edges(torch.stack([dst.long(), src.long()]), num_src)
     deg = torch.bincount(ei[0], minlength=num_dst).clamp(min=1).float()
     values = 1.0 / deg[ei[0]]

@@ -11,14 +11,20 @@ The same ``forward`` runs on a sampled block (mini-batch training): there the ad
 is over the block's local users and items, each edge normalised with the FULL graph's
 degrees ``w / sqrt(d_v d_u)`` and scaled per destination and edge type by ``deg /
 sampled`` (an unbiased estimate of the full sum, exact where every neighbour is sampled).
+A block's nodes are ordered by hop (the seed users, the seed items, then each hop's new
+users and items), so layer ``l`` of ``L`` propagates to the first rows only: the nodes
+within ``L - l`` hops of the seeds (PyG's ``trim_to_layer``; the seeds' outputs are those
+of every node, every layer).
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
@@ -30,6 +36,8 @@ from .base import (
     Propagation,
     Recommender,
     check_range,
+    first_rows,
+    rows_csr,
     spmm,
     to_csr,
     unique_edges,
@@ -108,6 +116,35 @@ def normalized_adjacency(
     return to_csr(coo.coalesce())
 
 
+def perturbed_propagation(adj: Tensor, ego: Tensor, layer_weights: Tensor, eps: float,
+                          cl_layer: int, symmetric: bool = True,
+                          rows: list[int] | None = None) -> tuple[Tensor, Tensor]:
+    """``(sum_l w_l E^(l), E^(cl_layer))`` over ``adj`` [N, N] from ``ego`` [N, d].
+
+    With ``eps > 0`` each propagated layer gets the sign-aligned uniform noise of norm
+    ``eps`` (XSimGCL's) before it feeds the next one. ``layer_weights`` has one weight per
+    layer, layer 0 (``ego``) first. ``rows`` (a block's nodes ordered by hop): ``rows[h]``
+    nodes lie within ``h`` hops of the seeds; layer ``l`` of ``L`` then computes its first
+    ``rows[L - l]`` rows only and both results have the ``rows[0]`` seed rows (exact for
+    them: their ``L``-hop neighbourhood is all there).
+    """
+    num_layers = layer_weights.numel() - 1
+    keep = ego.size(0) if rows is None else rows[0]
+    out = ego[:keep] * layer_weights[0]
+    x, view = ego, ego
+    for layer in range(1, num_layers + 1):
+        if rows is None:
+            x = spmm(adj, x, symmetric)
+        else:
+            x = spmm(first_rows(adj, rows[num_layers - layer], x.size(0)), x)
+        if eps > 0:
+            x = x + torch.sign(x) * F.normalize(torch.rand_like(x), dim=-1) * eps
+        out = out + x[:keep] * layer_weights[layer]
+        if layer == cl_layer:
+            view = x
+    return out, view[:keep]
+
+
 def edge_dropout(adj: Tensor, p: float) -> Tensor:
     """Same CSR structure with each stored value zeroed with probability ``p`` and
     the rest scaled by ``1 / (1 - p)``."""
@@ -132,6 +169,9 @@ class LightGCNInputs(Inputs):
     ``symmetric``: ``adj`` is symmetric (the backward pass then reuses it).
     ``degrees``: the full graph's degree terms a block's adjacency is normalised with
     (``dinv`` Float[U + I] and the edge counts ``user``, ``friend``, ``item``).
+    ``hops``: a block's user and item counts, cumulative by hop (``hops[nt][h]``: its
+    nodes first reached at hop ``h`` or before); the adjacency's nodes are then ordered by
+    hop (users, then items, of each hop) and ``forward`` returns the seeds' rows only.
     """
 
     adj: Tensor
@@ -139,6 +179,35 @@ class LightGCNInputs(Inputs):
     items: Tensor | None = None
     symmetric: bool = True
     degrees: dict[str, Tensor] = field(default_factory=dict)
+    hops: dict[str, list[int]] | None = None
+
+    def hop_rows(self, num_layers: int) -> list[int] | None:
+        """Nodes within ``h`` hops of the seeds for ``h = 0..num_layers`` (None: the full
+        graph's inputs)."""
+        if self.hops is None:
+            return None
+        last = len(self.hops["user"]) - 1
+        return [self.hops["user"][min(h, last)] + self.hops["item"][min(h, last)]
+                for h in range(num_layers + 1)]
+
+    def stack(self, egos: list[Tensor]) -> Tensor:
+        """The rows of ``egos`` (users, items (, tags) in local order) in the order of the
+        adjacency's nodes."""
+        if self.hops is None:
+            return torch.cat(egos)
+        (user, item), (cu, ci) = egos[:2], (self.hops["user"], self.hops["item"])
+        parts = []
+        for h in range(len(cu)):
+            parts += [user[cu[h - 1] if h else 0:cu[h]], item[ci[h - 1] if h else 0:ci[h]]]
+        return torch.cat(parts)
+
+    def unstack(self, out: Tensor, egos: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """``(user rows, item rows)`` of a propagation's output: every node's (the full
+        graph), or a block's seeds (the seed users then the seed items)."""
+        if self.hops is None:
+            user, item = out.split([e.size(0) for e in egos])[:2]
+            return user, item
+        return out[: self.hops["user"][0]], out[self.hops["user"][0]:]
 
 
 class LightGCN(Recommender):
@@ -257,34 +326,34 @@ class LightGCN(Recommender):
                                             "friend": friend_deg, "item": item_deg})
 
     def block(self, batch: HeteroData, inputs: LightGCNInputs) -> LightGCNInputs:
-        """The adjacency over a sampled batch's users (first) and items, normalised with
-        the full graph's degrees and scaled by ``deg / sampled`` per destination."""
+        """The adjacency over a sampled batch's users and items ordered by hop (module
+        docstring), normalised with the full graph's degrees and scaled by ``deg /
+        sampled`` per destination."""
         if (reason := self.cannot_sample()) is not None:
             raise ValueError(reason)
         deg = inputs.degrees
         dev = deg["dinv"].device
         n_user, n_item = batch["user"].n_id.to(dev), batch["item"].n_id.to(dev)
-        nu = n_user.numel()
-        n = nu + n_item.numel()
-        glob = torch.cat([n_user, n_item + self.num_users])
-        parts = [(IU, 1.0, deg["user"], nu, 0), (UI, 1.0, deg["item"], 0, nu)]
+        nu, ni = n_user.numel(), n_item.numel()
+        n = nu + ni
+        hops = _hop_counts(batch, nu, ni)
+        user_pos, item_pos = _hop_positions(hops, dev)
+        glob = torch.empty(n, dtype=torch.long, device=dev)
+        glob[user_pos], glob[item_pos] = n_user, n_item + self.num_users
+        parts = [(IU, 1.0, deg["user"], item_pos, user_pos, 0),
+                 (UI, 1.0, deg["item"], user_pos, item_pos, self.num_users)]
         if self.social_weight > 0:
-            parts.append((UU, self.social_weight, deg["friend"], 0, 0))
-        rows, cols, vals = [], [], []
-        for et, w, full_deg, src_off, dst_off in parts:
+            parts.append((UU, self.social_weight, deg["friend"], user_pos, user_pos, 0))
+        entries = []
+        for et, w, full_deg, src_pos, dst_pos, dst_base in parts:
             ei = batch[et].edge_index.to(dev)
-            src, dst = ei[0] + src_off, ei[1] + dst_off
+            src, dst = src_pos[ei[0]], dst_pos[ei[1]]  # positions keep the local order
             sampled = torch.bincount(dst, minlength=n).float()
             dst_g = glob[dst]
-            scale = full_deg[dst_g - (self.num_users if dst_off else 0)] / sampled[dst].clamp(
-                min=1)
-            rows.append(dst)
-            cols.append(src)
-            vals.append(w * deg["dinv"][glob[src]] * deg["dinv"][dst_g] * scale)
-        idx = torch.stack([torch.cat(rows), torch.cat(cols)])
-        coo = torch.sparse_coo_tensor(idx, torch.cat(vals), (n, n), check_invariants=False)
-        return LightGCNInputs(to_csr(coo.coalesce()), users=n_user, items=n_item,
-                              symmetric=False)
+            scale = full_deg[dst_g - dst_base] / sampled[dst].clamp(min=1)
+            entries.append((dst, src, w * deg["dinv"][glob[src]] * deg["dinv"][dst_g] * scale))
+        return LightGCNInputs(rows_csr(entries, n, n), users=n_user, items=n_item,
+                              symmetric=False, hops=hops)
 
     def _layer0(self, inputs: LightGCNInputs) -> tuple[list[Tensor], Tensor, bool]:
         """(the ego embeddings of users, items (and tags) of ``inputs``, the adjacency to
@@ -302,11 +371,27 @@ class LightGCN(Recommender):
 
     def forward(self, inputs: LightGCNInputs) -> Propagation:
         egos, adj, symmetric = self._layer0(inputs)
-        ego = torch.cat(egos)  # [U+I(+T), d]
-        out = ego * self.layer_weights[0]
-        x = ego
-        for layer in range(1, self.num_layers + 1):
-            x = spmm(adj, x, symmetric)
-            out = out + x * self.layer_weights[layer]
-        user, item = out.split([e.size(0) for e in egos])[:2]
+        out, _ = perturbed_propagation(adj, inputs.stack(egos), self.layer_weights, 0.0, 0,
+                                       symmetric, inputs.hop_rows(self.num_layers))
+        user, item = inputs.unstack(out, egos)
         return Propagation(user, item, egos[0], egos[1])
+
+
+def _hop_counts(batch: HeteroData, nu: int, ni: int) -> dict[str, list[int]]:
+    """Cumulative user and item counts by hop of a batch, of one common length (a batch
+    without hop counts: all its nodes are seeds)."""
+    got = {nt: list(itertools.accumulate(batch[nt].num_sampled_nodes))
+           if "num_sampled_nodes" in batch[nt] else [n] for nt, n in (("user", nu), ("item", ni))}
+    depth = max(len(h) for h in got.values())
+    return {nt: h + h[-1:] * (depth - len(h)) for nt, h in got.items()}
+
+
+def _hop_positions(hops: dict[str, list[int]], dev: torch.device) -> tuple[Tensor, Tensor]:
+    """(Long[users], Long[items]): the position of each local user and item in the hop
+    order (the users then the items of hop 0, of hop 1, ...)."""
+    cu = torch.tensor([0, *hops["user"]], device=dev)
+    ci = torch.tensor([0, *hops["item"]], device=dev)
+    # a user of hop h comes after the items of hops < h, an item after the users of hops <= h
+    user_pos = torch.arange(int(cu[-1]), device=dev) + ci[:-1].repeat_interleave(cu.diff())
+    item_pos = torch.arange(int(ci[-1]), device=dev) + cu[1:].repeat_interleave(ci.diff())
+    return user_pos, item_pos

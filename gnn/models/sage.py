@@ -48,6 +48,7 @@ from .base import (
     Propagation,
     Recommender,
     check_range,
+    first_rows,
     mean_adjacency,
     select_rows,
     spmm,
@@ -104,17 +105,6 @@ def _with_tags(item: Tensor, item_tags: Tensor, tag: Tensor, block: bool) -> Ten
     return item.index_add(0, row, tag[col] * val[:, None])
 
 
-def _rows(adj: Tensor, rows: int, cols: int) -> Tensor:
-    """The first ``rows`` rows of the sparse CSR ``adj`` as [rows, cols] (a view of its
-    arrays: a block's rows are ordered by hop, and so are the columns they name)."""
-    if rows == adj.size(0) and cols == adj.size(1):
-        return adj
-    crow = adj.crow_indices()[: rows + 1]
-    end = int(crow[-1])
-    return torch.sparse_csr_tensor(crow, adj.col_indices()[:end], adj.values()[:end],
-                                   (rows, cols), check_invariants=False)
-
-
 def _hetero_layer(conv: HeteroConv, x: dict[str, Tensor], adj: dict[EdgeType, Tensor],
                   keep: dict[str, int] | None) -> dict[str, Tensor]:
     """``HeteroConv(aggr="sum")`` of :class:`_SAGEConv` s (mean aggregation, root weight,
@@ -137,7 +127,7 @@ def _hetero_layer(conv: HeteroConv, x: dict[str, Tensor], adj: dict[EdgeType, Te
         h = F.linear(x_dst, root, bias)
         for et, c in convs:
             x_src = x[et[0]]
-            agg = spmm(_rows(adj[et], n_dst, x_src.size(0)), x_src)
+            agg = spmm(first_rows(adj[et], n_dst, x_src.size(0)), x_src)
             h = torch.addmm(h, agg, c.lin_l.weight.t())
         out[dst] = h
     return out
@@ -282,7 +272,8 @@ class HeteroGraphSAGE(Recommender):
         for et in self._edge_types(last=False):
             ei = batch[et].edge_index.to(dev)
             n_src, n_dst = int(batch[et[0]].num_nodes), int(batch[et[2]].num_nodes)
-            adj[et] = mean_adjacency(ei[1], ei[0], n_dst, n_src).to(dev)
+            adj[et] = mean_adjacency(ei[1], ei[0], n_dst, n_src,
+                                     distinct=bool(getattr(batch[et], "distinct", False)))
         x = {nt: batch[nt].x.to(dev) for nt in inputs.x}
         item_tags = (select_rows(inputs.item_tags, n_id[ITEM])
                      if inputs.item_tags is not None else None)

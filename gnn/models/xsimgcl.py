@@ -26,28 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import GraphSizes, Propagation, ranking_loss, spmm
-from .lightgcn import LightGCN, LightGCNInputs
-
-
-def perturbed_propagation(adj: Tensor, ego: Tensor, layer_weights: Tensor, eps: float,
-                          cl_layer: int, symmetric: bool = True) -> tuple[Tensor, Tensor]:
-    """``(sum_l w_l E^(l), E^(cl_layer))`` over ``adj`` [N, N] from ``ego`` [N, d].
-
-    With ``eps > 0`` each propagated layer gets the sign-aligned uniform noise of norm
-    ``eps`` (module docstring) before it feeds the next one. ``layer_weights`` has one
-    weight per layer, layer 0 (``ego``) first.
-    """
-    out = ego * layer_weights[0]
-    x, view = ego, ego
-    for layer in range(1, layer_weights.numel()):
-        x = spmm(adj, x, symmetric)
-        if eps > 0:
-            x = x + torch.sign(x) * F.normalize(torch.rand_like(x), dim=-1) * eps
-        out = out + x * layer_weights[layer]
-        if layer == cl_layer:
-            view = x
-    return out, view
+from .base import GraphSizes, Propagation, ranking_loss
+from .lightgcn import LightGCN, LightGCNInputs, perturbed_propagation
 
 
 def info_nce(a: Tensor, b: Tensor, temperature: float) -> Tensor:
@@ -102,12 +82,11 @@ class XSimGCL(LightGCN):
         """The propagation (noise in training mode only) and, in ``extra``, the users' and
         items' layer-``cl_layer`` view."""
         egos, adj, symmetric = self._layer0(inputs)
-        out, view = perturbed_propagation(adj, torch.cat(egos), self.layer_weights,
+        out, view = perturbed_propagation(adj, inputs.stack(egos), self.layer_weights,
                                           self.eps if self.training else 0.0, self.cl_layer,
-                                          symmetric)
-        sizes = [e.size(0) for e in egos]
-        user, item = out.split(sizes)[:2]
-        view_user, view_item = view.split(sizes)[:2]
+                                          symmetric, inputs.hop_rows(self.num_layers))
+        user, item = inputs.unstack(out, egos)
+        view_user, view_item = inputs.unstack(view, egos)
         return Propagation(user, item, egos[0], egos[1],
                            extra={"view_user": view_user, "view_item": view_item})
 
