@@ -17,21 +17,28 @@ training time of one epoch (evaluation, Ray start-up and reports excluded: they 
 ``*_wall_s``); ``*_recall20`` the best valid recall@20 over the epochs and
 ``*_final_recall20`` the last epoch's.
 
-**Mini-batch check** (``--minibatch-check``): GraphSAGE full-graph vs mini-batch
-(``--num-neighbors``, :mod:`gnnrec.gnn.minibatch`) on the same split and settings, early
-stopping on valid recall@20, for each of ``--seeds`` seeds; means and the relative gap.
+**Mini-batch check** (``--minibatch-check``): GraphSAGE (``--check-model lightgcn``:
+LightGCN, one layer per fan-out) full-graph vs mini-batch (``--num-neighbors``,
+:mod:`gnnrec.gnn.minibatch`) on the same split and settings, early stopping on valid
+recall@20, for each of ``--seeds`` seeds; means and the relative gap. ``--check-modes
+minibatch`` runs the mini-batch side only (to compare two versions of the sampler: the same
+command on each, same seeds).
 
 **Scale** (``--scale-graph FILE``, e.g. from ``gnnrec synth``): mini-batch GraphSAGE
 (``--scale-model lightgcn``: LightGCN, one layer per fan-out) on the graph;
-``--scale-batches`` link batches are timed (0 = a whole epoch) after one warm-up batch,
-the epoch time is extrapolated from the mean batch time when not all batches ran; the
-process's CPU seconds per batch (comparable on a loaded machine), its peak RSS (graph,
-sampler, model, optimiser, batches) and that peak per interaction are recorded.
+``--scale-batches 0`` times one whole epoch, every batch from the first (``epoch_s`` is
+then measured, wall clock, sampling included); ``--scale-batches N`` times N batches after
+one warm-up batch and extrapolates the epoch from their mean. Recorded: the wall seconds of
+every timed step (``batch_seconds``, their median), the process's CPU seconds per batch
+(comparable on a loaded machine), the load average before and after, the peak RSS (graph,
+sampler, model, optimiser, batches) and that peak per interaction. ``--scale-ahead``: steps
+sampled ahead by the background thread (``MiniBatchConfig.ahead``; 0: none).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -63,6 +70,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-scaling", action="store_true")
     p.add_argument("--minibatch-check", action="store_true")
     p.add_argument("--seeds", type=int, default=3, help="seeds of the mini-batch check")
+    p.add_argument("--check-model", choices=sorted(HYPER), default="graphsage")
+    p.add_argument("--check-modes", nargs="+", choices=["full", "minibatch"],
+                   default=["full", "minibatch"])
     p.add_argument("--num-neighbors", type=int, nargs="+", default=[10, 5])
     p.add_argument("--check-epochs", type=int, default=50)
     p.add_argument("--patience", type=int, default=10)
@@ -71,6 +81,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale-batch-size", type=int, default=8192)
     p.add_argument("--scale-model", choices=sorted(HYPER), default="graphsage",
                    help="the model of the scale run (LightGCN: 2 layers, one per fan-out)")
+    p.add_argument("--scale-ahead", type=int, default=1,
+                   help="steps sampled ahead in a background thread (0 = none)")
     add_graph_arguments(p)
     return p.parse_args(argv)
 
@@ -162,18 +174,19 @@ def scaling(graph: HeteroData, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def minibatch_check(graph: HeteroData, args: argparse.Namespace) -> dict[str, Any]:
-    """GraphSAGE full-graph vs mini-batch valid recall@20 over ``--seeds`` seeds."""
+    """Full-graph vs mini-batch valid recall@20 of ``--check-model`` over ``--seeds`` seeds."""
     from gnnrec.gnn.minibatch import MiniBatchConfig, train_minibatch
     from gnnrec.gnn.run import build_model
     from gnnrec.gnn.train import seed_everything, train
 
-    hyper = {**HYPER["graphsage"], "num_layers": len(args.num_neighbors)}
-    runs: dict[str, list[dict[str, Any]]] = {"full": [], "minibatch": []}
+    name = args.check_model
+    hyper = {**HYPER[name], "num_layers": len(args.num_neighbors)}
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in args.check_modes}
     for seed in range(args.seeds):
         config = _config(args, epochs=args.check_epochs, patience=args.patience, seed=seed)
         for mode in runs:
             seed_everything(seed)
-            model = build_model("graphsage", graph, hyper)
+            model = build_model(name, graph, hyper)
             t0 = time.perf_counter()
             if mode == "full":
                 res = train(model, graph, config, progress=False)
@@ -185,17 +198,16 @@ def minibatch_check(graph: HeteroData, args: argparse.Namespace) -> dict[str, An
                                "best_epoch": res.best_epoch, "stopped": res.stopped,
                                "epoch_s": statistics.median(r["seconds"] for r in res.history),
                                "wall_s": round(time.perf_counter() - t0, 2)})
-            print(f"graphsage {mode} seed {seed}: recall@20 {res.best_valid['recall@20']:.4f}",
+            print(f"{name} {mode} seed {seed}: recall@20 {res.best_valid['recall@20']:.4f}",
                   file=sys.stderr)
-    full = statistics.mean(r["recall20"] for r in runs["full"])
-    mini = statistics.mean(r["recall20"] for r in runs["minibatch"])
-    return {"model": "graphsage", "hyper": hyper, "num_neighbors": args.num_neighbors,
-            "full_recall20_mean": full, "minibatch_recall20_mean": mini,
-            "minibatch_vs_full_rel": (mini - full) / full,
-            "full_recall20_stdev": statistics.pstdev(r["recall20"] for r in runs["full"]),
-            "minibatch_recall20_stdev": statistics.pstdev(r["recall20"]
-                                                          for r in runs["minibatch"]),
-            "runs": runs}
+    out: dict[str, Any] = {"model": name, "hyper": hyper, "num_neighbors": args.num_neighbors}
+    for mode, rs in runs.items():
+        out[f"{mode}_recall20_mean"] = statistics.mean(r["recall20"] for r in rs)
+        out[f"{mode}_recall20_stdev"] = statistics.pstdev(r["recall20"] for r in rs)
+    if len(runs) == 2:
+        full, mini = out["full_recall20_mean"], out["minibatch_recall20_mean"]
+        out["minibatch_vs_full_rel"] = (mini - full) / full
+    return {**out, "runs": runs}
 
 
 def scale(path: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -207,7 +219,7 @@ def scale(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     from gnnrec.gnn.minibatch import MiniBatchConfig, link_sampler
     from gnnrec.gnn.run import build_model
     from gnnrec.gnn.split import ensure_split
-    from gnnrec.gnn.train import RankingStep, run_epoch, seed_everything
+    from gnnrec.gnn.train import RankingStep, adam, run_epoch, seed_everything
     from gnnrec.gnn.views import TrainView
 
     t0 = time.perf_counter()
@@ -226,38 +238,55 @@ def scale(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     hyper = {**HYPER[name], "num_layers": len(args.num_neighbors)}
     model = build_model(name, view, hyper)
     config = _config(args, batch_size=args.scale_batch_size)
-    mb = MiniBatchConfig(num_neighbors=args.num_neighbors)
+    mb = MiniBatchConfig(num_neighbors=args.num_neighbors, ahead=args.scale_ahead)
     sampler = link_sampler(view, model, config, mb)
     step = RankingStep(model)
     batches = SampledBatches(model, model.inputs(view), lambda epoch: (
-        sampler.batch(epoch, j) for j in range(len(sampler))), config.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        sampler.batch(epoch, j) for j in range(len(sampler))), config.seed, ahead=mb.ahead)
+    optimizer = adam(model.parameters(), config.lr)
     t_build = time.perf_counter() - t0 - t_load
     rss_built = peak_rss_gb()
     model.train()
     total = len(sampler)
-    timed = total - 1 if args.scale_batches <= 0 else min(args.scale_batches, total - 1)
-    steps = batches(1)  # sampler epoch 0: batch 0 warms up, then ``timed`` batches
-    run_epoch(step, optimizer, steps, config.l2, max_batches=1)
+    whole = args.scale_batches <= 0
+    timed = total if whole else min(args.scale_batches, total - 1)
+    stamps: list[float] = []
+
+    def stamped(it: Any) -> Any:  # stamps from one step handed out to the next
+        for j, item in enumerate(it):
+            if j:
+                stamps.append(time.perf_counter())
+            yield item
+
+    steps = batches(1)  # sampler epoch 0; a part run: batch 0 warms up, then ``timed``
+    if not whole:
+        run_epoch(step, optimizer, steps, config.l2, max_batches=1)
+    load_before = loadavg()
     t1, c1 = time.perf_counter(), time.process_time()
-    stats = run_epoch(step, optimizer, steps, config.l2, max_batches=timed)
+    stamps.append(t1)
+    stats = run_epoch(step, optimizer, stamped(steps), config.l2, max_batches=timed)
     seconds, cpu = time.perf_counter() - t1, time.process_time() - c1
+    stamps.append(t1 + seconds)
     per_batch = seconds / timed
     peak = peak_rss_gb()
+    batch_seconds = [round(b - a, 3) for a, b in itertools.pairwise(stamps)]
     return {
         "graph": str(path), **sizes,
         "model": name, "hyper": hyper, "num_neighbors": args.num_neighbors,
+        "ahead": mb.ahead,
         "batch_size": config.batch_size, "batches_per_epoch": total, "batches_timed": timed,
         "seconds_timed": round(seconds, 2), "seconds_per_batch": round(per_batch, 4),
+        "median_batch_s": round(statistics.median(batch_seconds), 3),
         # CPU seconds of the process (all threads): less sensitive to a loaded machine
         "cpu_seconds_per_batch": round(cpu / timed, 4),
-        "epoch_s": round(per_batch * total, 1),
-        # epoch_s is s/batch x batches either way; extrapolated = not every batch ran
-        "batches_run": timed + 1, "epoch_extrapolated": timed + 1 < total,  # + the warm-up
+        "epoch_s": round(seconds if whole else per_batch * total, 1),
+        # a whole epoch is measured (wall clock, from its first batch); a part, extrapolated
+        "batches_run": timed if whole else timed + 1, "epoch_extrapolated": not whole,
         "load_s": round(t_load, 1), "build_s": round(t_build, 1),
         "peak_rss_gb_after_build": round(rss_built, 2), "peak_rss_gb": round(peak, 2),
         "peak_rss_bytes_per_interaction": round(peak * 2**30 / sizes["num_interactions"]),
-        "loss": stats["loss"], "torch_threads": torch.get_num_threads(), "loadavg": loadavg(),
+        "loss": stats["loss"], "torch_threads": torch.get_num_threads(),
+        "loadavg_before": load_before, "loadavg": loadavg(), "batch_seconds": batch_seconds,
     }
 
 

@@ -18,8 +18,10 @@ takes batch indices ``rank, rank + world, ...``.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -29,6 +31,8 @@ from torch_geometric.data import HeteroData
 from gnnrec.gnn.negative import NegativeSampler
 from gnnrec.gnn.train import Step, TrainConfig
 from gnnrec.gnn.views import TrainView
+
+T = TypeVar("T")
 
 
 def derived_seed(*parts: int) -> int:
@@ -95,18 +99,24 @@ class SampledBatches:
 
     ``stream(epoch)`` yields the ``HeteroData`` batches of a sampler epoch (from 0; e.g.
     ``LinkBatchSampler.iter_epoch`` or a Ray sampler stream); the block is built with
-    ``model.block(batch, inputs)`` on the inputs' device. Batches are pure functions of
-    ``(seed, epoch, index)``, so there is no generator state to checkpoint: the states
-    written are fresh ones (:func:`fresh_generators`).
+    ``model.block(batch, inputs)`` on the inputs' device. With ``ahead > 0`` a background
+    thread samples and builds up to ``ahead`` steps while the caller trains on the current
+    one (numpy and torch release the GIL in their array work); the steps are the same.
+    Batches are pure functions of ``(seed, epoch, index)``, so there is no generator state
+    to checkpoint: the states written are fresh ones (:func:`fresh_generators`).
     """
 
     def __init__(self, model: nn.Module, inputs: Any,
                  stream: Callable[[int], Iterable[HeteroData]], seed: int,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", ahead: int = 0) -> None:
         self.model, self.inputs, self.stream = model, inputs, stream
-        self.seed, self.device = seed, torch.device(device)
+        self.seed, self.device, self.ahead = seed, torch.device(device), ahead
 
     def __call__(self, epoch: int) -> Iterator[Step]:
+        steps = self._steps(epoch)
+        return background(steps, self.ahead) if self.ahead > 0 else steps
+
+    def _steps(self, epoch: int) -> Iterator[Step]:
         dev = self.device
         for batch in self.stream(epoch - 1):
             block = self.model.block(batch, self.inputs)  # type: ignore[operator]
@@ -118,3 +128,45 @@ class SampledBatches:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+def background(items: Iterator[T], ahead: int = 1) -> Iterator[T]:
+    """The items of ``items``, computed by a daemon thread up to ``ahead`` items in advance.
+
+    An exception of ``items`` is raised to the caller at the item where it happened; when
+    the caller stops early (or the returned generator is closed), the thread stops after
+    the item it is computing.
+    """
+    box: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+
+    def put(entry: tuple[str, Any]) -> bool:  # False: the consumer has gone
+        while not stop.is_set():
+            try:
+                box.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put(("error", exc))
+
+    thread = threading.Thread(target=produce, name="gnnrec-batches", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = box.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()

@@ -52,6 +52,8 @@ class MiniBatchConfig:
         sampler: ``inprocess`` or ``ray`` (sampler actors, :mod:`distributed_sampling`).
         sampler_workers: Ray sampler actors; prefetch: Ray batches in flight.
         replace: sample neighbours with replacement.
+        ahead: steps sampled and turned into blocks by a background thread while the
+            model trains on the current one (0: none; the steps are the same either way).
     """
 
     num_neighbors: list[int] = field(default_factory=lambda: [10, 5])
@@ -59,6 +61,7 @@ class MiniBatchConfig:
     sampler_workers: int = 2
     prefetch: int = 4
     replace: bool = False
+    ahead: int = 1
 
     def validate(self, model: nn.Module) -> None:
         if not getattr(model, "sampled", False):
@@ -80,6 +83,8 @@ class MiniBatchConfig:
             raise TrainingError(f"sampler must be inprocess or ray, not {self.sampler!r}")
         if min(self.sampler_workers, self.prefetch) < 1:
             raise TrainingError("sampler_workers and prefetch must be at least 1")
+        if self.ahead < 0:
+            raise TrainingError(f"ahead must be >= 0, got {self.ahead}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,6 +132,6 @@ def train_minibatch(model: nn.Module, graph: HeteroData | TrainView, config: Tra
     session.desc = "train (mini-batch)"
 
     def sampled(inputs: Any, device: Any) -> SampledBatches:
-        return SampledBatches(model, inputs, stream, config.seed, device)
+        return SampledBatches(model, inputs, stream, config.seed, device, ahead=mb.ahead)
 
     return fit(model, view, config, batches=sampled, session=session)

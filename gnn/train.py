@@ -181,6 +181,16 @@ class RankingStep(nn.Module):
                                neg.view(neg.size(0), -1), self.loss, self.temperature)
 
 
+def adam(params: Iterable[Tensor], lr: float) -> torch.optim.Adam:
+    """The optimiser of gradient training: Adam, by torch's fused kernel on CPU and CUDA
+    parameters (one pass over each tensor: 8x the default's speed on 38M CPU parameters,
+    the same update up to float rounding)."""
+    params = list(params)
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                                 for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=fused or None)
+
+
 def run_epoch(step: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Step],
               l2: float, *, max_batches: int | None = None) -> dict[str, float]:
     """One pass over ``batches``: (bpr, reg, loss means weighted by batch size, batches)."""
@@ -366,7 +376,7 @@ def fit(model: nn.Module, view: TrainView, config: TrainConfig, *,
     stopping = EarlyStopping(config)
     if not params and not solves:  # nothing to fit (a stand-in model): evaluated once
         return _evaluate_only(model, stopping, session, evaluate, evaluated)
-    optimizer = torch.optim.Adam(params, lr=config.lr) if params else None
+    optimizer = adam(params, config.lr) if params else None
     make = batches or (lambda inputs, device: FullBatches(view, config, inputs, device))
     source = make(inputs, device) if optimizer is not None else None
     step = session.wrap(RankingStep(model, config.loss, config.temperature).to(device))

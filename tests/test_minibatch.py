@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from gnnrec.cli import main
+from gnnrec.gnn.batches import SampledBatches, background
 from gnnrec.gnn.generators import synthetic_graph
 from gnnrec.gnn.graph_file import save_graph
 from gnnrec.gnn.minibatch import (
@@ -97,6 +101,40 @@ def test_lightgcn_block_layers_run_on_the_seeds_neighbourhood_only(graph: Hetero
     order[user_pos], order[item_pos] = glob[: block.users.numel()], glob[block.users.numel():]
     assert torch.equal(order[:nu], block.users[:nu])
     assert torch.equal(order[nu:nu + ni], block.items[:ni] + model.num_users)
+
+
+def test_background_steps_are_the_steps(graph: HeteroData) -> None:
+    """Steps built ahead in a thread are those built in line; errors reach the caller and
+    an abandoned stream stops its thread."""
+    view = TrainView.from_graph(graph)
+    model = _models(graph)[0]
+    sampler = link_sampler(view, model, TrainConfig(batch_size=64), MiniBatchConfig())
+    inputs = model.inputs(view)
+    inline = list(SampledBatches(model, inputs, sampler.iter_epoch, 0)(1))
+    ahead = list(SampledBatches(model, inputs, sampler.iter_epoch, 0, ahead=2)(1))
+    assert len(inline) == len(ahead) == len(sampler)
+    for a, b in zip(inline, ahead, strict=True):
+        for et, adj in a[0].adj.items():
+            assert torch.equal(adj.to_dense(), b[0].adj[et].to_dense())
+        assert all(torch.equal(x, y) for x, y in zip(a[1:], b[1:], strict=True))
+
+    def failing() -> Iterator[int]:
+        yield 1
+        raise ValueError("sampler broke")
+
+    it = background(failing(), 1)
+    assert next(it) == 1
+    with pytest.raises(ValueError, match="sampler broke"):
+        next(it)
+    before = threading.active_count()
+    it = background(iter(range(10**9)), 2)
+    assert next(it) == 0
+    it.close()
+    for _ in range(50):
+        if threading.active_count() < before + 1:
+            break
+        time.sleep(0.05)
+    assert threading.active_count() <= before
 
 
 def test_sampled_batches_are_small_and_train_every_parameter() -> None:

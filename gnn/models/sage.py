@@ -111,7 +111,9 @@ def _hetero_layer(conv: HeteroConv, x: dict[str, Tensor], adj: dict[EdgeType, Te
     no normalisation) on ``x``, for the first ``keep[nt]`` destinations of each type
     (None: all). Per destination type: ``x_dst @ (sum of the root weights).T`` plus each
     edge type's ``lin_l`` of its aggregate, one matrix product per term (the sum of the
-    per-edge-type ``SAGEConv`` outputs, with one root product instead of one per edge type).
+    per-edge-type ``SAGEConv`` outputs, with one root product instead of one per edge type);
+    where an edge type has fewer sources than destinations, its sources are transformed
+    before the mean (the same product, ``A (X W) = (A X) W``, on fewer rows).
     """
     by_dst: dict[str, list[tuple[EdgeType, _SAGEConv]]] = {}
     for et, c in conv.convs.items():
@@ -127,8 +129,11 @@ def _hetero_layer(conv: HeteroConv, x: dict[str, Tensor], adj: dict[EdgeType, Te
         h = F.linear(x_dst, root, bias)
         for et, c in convs:
             x_src = x[et[0]]
-            agg = spmm(first_rows(adj[et], n_dst, x_src.size(0)), x_src)
-            h = torch.addmm(h, agg, c.lin_l.weight.t())
+            a = first_rows(adj[et], n_dst, x_src.size(0))
+            if x_src.size(0) < n_dst:  # fewer sources: transform them, then aggregate
+                h = h + spmm(a, F.linear(x_src, c.lin_l.weight))
+            else:
+                h = torch.addmm(h, spmm(a, x_src), c.lin_l.weight.t())
         out[dst] = h
     return out
 
