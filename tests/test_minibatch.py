@@ -84,16 +84,24 @@ def test_lightgcn_block_layers_run_on_the_seeds_neighbourhood_only(graph: Hetero
     block = model.block(batch, model.inputs(view))
     rows = block.hop_rows(3)
     assert rows is not None and rows[0] < rows[1] < rows[2] < rows[3] == block.adj.size(0)
-    with torch.no_grad():
-        out = model(block)
-        egos = [model.user_embedding(block.users), model.item_embedding(block.items)]
-        dense, x = block.stack(egos) * 0.25, block.stack(egos)
-        for _ in range(3):
-            x = block.adj.to_dense() @ x
-            dense = dense + x * 0.25
+    out = model(block)
+    egos = [model.user_embedding(block.users), model.item_embedding(block.items)]
+    dense = x = torch.cat(egos)[block.order]  # plain autograd ops, every node, every layer
+    dense = dense * 0.25
+    for _ in range(3):
+        x = block.adj.to_dense() @ x
+        dense = dense + x * 0.25
     nu, ni = batch["user"].batch_size, batch["item"].batch_size
     assert out.user.shape == (nu, 8) and out.item.shape == (ni, 8)
-    torch.testing.assert_close(torch.cat([out.user, out.item]), dense[: nu + ni])
+    got = torch.cat([out.user, out.item])
+    torch.testing.assert_close(got, dense[: nu + ni])
+    # the same gradients (spmm_head and permute_rows' backward passes)
+    weights = torch.randn_like(got)
+    grads = [torch.autograd.grad((y * weights).sum(), [model.user_embedding.weight,
+                                                       model.item_embedding.weight])
+             for y in (got, dense[: nu + ni])]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
     # the hop order: seed users, seed items, then each hop's new users and items
     glob = torch.cat([block.users, block.items + model.num_users])
     user_pos, item_pos = lgcn_module._hop_positions(block.hops, torch.device("cpu"))

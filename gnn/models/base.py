@@ -158,6 +158,25 @@ def _bag_mm(adj: Tensor, x: Tensor) -> Tensor:
                            per_sample_weights=adj.values())
 
 
+def spmm_head(adj: Tensor, x: Tensor, keep: int, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """``(adj @ x, weight * x[:keep])`` for a sparse CSR ``adj`` (not symmetric) and dense
+    ``x``; ``weight`` a 0-dim tensor. The backward pass adds the second output's gradient
+    into the first rows of the product's ``x`` gradient in place (an autograd slice would
+    build a zero-padded full-size gradient and add it)."""
+    if not x.requires_grad:
+        return _bag_mm(adj, x), x[:keep] * weight
+    return _SpMMHead.apply(adj, x, keep, weight)
+
+
+def _transpose_of(adj: Tensor) -> Tensor:
+    """``adj.T`` as CSR, cached on the ``adj`` tensor object."""
+    adj_t = getattr(adj, "_gnnrec_transpose", None)
+    if adj_t is None:
+        adj_t = transpose_csr(adj)
+        adj._gnnrec_transpose = adj_t
+    return adj_t
+
+
 class _SpMM(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, adj: Tensor, x: Tensor, symmetric: bool) -> Tensor:
@@ -167,15 +186,42 @@ class _SpMM(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor, None]:
-        adj = ctx.adj
-        if ctx.symmetric:
-            adj_t = adj
-        else:
-            adj_t = getattr(adj, "_gnnrec_transpose", None)
-            if adj_t is None:
-                adj_t = transpose_csr(adj)
-                adj._gnnrec_transpose = adj_t
+        adj_t = ctx.adj if ctx.symmetric else _transpose_of(ctx.adj)
         return None, _bag_mm(adj_t, grad.contiguous()), None
+
+
+class _SpMMHead(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, adj: Tensor, x: Tensor, keep: int,
+                weight: Tensor) -> tuple[Tensor, Tensor]:
+        ctx.adj, ctx.keep = adj, keep
+        ctx.save_for_backward(weight)
+        return _bag_mm(adj, x), x[:keep] * weight
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor, grad_head: Tensor) -> tuple[None, Tensor, None, None]:
+        (weight,) = ctx.saved_tensors
+        grad_x = _bag_mm(_transpose_of(ctx.adj), grad.contiguous())
+        grad_x[: ctx.keep].addcmul_(grad_head, weight)
+        return None, grad_x, None, None
+
+
+class _PermuteRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, order: Tensor, position: Tensor) -> Tensor:
+        ctx.position = position
+        return x[order]
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        return grad[ctx.position], None, None
+
+
+def permute_rows(x: Tensor, order: Tensor, position: Tensor) -> Tensor:
+    """``x[order]`` for a permutation ``order`` whose inverse is ``position``
+    (``order[position] = arange``): the backward pass is the gather ``grad[position]``
+    (not a scatter into zeros)."""
+    return _PermuteRows.apply(x, order, position)
 
 
 def radix_order(keys: np.ndarray) -> np.ndarray:

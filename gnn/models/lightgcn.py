@@ -37,8 +37,10 @@ from .base import (
     Recommender,
     check_range,
     first_rows,
+    permute_rows,
     rows_csr,
     spmm,
+    spmm_head,
     to_csr,
     unique_edges,
 )
@@ -129,20 +131,27 @@ def perturbed_propagation(adj: Tensor, ego: Tensor, layer_weights: Tensor, eps: 
     them: their ``L``-hop neighbourhood is all there).
     """
     num_layers = layer_weights.numel() - 1
-    keep = ego.size(0) if rows is None else rows[0]
-    out = ego[:keep] * layer_weights[0]
+    if rows is None:
+        out = ego * layer_weights[0]
     x, view = ego, ego
     for layer in range(1, num_layers + 1):
         if rows is None:
             x = spmm(adj, x, symmetric)
-        else:
-            x = spmm(first_rows(adj, rows[num_layers - layer], x.size(0)), x)
+        else:  # the previous layer's seed rows join the output on the way
+            x, head = spmm_head(first_rows(adj, rows[num_layers - layer], x.size(0)), x,
+                                rows[0], layer_weights[layer - 1])
+            out = head if layer == 1 else out + head
         if eps > 0:
             x = x + torch.sign(x) * F.normalize(torch.rand_like(x), dim=-1) * eps
-        out = out + x[:keep] * layer_weights[layer]
+        if rows is None or layer == num_layers:
+            out = out + x * layer_weights[layer]
         if layer == cl_layer:
             view = x
-    return out, view[:keep]
+    if rows is None:
+        return out, view
+    if num_layers == 0:
+        return ego[: rows[0]] * layer_weights[0], ego[: rows[0]]
+    return out, view[: rows[0]]
 
 
 def edge_dropout(adj: Tensor, p: float) -> Tensor:
@@ -171,7 +180,8 @@ class LightGCNInputs(Inputs):
     (``dinv`` Float[U + I] and the edge counts ``user``, ``friend``, ``item``).
     ``hops``: a block's user and item counts, cumulative by hop (``hops[nt][h]``: its
     nodes first reached at hop ``h`` or before); the adjacency's nodes are then ordered by
-    hop (users, then items, of each hop) and ``forward`` returns the seeds' rows only.
+    hop (users, then items, of each hop) and ``forward`` returns the seeds' rows only;
+    ``position``: the adjacency's row of each local user then item, ``order`` its inverse.
     """
 
     adj: Tensor
@@ -180,6 +190,8 @@ class LightGCNInputs(Inputs):
     symmetric: bool = True
     degrees: dict[str, Tensor] = field(default_factory=dict)
     hops: dict[str, list[int]] | None = None
+    position: Tensor | None = None
+    order: Tensor | None = None
 
     def hop_rows(self, num_layers: int) -> list[int] | None:
         """Nodes within ``h`` hops of the seeds for ``h = 0..num_layers`` (None: the full
@@ -195,11 +207,8 @@ class LightGCNInputs(Inputs):
         adjacency's nodes."""
         if self.hops is None:
             return torch.cat(egos)
-        (user, item), (cu, ci) = egos[:2], (self.hops["user"], self.hops["item"])
-        parts = []
-        for h in range(len(cu)):
-            parts += [user[cu[h - 1] if h else 0:cu[h]], item[ci[h - 1] if h else 0:ci[h]]]
-        return torch.cat(parts)
+        assert self.order is not None and self.position is not None
+        return permute_rows(torch.cat(egos[:2]), self.order, self.position)
 
     def unstack(self, out: Tensor, egos: list[Tensor]) -> tuple[Tensor, Tensor]:
         """``(user rows, item rows)`` of a propagation's output: every node's (the full
@@ -352,8 +361,11 @@ class LightGCN(Recommender):
             dst_g = glob[dst]
             scale = full_deg[dst_g - dst_base] / sampled[dst].clamp(min=1)
             entries.append((dst, src, w * deg["dinv"][glob[src]] * deg["dinv"][dst_g] * scale))
+        position = torch.cat([user_pos, item_pos])
+        order = torch.empty_like(position)
+        order[position] = torch.arange(n, device=dev)
         return LightGCNInputs(rows_csr(entries, n, n), users=n_user, items=n_item,
-                              symmetric=False, hops=hops)
+                              symmetric=False, hops=hops, position=position, order=order)
 
     def _layer0(self, inputs: LightGCNInputs) -> tuple[list[Tensor], Tensor, bool]:
         """(the ego embeddings of users, items (and tags) of ``inputs``, the adjacency to
