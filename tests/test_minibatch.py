@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -109,6 +110,33 @@ def test_lightgcn_block_layers_run_on_the_seeds_neighbourhood_only(graph: Hetero
     order[user_pos], order[item_pos] = glob[: block.users.numel()], glob[block.users.numel():]
     assert torch.equal(order[:nu], block.users[:nu])
     assert torch.equal(order[nu:nu + ni], block.items[:ni] + model.num_users)
+
+
+def test_sage_trimmed_layers_give_the_seeds_untrimmed_outputs_and_gradients(
+        graph: HeteroData) -> None:
+    seed_everything(0)
+    view = TrainView.from_graph(graph)
+    model = HeteroGraphSAGE(view.sizes, embedding_dim=8, num_layers=2).eval()
+    mb = MiniBatchConfig(num_neighbors=[3, 2])
+    batch = link_sampler(view, model, TrainConfig(batch_size=16), mb).batch(0, 1)
+    block = model.block(batch, model.inputs(view))
+    assert block.hops is not None
+    results = []
+    for inputs in (block, dataclasses.replace(block, hops=None)):
+        out = model(inputs)
+        nu, ni = batch["user"].batch_size, batch["item"].batch_size
+        seeds = torch.cat([out.user[:nu], out.item[:ni]])
+        g = torch.Generator().manual_seed(0)
+        loss = (seeds * torch.randn(seeds.shape, generator=g)).sum()
+        params = [p for p in model.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        results.append((seeds, grads))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b)
 
 
 def test_background_steps_are_the_steps(graph: HeteroData) -> None:

@@ -52,6 +52,7 @@ from .base import (
     mean_adjacency,
     select_rows,
     spmm,
+    spmm_head,
     unique_edges,
 )
 
@@ -113,7 +114,9 @@ def _hetero_layer(conv: HeteroConv, x: dict[str, Tensor], adj: dict[EdgeType, Te
     edge type's ``lin_l`` of its aggregate, one matrix product per term (the sum of the
     per-edge-type ``SAGEConv`` outputs, with one root product instead of one per edge type);
     where an edge type has fewer sources than destinations, its sources are transformed
-    before the mean (the same product, ``A (X W) = (A X) W``, on fewer rows).
+    before the mean (the same product, ``A (X W) = (A X) W``, on fewer rows). In a trimmed
+    layer the destinations' own rows come with the product of an edge type between nodes
+    of their type (:func:`spmm_head`: no zero-padded gradient of the slice).
     """
     by_dst: dict[str, list[tuple[EdgeType, _SAGEConv]]] = {}
     for et, c in conv.convs.items():
@@ -123,14 +126,22 @@ def _hetero_layer(conv: HeteroConv, x: dict[str, Tensor], adj: dict[EdgeType, Te
     out = {}
     for dst, convs in by_dst.items():
         n_dst = x[dst].size(0) if keep is None else keep[dst]
-        x_dst = x[dst][:n_dst]
+        loop = next((et for et, _ in convs if et[0] == dst), None)
+        loop_agg = None
+        if loop is not None and n_dst < x[dst].size(0):  # trimmed: the slice rides along
+            loop_agg, x_dst = spmm_head(first_rows(adj[loop], n_dst, x[dst].size(0)), x[dst],
+                                        n_dst, x[dst].new_ones(()))
+        else:
+            x_dst = x[dst][:n_dst]
         root = sum(c.lin_r.weight for _, c in convs)
         bias = sum(c.lin_l.bias for _, c in convs)
         h = F.linear(x_dst, root, bias)
         for et, c in convs:
             x_src = x[et[0]]
             a = first_rows(adj[et], n_dst, x_src.size(0))
-            if x_src.size(0) < n_dst:  # fewer sources: transform them, then aggregate
+            if et == loop and loop_agg is not None:
+                h = torch.addmm(h, loop_agg, c.lin_l.weight.t())
+            elif x_src.size(0) < n_dst:  # fewer sources: transform them, then aggregate
                 h = h + spmm(a, F.linear(x_src, c.lin_l.weight))
             else:
                 h = torch.addmm(h, spmm(a, x_src), c.lin_l.weight.t())
