@@ -115,3 +115,114 @@ def portable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [portable(v) for v in value]
     return value
+
+
+_STATUS_KEYS = {"VmRSS": "rss", "VmHWM": "peak", "RssAnon": "anon", "RssFile": "file",
+                "RssShmem": "shmem"}
+
+
+def memory_status() -> dict[str, float]:
+    """This process's memory now (GiB, from ``/proc/self/status``): ``rss`` resident in all,
+    ``anon`` of it anonymous (heap, tensors, arrays), ``file`` file-backed (shared libraries,
+    memory-mapped files), ``shmem`` shared memory, ``peak`` the resident high-water mark
+    (since the start or the last :func:`reset_peak`). Empty where there is no ``/proc``."""
+    out: dict[str, float] = {}
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key in _STATUS_KEYS:
+                    out[_STATUS_KEYS[key]] = round(int(value.split()[0]) / 2**20, 3)
+    except OSError:
+        pass
+    return out
+
+
+def reset_peak() -> bool:
+    """Reset this process's resident high-water mark (``VmHWM`` and ``ru_maxrss``) to its
+    current RSS (Linux: ``/proc/self/clear_refs``); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class MemoryPhases:
+    """Resident memory by phase: :meth:`mark` ends a phase, recording the RSS then and the
+    phase's own peak, and starts the next one (the high-water mark is reset between them).
+    :attr:`peak_gb` is the largest phase peak: the process's peak RSS since construction."""
+
+    def __init__(self) -> None:
+        self.phases: list[dict[str, Any]] = []
+        self.resets = reset_peak()
+        self._t = _now()
+
+    def mark(self, name: str, **extra: Any) -> dict[str, Any]:
+        status = memory_status()
+        if not self.resets:  # no per-phase peaks: the peak so far
+            status["peak"] = round(peak_rss_gb(), 3)
+        t = _now()
+        row = {"phase": name, **status, "seconds": round(t - self._t, 1), **extra}
+        self.phases.append(row)
+        self._t = t
+        reset_peak()
+        return row
+
+    @property
+    def peak_gb(self) -> float:
+        return max((p.get("peak", 0.0) for p in self.phases), default=0.0)
+
+
+def _now() -> float:
+    import time
+
+    return time.perf_counter()
+
+
+def nbytes(obj: Any, _seen: set[int] | None = None) -> int:
+    """Bytes of the numpy arrays and torch tensors reachable from ``obj`` (through
+    dataclasses, dicts, lists, tuples and plain objects' attributes), each storage once.
+    What an object holds in array memory, not Python objects' own overhead."""
+    import dataclasses
+
+    import torch
+
+    seen = _seen if _seen is not None else set()
+    if isinstance(obj, torch.Tensor):
+        if obj.layout != torch.strided:  # sparse: its index and value tensors
+            parts = ((obj.crow_indices(), obj.col_indices(), obj.values())
+                     if obj.layout == torch.sparse_csr else (obj._indices(), obj._values()))
+            return sum(nbytes(p, seen) for p in parts)
+        storage = obj.untyped_storage()
+        key = storage.data_ptr()
+        if key in seen:
+            return 0
+        seen.add(key)
+        return storage.nbytes()
+    if isinstance(obj, np.ndarray):
+        base = obj
+        while isinstance(base.base, np.ndarray):
+            base = base.base
+        key = base.__array_interface__["data"][0]
+        if key in seen:
+            return 0
+        seen.add(key)
+        return int(base.nbytes)
+    if id(obj) in seen or isinstance(obj, str | bytes | int | float | bool | type(None)):
+        return 0
+    seen.add(id(obj))
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        items: Any = [getattr(obj, f.name) for f in dataclasses.fields(obj)]
+    elif isinstance(obj, dict):
+        items = obj.values()
+    elif isinstance(obj, list | tuple | set):
+        items = obj
+    elif isinstance(obj, torch.nn.Module):
+        items = list(obj.state_dict(keep_vars=True).values())
+    elif hasattr(obj, "__dict__"):
+        items = vars(obj).values()
+    else:
+        return 0
+    return sum(nbytes(v, seen) for v in items)

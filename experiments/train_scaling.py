@@ -48,7 +48,7 @@ from typing import Any
 
 from torch_geometric.data import HeteroData
 
-from experiments.common import loadavg, machine, peak_rss_gb, write_json
+from experiments.common import MemoryPhases, loadavg, machine, nbytes, write_json
 from experiments.graphs import GraphSource, add_graph_arguments, product_graph
 from gnnrec.gnn.train import TrainConfig
 
@@ -211,7 +211,14 @@ def minibatch_check(graph: HeteroData, args: argparse.Namespace) -> dict[str, An
 
 
 def scale(path: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Mini-batch training on a big graph file: batch times, epoch estimate, peak RSS."""
+    """Mini-batch training on a big graph file: batch times, epoch estimate, peak RSS.
+
+    Memory is recorded by phase (:class:`experiments.common.MemoryPhases`: the RSS at the
+    end of each phase, its anonymous and file-backed parts, and the phase's own peak), with
+    the array bytes each structure holds (:func:`experiments.common.nbytes`).
+    """
+    mem = MemoryPhases()
+    mem.mark("imports")  # the process so far: python, torch, PyG, numpy
     import torch
 
     from gnnrec.gnn.batches import SampledBatches
@@ -222,9 +229,11 @@ def scale(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     from gnnrec.gnn.train import RankingStep, adam, run_epoch, seed_everything
     from gnnrec.gnn.views import TrainView
 
+    mem.mark("imports_gnnrec")
     t0 = time.perf_counter()
     graph, _ = ensure_split(load_graph(path))
     t_load = time.perf_counter() - t0
+    mem.mark("load_graph", nbytes=nbytes(graph.to_dict()))
     seed_everything(args.seed)
     view = TrainView.from_graph(graph)
     ui = graph["user", "interacts", "item"]
@@ -233,19 +242,35 @@ def scale(path: Path, args: argparse.Namespace) -> dict[str, Any]:
              "num_interactions": int(ui.edge_index.size(1)),
              "num_train": int((ui.split == 0).sum()),
              "num_friend_edges": int(graph["user", "friend", "user"].edge_index.size(1))}
+    mem.mark("train_view", nbytes=nbytes(view))
     del graph, ui  # training reads the train view only
+    mem.mark("graph_dropped")
     name = args.scale_model
     hyper = {**HYPER[name], "num_layers": len(args.num_neighbors)}
     model = build_model(name, view, hyper)
     config = _config(args, batch_size=args.scale_batch_size)
     mb = MiniBatchConfig(num_neighbors=args.num_neighbors, ahead=args.scale_ahead)
     sampler = link_sampler(view, model, config, mb)
+    mem.mark("model_and_sampler", model_nbytes=nbytes(model),
+             sampler_nbytes=nbytes(sampler) - nbytes(view))
     step = RankingStep(model)
-    batches = SampledBatches(model, model.inputs(view), lambda epoch: (
-        sampler.batch(epoch, j) for j in range(len(sampler))), config.seed, ahead=mb.ahead)
+    inputs = model.block_inputs(view)  # what training holds (full-graph inputs: evaluation)
+    mem.mark("model_inputs", nbytes=nbytes(inputs))
+    sampling = {"cpu": 0.0, "batches": 0}
+
+    def stream(epoch: int) -> Any:  # the sampler's batches, its thread's CPU time apart
+        for j in range(len(sampler)):
+            c = time.thread_time()
+            batch = sampler.batch(epoch, j)
+            sampling["cpu"] += time.thread_time() - c
+            sampling["batches"] += 1
+            yield batch
+            del batch
+
+    batches = SampledBatches(model, inputs, stream, config.seed, ahead=mb.ahead)
     optimizer = adam(model.parameters(), config.lr)
     t_build = time.perf_counter() - t0 - t_load
-    rss_built = peak_rss_gb()
+    rss_built = mem.peak_gb
     model.train()
     total = len(sampler)
     whole = args.scale_batches <= 0
@@ -261,14 +286,17 @@ def scale(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     steps = batches(1)  # sampler epoch 0; a part run: batch 0 warms up, then ``timed``
     if not whole:
         run_epoch(step, optimizer, steps, config.l2, max_batches=1)
+        mem.mark("first_step", optimizer_nbytes=nbytes(optimizer.state))
     load_before = loadavg()
+    sampling.update(cpu=0.0, batches=0)  # the timed batches (and one sampled ahead)
     t1, c1 = time.perf_counter(), time.process_time()
     stamps.append(t1)
     stats = run_epoch(step, optimizer, stamped(steps), config.l2, max_batches=timed)
     seconds, cpu = time.perf_counter() - t1, time.process_time() - c1
     stamps.append(t1 + seconds)
+    mem.mark("timed_steps", optimizer_nbytes=nbytes(optimizer.state))
     per_batch = seconds / timed
-    peak = peak_rss_gb()
+    peak = mem.peak_gb
     batch_seconds = [round(b - a, 3) for a, b in itertools.pairwise(stamps)]
     return {
         "graph": str(path), **sizes,
@@ -279,12 +307,15 @@ def scale(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         "median_batch_s": round(statistics.median(batch_seconds), 3),
         # CPU seconds of the process (all threads): less sensitive to a loaded machine
         "cpu_seconds_per_batch": round(cpu / timed, 4),
+        # of which sampling (numpy, one thread)
+        "sampler_cpu_seconds_per_batch": round(sampling["cpu"] / max(sampling["batches"], 1), 4),
         "epoch_s": round(seconds if whole else per_batch * total, 1),
         # a whole epoch is measured (wall clock, from its first batch); a part, extrapolated
         "batches_run": timed if whole else timed + 1, "epoch_extrapolated": not whole,
         "load_s": round(t_load, 1), "build_s": round(t_build, 1),
         "peak_rss_gb_after_build": round(rss_built, 2), "peak_rss_gb": round(peak, 2),
         "peak_rss_bytes_per_interaction": round(peak * 2**30 / sizes["num_interactions"]),
+        "memory_phases": mem.phases,
         "loss": stats["loss"], "torch_threads": torch.get_num_threads(),
         "loadavg_before": load_before, "loadavg": loadavg(), "batch_seconds": batch_seconds,
     }

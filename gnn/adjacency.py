@@ -30,14 +30,15 @@ def _numpy(a: ArrayLike | None) -> np.ndarray | None:
 class CSR:
     """Compressed sparse rows: row ``r`` holds the entries ``indptr[r]:indptr[r + 1]``.
 
-    ``indptr`` Int64[R + 1]; ``table`` Int[nnz, 2 | 4], one row per entry: its column
-    (``indices``), its edge id (``eid``: the entry's position in the edge list the CSR was
-    built from, or the id given) and, when built with weights, the weight's bits (Int32
-    table: float32, Int64 table: float64) and a zero pad. One row per entry means one cache
-    miss per sampled edge for all three; Int32 unless ids reach 2**31. The pad matters:
-    ``np.take`` copies rows of 8 or 16 bytes with a fixed-size move but rows of 12 bytes
-    with a generic one, 3.7x slower (measured on 80,000 rows). Plain numpy arrays, so a
-    CSR goes through Ray's object store and into torch without a copy.
+    ``indptr`` Int64[R + 1]; ``table`` Int[nnz, 2] (or Int[nnz, 1]), one row per entry:
+    its column (``indices``) and, unless built with ``keep_eid=False``, its edge id
+    (``eid``: the entry's position in the edge list the CSR was built from, or the id
+    given), so that one random read fetches both; Int32 unless ids reach 2**31 (4 or 8
+    bytes per entry). ``weight`` Float32[nnz] (entry order) or None: the edges' weights,
+    apart from the table since sampling rarely reads them (a 16-byte table row with the
+    weight's bits and a pad cost twice the memory for every sampled edge type). Plain
+    numpy arrays, so a CSR goes through Ray's object store and into torch without a copy,
+    and its arrays may be memory-mapped.
 
     Within a row, entries keep the order of the edge list (``sort=True``: ascending
     column); :meth:`keys` is sorted either way.
@@ -45,35 +46,41 @@ class CSR:
 
     indptr: np.ndarray
     table: np.ndarray
+    weight: np.ndarray | None = None
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
     def from_edges(cls, rows: ArrayLike, cols: ArrayLike, num_rows: int, *,
                    eid: ArrayLike | None = None, weight: ArrayLike | None = None,
-                   num_cols: int = 0, sort: bool = False) -> CSR:
+                   num_cols: int = 0, sort: bool = False, keep_eid: bool = True) -> CSR:
         """CSR of the edges ``rows[j] -> cols[j]`` (Int[E] each) with ``num_rows`` rows.
 
-        ``eid`` Int[E] (default ``0..E-1``) and ``weight`` Float[E] travel with each entry;
-        ``num_cols`` (or the largest column / id) decides between Int32 and Int64 storage.
+        ``eid`` Int[E] (default ``0..E-1``; not stored with ``keep_eid=False``) and
+        ``weight`` Float[E] travel with each entry; ``num_cols`` (or the largest column /
+        id) decides between Int32 and Int64 storage.
         """
-        r = np.asarray(_numpy(rows), dtype=np.int64).reshape(-1)
-        c = np.asarray(_numpy(cols), dtype=np.int64).reshape(-1)
-        e = np.arange(r.size, dtype=np.int64) if eid is None else np.asarray(
-            _numpy(eid), dtype=np.int64).reshape(-1)
+        r = np.asarray(_numpy(rows)).reshape(-1)
+        c = np.asarray(_numpy(cols)).reshape(-1)
         if r.size and (int(r.min()) < 0 or int(r.max()) >= num_rows):
             raise ValueError(f"row index range [{int(r.min())}, {int(r.max())}] outside "
                              f"[0, {num_rows})")
         order = np.lexsort((c, r)) if sort else np.argsort(r, kind="stable")
         indptr = np.zeros(num_rows + 1, dtype=np.int64)
         np.cumsum(np.bincount(r, minlength=num_rows), out=indptr[1:])
-        top = max(num_cols, int(c.max()) + 1 if c.size else 0, int(e.max()) + 1 if e.size else 0)
-        itype, ftype = (np.int32, np.float32) if top < 2**31 else (np.int64, np.float64)
-        columns = [c[order].astype(itype), e[order].astype(itype)]
+        top = max(num_cols, int(c.max()) + 1 if c.size else 0, r.size)
+        e = None
+        if keep_eid and eid is not None:
+            e = np.asarray(_numpy(eid)).reshape(-1)
+            top = max(top, int(e.max()) + 1 if e.size else 0)
+        itype = np.int32 if top < 2**31 else np.int64
+        table = np.empty((r.size, 2 if keep_eid else 1), dtype=itype)
+        table[:, 0] = c[order]
+        if keep_eid:
+            table[:, 1] = order if e is None else e[order]
+        w = None
         if weight is not None:
-            w = np.asarray(_numpy(weight)).reshape(-1)
-            columns.append(w[order].astype(ftype).view(itype))
-            columns.append(np.zeros(order.size, dtype=itype))  # pad rows to 16 / 32 bytes
-        return cls(indptr, np.ascontiguousarray(np.stack(columns, axis=1)))
+            w = np.asarray(_numpy(weight)).reshape(-1)[order].astype(np.float32, copy=False)
+        return cls(indptr, table, w)
 
     @classmethod
     def empty(cls, num_rows: int) -> CSR:
@@ -85,20 +92,19 @@ class CSR:
         return self.table[:, 0]
 
     @property
-    def eid(self) -> np.ndarray:  # Int[nnz] edge ids (a strided view)
+    def has_eid(self) -> bool:
+        return self.table.shape[1] >= 2
+
+    @property
+    def eid(self) -> np.ndarray:
+        """Int[nnz] edge ids (a strided view); an error for a CSR built without them."""
+        if not self.has_eid:
+            raise ValueError("this CSR keeps no edge ids (built with keep_eid=False)")
         return self.table[:, 1]
 
     @property
     def has_weight(self) -> bool:
-        return self.table.shape[1] == 4
-
-    @property
-    def weight(self) -> np.ndarray | None:
-        """Float32[nnz] entry weights, or None."""
-        if not self.has_weight:
-            return None
-        float_t = np.float32 if self.table.dtype == np.int32 else np.float64
-        return np.ascontiguousarray(self.table[:, 2]).view(float_t).astype(np.float32)
+        return self.weight is not None
 
     @property
     def num_rows(self) -> int:
@@ -120,13 +126,13 @@ class CSR:
         """Int64[nnz] the row of each entry."""
         return np.repeat(np.arange(self.num_rows, dtype=np.int64), self.degree())
 
-    def take(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(column Int64[M], edge id Int64[M], weight Float32[M] or None) of entries ``pos``."""
-        rows = np.take(self.table, pos, axis=0)
-        w = None
-        if self.has_weight:
-            float_t = np.float32 if self.table.dtype == np.int32 else np.float64
-            w = rows[:, 2].view(float_t).astype(np.float32)
+    def take(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(column Int64[M], edge id Int64[M] or None, weight Float32[M] or None) of
+        entries ``pos``."""
+        w = None if self.weight is None else np.take(self.weight, pos)
+        if not self.has_eid:
+            return np.take(self.indices, pos).astype(np.int64), None, w
+        rows = np.take(self.table, pos, axis=0)  # one read of an 8-byte row for both
         return rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64), w
 
     def gather(self, rows: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -147,7 +153,8 @@ class CSR:
         """The CSR of the entries where ``keep`` (Bool[nnz]) holds, in the same order."""
         indptr = np.zeros_like(self.indptr)
         np.cumsum(np.bincount(self.rows()[keep], minlength=self.num_rows), out=indptr[1:])
-        return CSR(indptr, np.ascontiguousarray(self.table[keep]))
+        return CSR(indptr, np.ascontiguousarray(self.table[keep]),
+                   None if self.weight is None else self.weight[keep])
 
     def to_torch(self) -> tuple[Tensor, Tensor]:
         """``(indptr Long[R + 1], indices Long[nnz])`` as torch tensors."""

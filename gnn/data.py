@@ -360,11 +360,14 @@ def validate_graph(data: HeteroData) -> None:
         raise GraphFormatError("interacts: time must be Long (unix seconds), weight Float")
     if "split" in ui and ui.split.numel() and (int(ui.split.min()) < 0 or int(ui.split.max()) > 2):
         raise GraphFormatError("interacts.split values must be 0 (train), 1 (valid) or 2 (test)")
-    keys = ui.edge_index[0] * data["item"].num_nodes + ui.edge_index[1]
-    if torch.unique(keys).numel() != keys.numel():
+    keys = (ui.edge_index[0] * data["item"].num_nodes + ui.edge_index[1]).numpy()
+    keys.sort()  # in place: one Int64 array per interaction, no more
+    if keys.size > 1 and (keys[1:] == keys[:-1]).any():
         raise GraphFormatError("interacts: a (user, item) pair appears more than once")
-    for rev, fwd in _REVERSE.items():
-        if not torch.equal(data[rev].edge_index, data[fwd].edge_index.flip(0)):
+    del keys
+    for rev, fwd in _REVERSE.items():  # row by row: no flipped copy
+        r, f = data[rev].edge_index, data[fwd].edge_index
+        if r.shape != f.shape or not (torch.equal(r[0], f[1]) and torch.equal(r[1], f[0])):
             raise GraphFormatError(f"{rev} must be {fwd} flipped, in the same order")
     if "tag_events" in data:
         ev = data.tag_events
@@ -375,8 +378,9 @@ def validate_graph(data: HeteroData) -> None:
             if ev.numel() and (int(ev[row].min()) < 0 or int(ev[row].max()) >= data[nt].num_nodes):
                 raise GraphFormatError(f"tag_events row {row} has {nt} ids outside "
                                        f"0..{data[nt].num_nodes - 1}")
-    fe = data[UU].edge_index
-    if fe.size(1) % 2 or not torch.equal(fe[:, fe.size(1) // 2:], fe[:, : fe.size(1) // 2].flip(0)):
+    fe, half = data[UU].edge_index, data[UU].edge_index.size(1) // 2
+    if fe.size(1) % 2 or not (torch.equal(fe[0, half:], fe[1, :half])
+                              and torch.equal(fe[1, half:], fe[0, :half])):
         raise GraphFormatError("friend edges must be [pairs, mirrored pairs] (both directions)")
 
 

@@ -330,7 +330,8 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
 
         return SampledBatches(model, inputs, stream, config.seed, device)
 
-    fit(model, view, config, batches=shards, session=WorkerSession(cfg, rank, world))
+    fit(model, view, config, batches=shards, session=WorkerSession(cfg, rank, world),
+        sampled=mb is not None)
 
 
 def _cluster_cpus() -> float:

@@ -134,4 +134,4 @@ def train_minibatch(model: nn.Module, graph: HeteroData | TrainView, config: Tra
     def sampled(inputs: Any, device: Any) -> SampledBatches:
         return SampledBatches(model, inputs, stream, config.seed, device, ahead=mb.ahead)
 
-    return fit(model, view, config, batches=sampled, session=session)
+    return fit(model, view, config, batches=sampled, session=session, sampled=True)

@@ -50,20 +50,17 @@ class NegativeSampler:
         max_rounds: int = 20,
     ) -> None:
         self.num_items = num_items
-        csr = CSR.from_edges(train_user, train_item, num_users, num_cols=num_items, sort=True)
-        self.indptr, indices = csr.to_torch()
+        csr = CSR.from_edges(train_user, train_item, num_users, num_cols=num_items, sort=True,
+                             keep_eid=False)
+        self.indptr = torch.from_numpy(csr.indptr)
         self.keys = torch.from_numpy(csr.keys(num_items))
         self.deg = deg = torch.from_numpy(csr.degree())
+        del csr
         if deg.numel() and int(deg.max()) >= num_items:
             u = int(torch.argmax(deg))
             raise NegativeSamplingError(
                 f"user index {u} has every one of the {num_items} items in train: no negative "
                 "item exists for it (drop the user or add items)")
-        # Per user, the sorted positives shifted by their rank: the k-th non-positive item
-        # of user u is k + #{j : pos_j - j <= k}. Keys ``u * (I + 1) + shifted`` are sorted.
-        rank = torch.arange(self.keys.numel()) - torch.repeat_interleave(self.indptr[:-1], deg)
-        rows = torch.repeat_interleave(torch.arange(num_users), deg)
-        self._shift_keys = rows * (num_items + 1) + (indices - rank)
         self.cdf: Tensor | None = None
         if popularity:
             count = torch.bincount(train_item.cpu(), minlength=num_items).double()
@@ -89,13 +86,24 @@ class NegativeSampler:
         return member(self.keys, users * self.num_items + items)
 
     def _exact(self, users: Tensor) -> Tensor:
-        """Uniform draws from each user's non-train items (no rejection)."""
+        """Uniform draws from each user's non-train items (no rejection).
+
+        The k-th non-positive item of a user is ``k + #{j : pos_j - j <= k}`` (``pos``
+        the user's sorted train items): the positives of the drawing users (only theirs,
+        read from the sorted keys) shifted by their rank, with keys ``r * (I + 1) +
+        shifted`` per drawing row ``r``, sorted, answer it by one ``searchsorted``.
+        """
         deg = self.deg[users]
         k = (torch.rand(users.numel(), generator=self.generator, dtype=torch.float64)
              * (self.num_items - deg)).long()
         k = torch.minimum(k, self.num_items - deg - 1)
-        base = users * (self.num_items + 1)
-        below = torch.searchsorted(self._shift_keys, base + k, right=True) - self.indptr[users]
+        row = torch.repeat_interleave(torch.arange(users.numel()), deg)
+        first = torch.cumsum(deg, 0) - deg
+        rank = torch.arange(row.numel()) - first[row]
+        items = self.keys[self.indptr[users][row] + rank] - users[row] * self.num_items
+        shifted = row * (self.num_items + 1) + (items - rank)
+        base = torch.arange(users.numel()) * (self.num_items + 1)
+        below = torch.searchsorted(shifted, base + k, right=True) - first
         return k + below
 
     def sample(self, users: Tensor, num_negatives: int = 1) -> Tensor:

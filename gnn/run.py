@@ -132,8 +132,9 @@ class RunGraph:
         uu, it = data[UU].edge_index.cpu().numpy(), data[IT].edge_index.cpu().numpy()
         return cls([str(e) for e in data["user"].ext_id], [str(e) for e in data["item"].ext_id],
                    [str(e) for e in data["tag"].ext_id], SplitInteractions.from_graph(data),
-                   CSR.from_edges(uu[0], uu[1], n_users, num_cols=n_users),
-                   CSR.from_edges(it[0], it[1], n_items, num_cols=int(data["tag"].num_nodes)))
+                   CSR.from_edges(uu[0], uu[1], n_users, num_cols=n_users, keep_eid=False),
+                   CSR.from_edges(it[0], it[1], n_items, num_cols=int(data["tag"].num_nodes),
+                                  keep_eid=False))
 
     def arrays(self) -> dict[str, Any]:
         """The tensors of ``adjacency.pt`` (plain containers: a ``weights_only`` load)."""

@@ -320,6 +320,11 @@ def _tensor(a: np.ndarray) -> Tensor:
     return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
+def _narrow(a: np.ndarray) -> np.ndarray:
+    """``a`` (Int64) as Int32 when its values fit: half the bytes of a per-edge array."""
+    return a.astype(np.int32) if a.size == 0 or int(a.max()) < 2**31 else a
+
+
 def _batch_rng(seed: int, epoch: int, index: int) -> tuple[np.random.Generator, int]:
     """(numpy generator, torch seed) of one batch: a pure function of its coordinates."""
     ss = np.random.SeedSequence([seed, epoch, index, 0x5A3])
@@ -436,11 +441,13 @@ class LinkBatchSampler(_EpochBatches):
         if edge_type not in g.csr:
             raise SamplerError(f"graph has no edge type {edge_type}")
         self.edge_type = edge_type
-        self.src, self.dst, self.input_eid = g.edges(edge_type)
+        src, dst, eid = g.edges(edge_type)
         self.num_negatives = int(num_negatives)
-        self.negatives = NegativeSampler(torch.from_numpy(self.src), torch.from_numpy(self.dst),
+        self.negatives = NegativeSampler(torch.from_numpy(src), torch.from_numpy(dst),
                                          g.num_nodes[edge_type[0]], g.num_nodes[edge_type[2]],
                                          seed=seed)
+        # the positives in edge order, Int32 where the ids fit (widened per batch)
+        self.src, self.dst, self.input_eid = (_narrow(a) for a in (src, dst, eid))
         self.num_items, self.batch_size = int(self.src.size), int(batch_size)
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self._init_epochs()
@@ -454,7 +461,7 @@ class LinkBatchSampler(_EpochBatches):
     def batch_arrays(self, epoch: int, index: int) -> SampledArrays:
         idx = self._items(epoch, index)
         rng, torch_seed = _batch_rng(self.seed, epoch, index)
-        users, pos = self.src[idx], self.dst[idx]
+        users, pos = self.src[idx].astype(np.int64), self.dst[idx].astype(np.int64)
         self.negatives.generator.manual_seed(torch_seed)
         neg = self.negatives.sample(torch.from_numpy(users), self.num_negatives).numpy()
         src_t, _, dst_t = self.edge_type
@@ -465,7 +472,7 @@ class LinkBatchSampler(_EpochBatches):
         local_dst = a.seed_local[dst_t][b if src_t == dst_t else 0:]
         a.meta = {"src_index": a.seed_local[src_t][:b], "dst_pos_index": local_dst[:b],
                   "dst_neg_index": local_dst[b:].reshape(b, self.num_negatives),
-                  "input_id": self.input_eid[idx]}
+                  "input_id": self.input_eid[idx].astype(np.int64)}
         return a
 
     def to_data(self, arrays: SampledArrays) -> HeteroData:

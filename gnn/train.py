@@ -343,26 +343,38 @@ class Session:
 
 def fit(model: nn.Module, view: TrainView, config: TrainConfig, *,
         batches: Batches | None = None, session: Session | None = None,
-        report: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+        report: Callable[[int, dict[str, float]], None] | None = None,
+        sampled: bool = False) -> TrainResult:
     """Train ``model`` (built for ``view.sizes``) on the train view; the best weights are
     loaded on return (eval mode). ``batches(inputs, device)`` makes the batch source
     (default: the full-graph :class:`~gnnrec.gnn.batches.FullBatches`); ``report(epoch,
-    valid_metrics)`` is called after every valid evaluation (the tuner's hook)."""
+    valid_metrics)`` is called after every valid evaluation (the tuner's hook).
+    ``sampled``: the batches are sampled blocks; they get the model's ``block_inputs``,
+    and the full-graph inputs exist only while an evaluation runs (on a big graph they
+    are the largest structure after the model)."""
     from gnnrec.gnn.batches import FullBatches  # batches imports this module
 
     config.validate()
     session = session or Session()
     device = session.device(config)
     model.to(device)
-    inputs = model.inputs(view)
-    inputs = inputs.to(device) if inputs is not None else None
+
+    def full_inputs() -> Any:
+        made = model.inputs(view)
+        return made.to(device) if made is not None else None
+
+    light = getattr(model, "block_inputs", None) if sampled else None
+    inputs = None if light is not None else full_inputs()
+    batch_inputs = inputs if light is None else light(view)
+    if light is not None and batch_inputs is not None:
+        batch_inputs = batch_inputs.to(device)
     evaluator = Evaluator(view, "valid", batch_size=config.eval_batch_size)
     evaluated: list[tuple[Tensor, Tensor]] = []  # the embeddings last scored on valid
 
     def evaluate() -> dict[str, float]:
         model.eval()
         with torch.no_grad():
-            out = model(inputs)
+            out = model(inputs if light is None else full_inputs())
         evaluated[:] = [(out.user, out.item)]
         metrics = evaluator(dot_scores(out.user, out.item), device=device)
         model.train()
@@ -378,7 +390,7 @@ def fit(model: nn.Module, view: TrainView, config: TrainConfig, *,
         return _evaluate_only(model, stopping, session, evaluate, evaluated)
     optimizer = adam(params, config.lr) if params else None
     make = batches or (lambda inputs, device: FullBatches(view, config, inputs, device))
-    source = make(inputs, device) if optimizer is not None else None
+    source = make(batch_inputs, device) if optimizer is not None else None
     step = session.wrap(RankingStep(model, config.loss, config.temperature).to(device))
     start = session.start(model, optimizer, stopping, source, config)
     stopped = "max_epochs"

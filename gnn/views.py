@@ -58,9 +58,11 @@ class SplitInteractions:
         ei = data[UI].edge_index.cpu().numpy()
         n_users, n_items = int(data["user"].num_nodes), int(data["item"].num_nodes)
         csr = CSR.from_edges(ei[0], ei[1], n_users, num_cols=n_items)
-        split = (data[UI].split.cpu().numpy() if has_split(data)
-                 else np.zeros(ei.shape[1], dtype=np.int64))
-        return cls(n_items, csr, split[csr.eid].astype(np.int8), has_split(data))
+        split = (data[UI].split.cpu().numpy()[csr.eid].astype(np.int8) if has_split(data)
+                 else np.zeros(csr.nnz, dtype=np.int8))
+        # the edge ids served only to order the split: 4 bytes less per interaction
+        columns = CSR(csr.indptr, np.ascontiguousarray(csr.table[:, :1]))
+        return cls(n_items, columns, split, has_split(data))
 
     @property
     def num_users(self) -> int:
@@ -161,7 +163,8 @@ class TrainView:
             csr[et] = CSR.from_edges(ei[1, eid], ei[0, eid], num_nodes[et[2]], eid=eid,
                                      weight=None if weight is None else weight[eid],
                                      num_cols=num_nodes[et[0]])
-        x = {nt: data[nt].x.cpu().numpy() for nt in NODE_TYPES if "x" in data[nt]}
+        # copies: nothing of the view refers to the graph's (maybe memory-mapped) tensors
+        x = {nt: data[nt].x.cpu().numpy().copy() for nt in NODE_TYPES if "x" in data[nt]}
         return cls(num_nodes, csr, SplitInteractions.from_graph(data), x)
 
     @property

@@ -420,6 +420,15 @@ class Recommender(torch.nn.Module):
         self.check_view(view)
         return None
 
+    def block_inputs(self, view: TrainView) -> Any:
+        """What :meth:`block` reads of the full train graph (default: :meth:`inputs`).
+
+        Mini-batch training holds these during the epoch and builds the full-graph
+        inputs only to evaluate; a model whose blocks read less of the graph than its
+        full-graph forward (degrees, features) returns only that.
+        """
+        return self.inputs(view)
+
     def block(self, batch: HeteroData, inputs: Any) -> Any:
         """The input of a sampled link batch (local nodes ``batch[type].n_id``)."""
         raise NotImplementedError(f"{type(self).__name__} has no sampled forward")

@@ -173,7 +173,8 @@ class LightGCNInputs(Inputs):
     """What :meth:`LightGCN.forward` reads.
 
     ``adj``: sparse CSR [N, N], the normalised adjacency over the nodes propagated: every
-    user, item (and tag) of the graph, or a block's local users then local items.
+    user, item (and tag) of the graph, or a block's local users then local items (None in
+    the inputs blocks are built from: :meth:`LightGCN.block_inputs`).
     ``users`` / ``items``: a block's global ids (None: every node, in order).
     ``symmetric``: ``adj`` is symmetric (the backward pass then reuses it).
     ``degrees``: the full graph's degree terms a block's adjacency is normalised with
@@ -184,7 +185,7 @@ class LightGCNInputs(Inputs):
     ``position``: the adjacency's row of each local user then item, ``order`` its inverse.
     """
 
-    adj: Tensor
+    adj: Tensor | None
     users: Tensor | None = None
     items: Tensor | None = None
     symmetric: bool = True
@@ -324,15 +325,25 @@ class LightGCN(Recommender):
         tags = view.edge_index(IT) if self.num_tags else None
         adj = normalized_adjacency(self.num_users, self.num_items, ui, social,
                                    self.social_weight, self.num_tags, tags, self.tag_weight)
-        user_deg = torch.bincount(ui[0], minlength=self.num_users).float()
-        item_deg = torch.bincount(ui[1], minlength=self.num_items).float()
-        friend_deg = torch.bincount(view.edge_index(UU)[1], minlength=self.num_users).float()
+        return LightGCNInputs(adj, degrees=self._degrees(view))
+
+    def block_inputs(self, view: TrainView) -> LightGCNInputs:
+        """What a block reads of the full graph: the degree terms only (no adjacency)."""
+        self.check_view(view)
+        return LightGCNInputs(None, degrees=self._degrees(view))
+
+    def _degrees(self, view: TrainView) -> dict[str, Tensor]:
+        """The full graph's degree terms: train interactions per user and per item,
+        friends per user (Float) and ``dinv`` Float[U + I] (0 where the degree is 0)."""
+        def count(et: EdgeType) -> Tensor:  # entries per destination: its in-degree
+            return torch.from_numpy(view.csr[et].degree()).float()
+
+        user_deg, item_deg, friend_deg = count(IU), count(UI), count(UU)
         deg = torch.cat([user_deg + (self.social_weight * friend_deg
                                      if self.social_weight > 0 else 0.0), item_deg])
         dinv = deg.pow(-0.5)
         dinv[deg == 0] = 0.0
-        return LightGCNInputs(adj, degrees={"dinv": dinv, "user": user_deg,
-                                            "friend": friend_deg, "item": item_deg})
+        return {"dinv": dinv, "user": user_deg, "friend": friend_deg, "item": item_deg}
 
     def block(self, batch: HeteroData, inputs: LightGCNInputs) -> LightGCNInputs:
         """The adjacency over a sampled batch's users and items ordered by hop (module

@@ -260,15 +260,36 @@ class HeteroGraphSAGE(Recommender):
         """Mean adjacencies of the train graph, the node features and the item tags."""
         self.check_view(view)
         num_users, num_items = self.num_users, self.num_items
+        ui = unique_edges(view.edge_index(UI), num_items)
+        friends = view.edge_index(UU)
+        check_range(friends, num_users, num_users, str(UU))
+        ff = _friend_pairs(friends, num_users) if self.use_friends else friends[:, :0]
+        it = self._tag_edges(view)
+        adj = self._adjacency(ui, ff, it, num_users, num_items)
+        return SageInputs(adj, self._features(view), adj.get(TI), edges={UI: ui, UU: ff, IT: it})
+
+    def block_inputs(self, view: TrainView) -> SageInputs:
+        """What a block reads of the full graph: the node features and the item tags (the
+        same tensors as :meth:`inputs`' ``x`` and ``item_tags``), no adjacency."""
+        self.check_view(view)
+        it = self._tag_edges(view)
+        item_tags = (mean_adjacency(it[0], it[1], self.num_items, self.num_tags)
+                     if self.use_tags else None)
+        return SageInputs({}, self._features(view), item_tags)
+
+    def check_view(self, view: TrainView) -> None:
+        super().check_view(view)
         if self.use_tags and view.num_nodes["tag"] != self.num_tags:
             raise ValueError(f"GraphSAGE was built for {self.num_tags} tags, the graph has "
                              f"{view.num_nodes['tag']}")
-        ui = unique_edges(view.edge_index(UI), num_items)
-        friends, tags = view.edge_index(UU), view.edge_index(IT)
-        check_range(friends, num_users, num_users, str(UU))
-        ff = _friend_pairs(friends, num_users) if self.use_friends else friends[:, :0]
-        it = unique_edges(tags, self.num_tags) if self.use_tags else tags[:, :0]
-        adj = self._adjacency(ui, ff, it, num_users, num_items)
+
+    def _tag_edges(self, view: TrainView) -> Tensor:
+        """Long[2, T] the distinct train (item, tag) edges (none without ``use_tags``)."""
+        tags = view.edge_index(IT)
+        return unique_edges(tags, self.num_tags) if self.use_tags else tags[:, :0]
+
+    def _features(self, view: TrainView) -> dict[str, Tensor]:
+        """The node features the model projects, checked against its projections."""
         x = {}
         for nt, proj in ((USER, self.user_proj), (ITEM, self.item_proj)):
             feats = view.features(nt)
@@ -278,7 +299,7 @@ class HeteroGraphSAGE(Recommender):
                     raise ValueError(f"graph['{nt}'].x must be [{view.num_nodes[nt]}, "
                                      f"{proj.in_features}], got {got}")
                 x[nt] = feats
-        return SageInputs(adj, x, adj.get(TI), edges={UI: ui, UU: ff, IT: it})
+        return x
 
     def block(self, batch: HeteroData, inputs: SageInputs) -> SageInputs:
         """Mean adjacencies over a sampled batch's local nodes and edges."""
