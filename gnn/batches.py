@@ -120,8 +120,11 @@ class SampledBatches:
         dev = self.device
         for batch in self.stream(epoch - 1):
             block = self.model.block(batch, self.inputs)  # type: ignore[operator]
-            yield (block, batch["user"].src_index.to(dev), batch["item"].dst_pos_index.to(dev),
-                   batch["item"].dst_neg_index.to(dev))
+            step = (block, batch["user"].src_index.to(dev), batch["item"].dst_pos_index.to(dev),
+                    batch["item"].dst_neg_index.to(dev))
+            del batch, block  # the step holds what training reads: the batch goes now
+            yield step
+            del step  # not held while the next batch is sampled
 
     def state_dict(self) -> dict[str, Any]:
         return fresh_generators(self.seed)

@@ -205,6 +205,7 @@ def run_epoch(step: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterab
         b = int(users.numel())
         part = torch.stack([bpr.detach(), reg.detach()]).double() * b
         sums = part if sums is None else sums + part
+        del inputs, users, pos, neg, bpr, reg, loss  # a block is freed before the next one
         count, seen = count + b, seen + 1
         if max_batches is not None and seen >= max_batches:
             break

@@ -197,3 +197,41 @@ def test_train_view_edges_round_trip(graph: HeteroData) -> None:
     np.testing.assert_array_equal(src_r, dst)
     np.testing.assert_array_equal(
         view.edge_weight(UI).numpy(), graph[UI].weight.numpy()[keep])
+
+
+def test_a_step_is_released_before_the_next_batch_is_sampled(graph: HeteroData) -> None:
+    """Without sampling ahead, one batch and one block at a time: the previous ones are
+    gone (no reference left in the loop or the batch source) when the next is sampled."""
+    import weakref
+
+    from gnnrec.gnn.batches import SampledBatches
+    from gnnrec.gnn.train import RankingStep, run_epoch
+
+    view = TrainView.from_graph(graph)
+    seed_everything(0)
+    model = LightGCN(view.sizes, embedding_dim=8, num_layers=2)
+    sampler = link_sampler(view, model, TrainConfig(batch_size=60), MiniBatchConfig([4, 3]))
+    made: list[weakref.ref] = []
+    block = model.block
+
+    def tracked_block(batch: HeteroData, inputs: object) -> object:
+        out = block(batch, inputs)
+        made.append(weakref.ref(out))
+        return out
+
+    model.block = tracked_block  # type: ignore[method-assign]
+    asked = []
+
+    def stream(epoch: int):
+        for j in range(4):
+            asked.append([r() is None for r in made])
+            b = sampler.batch(epoch, j)
+            made.append(weakref.ref(b))
+            yield b
+            del b
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    steps = SampledBatches(model, model.block_inputs(view), stream, seed=0, ahead=0)(1)
+    stats = run_epoch(RankingStep(model), optimizer, steps, 1e-4)
+    assert stats["batches"] == 4 and len(made) == 8
+    assert asked == [[True] * (2 * j) for j in range(4)]
