@@ -13,6 +13,13 @@ inner-product ranking, p50 / p99 latency, CPU ms per query. Candidates asked per
 Vectors: ``clustered`` (points around 2,000 centres with log-normal norms, as trained
 embeddings are), ``gaussian`` (no structure: the hard case), or ``--run RUN`` (a run's own
 user and item embeddings).
+
+``--run RUN --calibrate 1000,4000,16000`` measures the product's own index instead: for
+each list count, ``nprobe`` calibrated to ``--target`` as a serving replica does, then
+recall and latency on users that did not calibrate it::
+
+    OMP_WAIT_POLICY=PASSIVE nice -n 10 python -m experiments.ann_choice --run runs/synth1m-serve \
+        --calibrate 1000,2000,4000,8000 --json experiments/results/ann_calibrate_1m.json
 """
 
 from __future__ import annotations
@@ -37,12 +44,8 @@ def vectors(kind: str, items: int, dim: int, queries: int, seed: int,
             run: str | None) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     if run:
-        from gnnrec.serve.state import ServingState
-
-        state = ServingState.from_run(run)
-        x = state._item_emb.view.astype(np.float32)
-        users = rng.choice(state.num_users, min(queries, state.num_users), replace=False)
-        return x, state._user_emb.view[users].astype(np.float32)
+        x, user_emb, _ = run_vectors(run)
+        return x, user_emb[rng.choice(len(user_emb), min(queries, len(user_emb)), replace=False)]
     if kind == "gaussian":
         return (rng.standard_normal((items, dim), dtype=np.float32),
                 rng.standard_normal((queries, dim), dtype=np.float32))
@@ -120,6 +123,61 @@ def build(lib: str, x: np.ndarray) -> tuple[Any, Any]:
     return index, width
 
 
+def run_vectors(run: str) -> tuple[np.ndarray, np.ndarray, Any]:
+    """(item Float[N, d], user Float[U, d], seen CSR) of a run, as serving loads them."""
+    from gnnrec.gnn.run import Run
+
+    r = Run.open(run)
+    user_emb, item_emb = r.embeddings()
+    return (item_emb.float().numpy(), user_emb.float().numpy(), r.graph().interactions.csr)
+
+
+def calibrated_ivf(args: argparse.Namespace) -> dict[str, Any]:
+    """The product's index on a run's embeddings, for each list count of ``--calibrate``:
+    ``nprobe`` calibrated as a serving replica does (its seeded 200-user sample), then
+    recall@k and per-query latency on ``--queries`` other users, at the serving path's
+    first candidate count (k + the user's seen items + 32)."""
+    from experiments.common import loadavg
+    from gnnrec.serve.ann import AnnOptions, ItemIndex, candidates_for
+
+    x, users, seen = run_vectors(args.run)
+    out: dict[str, Any] = {"items": len(x), "dim": x.shape[1], "users": len(users), "lists": []}
+    for lists in [int(v) for v in args.calibrate.split(",")]:
+        opts = AnnOptions(threshold=1, lists=lists, target_recall=args.target)
+        rng = np.random.default_rng(opts.seed)  # the serving state's calibration sample
+        cal = np.sort(rng.choice(len(users), min(opts.calibration_users, len(users)),
+                                 replace=False))
+        rest = np.setdiff1d(np.arange(len(users)), cal)
+        held = np.random.default_rng(args.seed + 1).choice(rest, min(args.queries, len(rest)),
+                                                            replace=False)
+        wall0, cpu0 = time.perf_counter(), _cpu()
+        index = ItemIndex.build(x, opts, queries=users[cal], query_rows=cal,
+                                query_seen=[seen.row(u) for u in cal])
+        build_s, build_cpu = time.perf_counter() - wall0, _cpu() - cpu0
+        per_user = index.recall(x, users[held], [seen.row(u) for u in held], args.k)
+        lat, cpu = [], _cpu()
+        for u in held:
+            t0 = time.perf_counter()
+            index.search(users[u], candidates_for(args.k, len(seen.row(u))))
+            lat.append((time.perf_counter() - t0) * 1e3)
+        cal_info = index.calibration or {}
+        row = {"lists": index.num_lists, "nprobe": index.nprobe,
+               "build_seconds": round(build_s, 2), "build_cpu_seconds": round(build_cpu, 2),
+               "calibration_seconds": round(cal_info.get("seconds", 0.0), 2),
+               "calibration_recall": cal_info.get("recall"),
+               "calibration_steps": cal_info.get("steps"),
+               "held_out_recall": round(float(per_user.mean()), 4),
+               "held_out_min_recall": round(float(per_user.min()), 4),
+               "p50_ms": round(float(np.percentile(lat, 50)), 3),
+               "p99_ms": round(float(np.percentile(lat, 99)), 3),
+               "cpu_ms": round((_cpu() - cpu) / len(held) * 1e3, 3), "loadavg": loadavg()}
+        out["lists"].append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "calibration_steps"}),
+              file=sys.stderr, flush=True)
+        del index
+    return out
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """One library, in this process."""
     x, queries = vectors(args.vectors, args.items, args.dim, args.queries, args.seed, args.run)
@@ -188,7 +246,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--libs", default=",".join(LIBS))
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--one", choices=LIBS, help=argparse.SUPPRESS)
+    p.add_argument("--calibrate", default=None, metavar="LISTS",
+                   help="with --run: the product's index calibrated to --target for each of "
+                        "these list counts (e.g. 1000,4000,16000); recall on other users")
+    p.add_argument("--target", type=float, default=0.95, help="target recall (--calibrate)")
     args = p.parse_args(argv)
+    if args.calibrate:
+        if not args.run:
+            raise SystemExit("--calibrate needs --run")
+        from experiments.common import machine, write_json
+
+        result = {"benchmark": "ann_choice --calibrate", "machine": machine(), "run": args.run,
+                  "k": args.k, "queries": args.queries, "target": args.target,
+                  **calibrated_ivf(args)}
+        if args.json:
+            write_json(args.json, result)
+        return 0
     if args.one:
         print(json.dumps(measure(args)))
         return 0

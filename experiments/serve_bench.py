@@ -18,16 +18,21 @@ an untrained 64-d LightGCN (the latency does not depend on the weights).
 
 A large catalogue in the same benchmark run (issue 20: 1M items, 64-d)::
 
-    nice -n 10 python -m experiments.serve_bench --run runs/lastfm-serve --make-run lastfm \
-        --large-run runs/synth1m-serve --large-items 1000000 \
+    OMP_WAIT_POLICY=PASSIVE nice -n 10 python -m experiments.serve_bench \
+        --run runs/lastfm-serve --make-run lastfm \
+        --large-run runs/synth1m-serve --large-items 1000000 --untrained-case \
         --json experiments/results/serve_bench_1m.json
 
 after the run above, measures ``--large-run`` the same way (in-process, 1 and 8 clients;
-no feedback rounds), built when missing from the synthetic dataset with ``--large-items``
-items and a fifth as many users (15 interactions each, about 10 friends, 1-3 tags per
-item) through ``gnnrec ingest --bulk`` -> Neo4j -> export, an untrained 64-d LightGCN. Its
-replica serves through the approximate item index (``gnnrec.serve.ann``); recall@k of
-the index against exact scoring is measured in-process over ``--recall-users`` users.
+no feedback rounds). When missing it is built through the product: the synthetic dataset
+with ``--large-items`` items, a twentieth as many users (60 interactions each, about 10
+friends, 1-3 tags per item) -> ``gnnrec ingest --bulk`` into a throw-away Neo4j ->
+export -> the seeded split -> ``gnnrec train`` with ``--large-train`` (default: LightGCN,
+64-d, a few epochs; its valid recall is in the result). Its replica serves through the
+approximate item index (``gnnrec.serve.ann``), whose ``nprobe`` each load calibrates on
+200 users; recall@k of the index against exact scoring is measured in-process over
+``--recall-users`` OTHER users. ``--untrained-case`` also calibrates and measures the
+index on the same graph's untrained LightGCN (structureless embeddings, the worst case).
 Goals: recall@20 >= 0.95; p99 and requests/s at 8 clients within x1.25 of the first run's.
 """
 
@@ -52,6 +57,8 @@ from experiments.common import write_json
 from experiments.graphs import GraphSource, add_graph_arguments, product_graph, temp_neo4j
 
 LASTFM_USERS, LASTFM_ITEMS = 1892, 17632
+LARGE_TRAIN = ("--model lightgcn --embedding-dim 64 --num-layers 2 --epochs 3 --eval-every 3 "
+               "--batch-size 16384 --lr 0.01 --threads 2 --no-progress")
 
 
 # -- building a run ----------------------------------------------------------------------
@@ -157,11 +164,82 @@ def feedback_delays(port: int, token: str, users: list[str], rounds: int) -> dic
 
 
 def large_options(items: int) -> dict[str, Any]:
-    """The synthetic dataset of ``--large-items``: a fifth as many users, 15 interactions
-    each, about 10 friends each."""
-    users = max(items // 5, 10)
-    return {"num_users": users, "num_items": items, "interactions_per_user": 15.0,
+    """The synthetic dataset of ``--large-items``: a twentieth as many users, 60
+    interactions each (about 3 per item), about 10 friends each."""
+    users = max(items // 20, 10)
+    return {"num_users": users, "num_items": items, "interactions_per_user": 60.0,
             "friend_density": min(1.0, 10 / users), "seed": 0}
+
+
+def make_trained_run(path: Path, graph_source: GraphSource, options: dict[str, Any],
+                     train_args: str) -> dict[str, Any]:
+    """The large run through the product: the synthetic dataset -> ``gnnrec ingest
+    --bulk`` -> export (:func:`experiments.graphs.product_graph`), the seeded split, then
+    ``gnnrec train --graph ... --out path`` with ``train_args`` in a process of its own."""
+    import gc
+    import shlex
+    import subprocess
+
+    from gnnrec.gnn.graph_file import save_graph
+    from gnnrec.gnn.split import apply_split
+
+    t0 = time.perf_counter()
+    graph, info = product_graph("synthetic", graph_source, options=options)
+    graph_path = save_graph(apply_split(graph, seed=0), path.with_name(f"{path.name}.graph.pt"))
+    del graph
+    gc.collect()
+    graph_s = time.perf_counter() - t0
+    cmd = [sys.executable, "-m", "gnnrec", "train", "--graph", str(graph_path),
+           "--out", str(path), "--overwrite", *shlex.split(train_args)]
+    print("+", " ".join(cmd), file=sys.stderr)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    return {"graph_seconds": graph_s, "graph_cached": bool(info.get("cached")),
+            "train_seconds": time.perf_counter() - t0,
+            "train_command": "gnnrec train --graph GRAPH --out RUN " + train_args}
+
+
+def run_training(run_dir: Path) -> dict[str, Any]:
+    """What the large run's meta says of its training: model, epochs, best valid."""
+    from gnnrec.gnn.run import Run
+
+    meta = Run.open(run_dir).meta()
+    return {"model": meta["model"], "train": meta.get("train"),
+            "metrics": meta.get("metrics"), "status": meta.get("status")}
+
+
+def untrained_case(run_dir: Path, options: Any, users: int, k: int = 20) -> dict[str, Any]:
+    """The worst case: the same graph's untrained LightGCN (no cluster structure), its
+    index calibrated as serving does, recall@k over ``users`` users that did not
+    calibrate it (index searched directly; no ServingState)."""
+    from gnnrec.gnn.graph_file import load_graph
+    from gnnrec.gnn.run import Run, build_model, final_embeddings
+    from gnnrec.serve.ann import ItemIndex, candidates_for
+
+    run = Run.open(run_dir)
+    seen = run.graph().interactions.csr  # what serving removes: every known interaction
+    dim = int(run.embeddings()[1].shape[1])
+    g = load_graph(run_dir.with_name(f"{run_dir.name}.graph.pt"))
+    model = build_model("lightgcn", g, {"embedding_dim": dim, "num_layers": 3})
+    user_emb, item_emb = (t.float().numpy() for t in final_embeddings(model, g))
+    del g, model
+    rng = np.random.default_rng(options.seed)  # the state's own calibration sample
+    cal = np.sort(rng.choice(len(user_emb), min(options.calibration_users, len(user_emb)),
+                             replace=False))
+    rest = np.setdiff1d(np.arange(len(user_emb)), cal)
+    held = np.random.default_rng(1).choice(rest, min(users, len(rest)), replace=False)
+    index = ItemIndex.build(item_emb, options, queries=user_emb[cal], query_rows=cal,
+                            query_seen=[seen.row(u) for u in cal])
+    per_user = index.recall(item_emb, user_emb[held], [seen.row(u) for u in held], k)
+    lat = []
+    for u in held[:100]:
+        t0 = time.perf_counter()
+        index.search(user_emb[u], candidates_for(k, len(seen.row(u))))
+        lat.append((time.perf_counter() - t0) * 1e3)
+    return {"index": index.info(), "calibration_steps": index.calibration["steps"]
+            if index.calibration else None, f"recall@{k}": float(per_user.mean()),
+            "users": int(len(held)), "search_p50_ms": float(np.percentile(lat, 50)),
+            "search_p99_ms": float(np.percentile(lat, 99))}
 
 
 def inprocess(state: Any, users: list[str], requests: int, k: int) -> list[float]:
@@ -179,10 +257,12 @@ def inprocess(state: Any, users: list[str], requests: int, k: int) -> list[float
 
 
 def index_recall(state: Any, users: list[str], k: int, n: int) -> dict[str, Any]:
-    """recall@k of ``state.recommend`` (the index) against exact scoring, over ``n`` users;
-    also the exact path's latency."""
+    """recall@k of ``state.recommend`` (the index) against exact scoring, over ``n`` users
+    that did not calibrate the index; also the exact path's latency."""
     rng = random.Random(1)
     recalls, exact_ms = [], []
+    calibration = set(state.calibration_users())
+    users = [u for u in users if u not in calibration]
     for user in rng.sample(users, min(n, len(users))):
         u = state.user_index(user)
         got = {s.id for s in state.recommend(user, k).items}
@@ -207,20 +287,33 @@ def measure_large(args: argparse.Namespace, port: int, token: str) -> dict[str, 
     from gnnrec.serve.state import ServingState
 
     run_dir = Path(args.large_run)
+    built = None
     if not (run_dir / "meta.json").is_file():
-        t0 = time.perf_counter()
-        make_run(run_dir, "synthetic", GraphSource(bulk=True, cache=args.graph_cache),
-                 options=large_options(args.large_items))
-        print(f"built {run_dir} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        built = make_trained_run(run_dir, GraphSource(bulk=True, cache=args.graph_cache),
+                                 large_options(args.large_items), args.large_train)
+        print(f"built {run_dir}: {built}", file=sys.stderr)
+    worst = None
+    if args.untrained_case:
+        from gnnrec.serve.ann import AnnOptions
+
+        worst = untrained_case(run_dir, AnnOptions(), args.recall_users)
+        print(f"untrained worst case: {worst}", file=sys.stderr)
     t0 = time.perf_counter()
     state = ServingState.from_run(run_dir)
     load_s = time.perf_counter() - t0
     users = state.user_ids()
     recall = index_recall(state, users, 20, args.recall_users)
     recall_k = index_recall(state, users, args.k, args.recall_users) if args.k != 20 else recall
+    load_inproc = os.getloadavg()[0]
     lat = inprocess(state, users, args.requests, args.k)
+    index = state.index
     sizes = {"users": state.num_users, "items": state.num_items, "dim": state.dim,
-             "scoring": state.info()["scoring"], "state_load_seconds": load_s}
+             "scoring": state.info()["scoring"], "state_load_seconds": load_s,
+             "index": state.info().get("index"),
+             "calibration_steps": index.calibration["steps"]
+             if index is not None and index.calibration else None,
+             "training": run_training(run_dir), "built": built, "untrained_case": worst,
+             "loadavg_1m_inprocess": load_inproc}
     del state
     gc.collect()
     serve.delete("gnnrec")
@@ -297,7 +390,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--large-items", type=int, default=1_000_000,
                    help="items of the --large-run when it is built (default 1,000,000)")
     p.add_argument("--recall-users", type=int, default=300,
-                   help="users whose index top-k is compared with exact scoring")
+                   help="users whose index top-k is compared with exact scoring (never the "
+                        "users that calibrated the index)")
+    p.add_argument("--large-train", default=LARGE_TRAIN,
+                   help=f"gnnrec train arguments of the --large-run when it is built "
+                        f"(default: {LARGE_TRAIN})")
+    p.add_argument("--untrained-case", action="store_true",
+                   help="also calibrate and measure the index on the same graph's untrained "
+                        "LightGCN (the worst case: embeddings without structure)")
     add_graph_arguments(p)  # the graph of --make-run
     args = p.parse_args(argv)
 
