@@ -204,8 +204,12 @@ def run_training(run_dir: Path) -> dict[str, Any]:
     from gnnrec.gnn.run import Run
 
     meta = Run.open(run_dir).meta()
-    return {"model": meta["model"], "train": meta.get("train"),
-            "metrics": meta.get("metrics"), "status": meta.get("status")}
+    valid = meta.get("best_valid") or {}
+    return {"model": meta["model"]["name"], "model_config": meta["model"].get("config"),
+            "train_config": meta.get("train_config"), "best_epoch": meta.get("best_epoch"),
+            "valid_recall@20": valid.get("recall@20"), "valid_ndcg@20": valid.get("ndcg@20"),
+            "epoch_seconds": [h.get("seconds") for h in meta.get("history", [])],
+            "status": meta.get("status")}
 
 
 def untrained_case(run_dir: Path, options: Any, users: int, k: int = 20) -> dict[str, Any]:
