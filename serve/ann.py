@@ -63,6 +63,10 @@ class AnnOptions(BaseModel):
             over those items instead of through the index.
         max_fetch_share: when the filters leave too few candidates, the request asks for
             four times more, up to this share of the catalogue, then scores exactly.
+        head_share: this share of the items, those of largest norm, is scored exactly
+            for every query and kept out of the inverted lists (``0``: none). The items
+            an inner product ranks first are mostly of large norm (popular items in a
+            trained model), which lists grouped by direction spread thinly.
         seed: k-means and calibration-sample seed (the index is a pure function of the
             embeddings and options).
     """
@@ -78,6 +82,7 @@ class AnnOptions(BaseModel):
     train_per_list: int = Field(40, ge=40)
     exact_below: int = Field(20_000, ge=0)
     max_fetch_share: float = Field(0.05, gt=0.0, le=1.0)
+    head_share: float = Field(0.01, ge=0.0, lt=1.0)
     seed: int = 0
 
     def applies_to(self, num_items: int) -> bool:
@@ -106,8 +111,11 @@ class ItemIndex:
         build_seconds: wall time of k-means, adding the items and calibrating.
     """
 
-    def __init__(self, index: Any, options: AnnOptions, nprobe: int) -> None:
+    def __init__(self, index: Any, options: AnnOptions, nprobe: int, head: Any = None,
+                 head_min_norm: float = math.inf) -> None:
         self._index = index
+        self._head = head  # exact inner products over the items of largest norm
+        self._head_min_norm = head_min_norm  # an added item of this norm or more joins it
         self.options = options
         self.nprobe = nprobe
         self.calibration: dict[str, Any] | None = None
@@ -130,18 +138,27 @@ class ItemIndex:
         options = options or AnnOptions()
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         n, dim = x.shape
-        lists = min(options.num_lists(n), max(n, 1))  # k-means needs a point per list
+        ids = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+        norms = np.linalg.norm(x, axis=1)
+        n_head = min(int(round(options.head_share * n)), n - 1)
+        head, head_min_norm, tail = None, math.inf, np.arange(n)
+        if n_head > 0:
+            top = np.argpartition(-norms, n_head - 1)[:n_head]
+            head = faiss.IndexIDMap(faiss.IndexFlatIP(dim))
+            head.add_with_ids(x[top], ids[top])
+            head_min_norm = float(norms[top].min())
+            tail = np.setdiff1d(tail, top)
+        lists = min(options.num_lists(n), max(len(tail), 1))  # k-means: a point per list
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = options.seed
         index.cp.niter = 10
-        sample = min(n, lists * options.train_per_list)
-        pick = np.random.default_rng(options.seed).choice(n, sample, replace=False)
+        sample = min(len(tail), lists * options.train_per_list)
+        pick = np.random.default_rng(options.seed).choice(len(tail), sample, replace=False)
         faiss.omp_set_num_threads(os.cpu_count() or 1)  # building: every core
-        index.train(x[np.sort(pick)])
-        ids = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
-        index.add_with_ids(x, ids)
-        built = cls(index, options, options.nprobe or DEFAULT_NPROBE)
+        index.train(x[tail[np.sort(pick)]])
+        index.add_with_ids(x[tail], ids[tail])
+        built = cls(index, options, options.nprobe or DEFAULT_NPROBE, head, head_min_norm)
         if options.nprobe is None and queries is not None and len(queries):
             built._calibrate(x, ids, np.asarray(queries, np.float32), query_rows,
                              query_seen or [np.zeros(0, np.int64)] * len(queries))
@@ -150,7 +167,12 @@ class ItemIndex:
         return built
 
     def __len__(self) -> int:
-        return int(self._index.ntotal)
+        return int(self._index.ntotal) + self.head_items
+
+    @property
+    def head_items(self) -> int:
+        """Items scored exactly for every query (those of largest norm)."""
+        return 0 if self._head is None else int(self._head.ntotal)
 
     @property
     def num_lists(self) -> int:
@@ -160,16 +182,22 @@ class ItemIndex:
         """What ``/health`` shows of the index."""
         cal = self.calibration
         return {"lists": self.num_lists, "nprobe": self.nprobe, "items": len(self),
+                "head_items": self.head_items,
                 "build_seconds": round(self.build_seconds, 3),
                 "calibrated_recall": None if cal is None else round(cal["recall"], 4),
                 "calibration_k": None if cal is None else cal["k"],
                 "target_recall": None if cal is None else cal["target"]}
 
     def add(self, rows: np.ndarray, vectors: np.ndarray) -> None:
-        """Index more items (``rows`` not indexed yet)."""
-        self._index.add_with_ids(
-            np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(rows), -1),
-            np.asarray(rows, dtype=np.int64))
+        """Index more items (``rows`` not indexed yet); one of at least the head's smallest
+        norm joins the head."""
+        x = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(rows), -1)
+        rows = np.asarray(rows, dtype=np.int64)
+        big = np.linalg.norm(x, axis=1) >= self._head_min_norm
+        if big.any():
+            self._head.add_with_ids(x[big], rows[big])
+        if (~big).any():
+            self._index.add_with_ids(x[~big], rows[~big])
 
     def search(self, query: np.ndarray, n: int) -> np.ndarray:
         """Up to ``n`` item rows of highest approximate inner product with ``query``.
@@ -177,14 +205,11 @@ class ItemIndex:
         Fewer than ``n`` only when the index holds fewer items: more lists are scanned
         when the first ones do not hold ``n`` items.
         """
-        import faiss
-
         n = max(1, min(int(n), len(self)))
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
         nprobe = self._probes(n)
         while True:
-            params = faiss.SearchParametersIVF(nprobe=nprobe)
-            _, found = self._index.search(q, n, params=params)
+            found = self._search(q, n, nprobe)
             rows = found[0][found[0] >= 0]
             if len(rows) >= n or nprobe >= self.num_lists:
                 return rows
@@ -193,7 +218,7 @@ class ItemIndex:
     def _probes(self, n: int, nprobe: int | None = None) -> int:
         """The lists scanned for ``n`` candidates: ``nprobe``, or enough lists to hold
         about ``2 n`` items."""
-        per_list = len(self) / self.num_lists
+        per_list = max(int(self._index.ntotal), 1) / self.num_lists
         base = self.nprobe if nprobe is None else nprobe
         return min(self.num_lists, max(base, math.ceil(2 * n / per_list)))
 
@@ -205,6 +230,22 @@ class ItemIndex:
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         q = np.ascontiguousarray(queries, dtype=np.float32)
         return self._recall(q, seen, _exact_top(x, q, seen, k, None), k, self.nprobe)
+
+    def _search(self, queries: np.ndarray, n: int, nprobe: int) -> np.ndarray:
+        """Long[Q, n]: the best ``n`` rows per query of the head and ``nprobe`` lists
+        (best first; -1 where fewer)."""
+        import faiss
+
+        score, found = self._index.search(queries, n,
+                                          params=faiss.SearchParametersIVF(nprobe=nprobe))
+        if self._head is None:
+            return found
+        h_score, h_found = self._head.search(queries, min(n, self.head_items))
+        score = np.concatenate([score, h_score], axis=1)
+        found = np.concatenate([found, h_found], axis=1)
+        score[found < 0] = -np.inf
+        order = np.argsort(-score, axis=1, kind="stable")[:, :n]
+        return np.take_along_axis(found, order, axis=1)
 
     # -- calibration --------------------------------------------------------------
     def _calibrate(self, x: np.ndarray, ids: np.ndarray, queries: np.ndarray,
@@ -247,12 +288,9 @@ class ItemIndex:
     def _recall(self, queries: np.ndarray, seen: list[np.ndarray], truth: list[np.ndarray],
                 k: int, nprobe: int) -> float:
         """Mean recall@k of the serving path's first candidate fetch at ``nprobe``."""
-        import faiss
-
         wants = [min(candidates_for(k, len(s)), len(self)) for s in seen]
         n = max(wants)  # one batch search; each query keeps its own first `want`
-        params = faiss.SearchParametersIVF(nprobe=self._probes(min(wants), nprobe))
-        _, found = self._index.search(queries, n, params=params)  # batch: 2 threads
+        found = self._search(queries, n, self._probes(min(wants), nprobe))
         out = []
         for row, want, blocked, best in zip(found, wants, seen, truth, strict=True):
             cand = row[:want]

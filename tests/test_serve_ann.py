@@ -31,19 +31,25 @@ def recall(found: list[str], truth: list[str]) -> float:
     return len(set(found) & set(truth)) / max(len(truth), 1)
 
 
-def test_index_finds_the_exact_neighbours() -> None:
+@pytest.mark.parametrize("head_share", [0.0, 0.01])
+def test_index_finds_the_exact_neighbours(head_share: float) -> None:
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((CLUSTERS, DIM))
     items, queries = clustered(rng, 5_000, centres), clustered(rng, 100, centres)
-    index = ItemIndex.build(items, AnnOptions(threshold=1))
+    index = ItemIndex.build(items, AnnOptions(threshold=1, head_share=head_share))
     assert len(index) == 5_000 and index.num_lists == 5_000 // 40
+    assert index.head_items == round(head_share * 5_000)
     got = [recall(list(index.search(q, 20)), list(np.argsort(-(items @ q))[:20]))
            for q in queries]
     assert np.mean(got) >= 0.95
     everything = index.search(queries[0], 10_000)  # more than it holds: every item once
     assert sorted(everything.tolist()) == list(range(5_000))
-    index.add(np.array([5_000]), 10 * queries[0][None])
+    index.add(np.array([5_000]), 10 * queries[0][None])  # the largest norm: into the head
+    assert index.head_items == round(head_share * 5_000) + (head_share > 0)
     assert index.search(queries[0], 1).tolist() == [5_000]
+    index.add(np.array([5_001]), 1e-3 * queries[0][None])  # tiny: into the lists
+    assert index.head_items == round(head_share * 5_000) + (head_share > 0)
+    assert 5_001 in index.search(queries[0], 5_002).tolist()
 
 
 def pair_of_states(n_users: int = 300, **ann: object) -> tuple[ServingState, ServingState]:
@@ -72,7 +78,9 @@ def pair_of_states(n_users: int = 300, **ann: object) -> tuple[ServingState, Ser
 @pytest.mark.parametrize("query", [
     {}, {"exclude": "top3"}, {"tag": "t0"}, {"tag": "t3"}, {"diversity": 0.3}])
 def test_indexed_recommendations_follow_the_filters_and_match_exact(query: dict) -> None:
-    exact, approx = pair_of_states(exact_below=100)  # t0 through the index, t3 exactly
+    # t0 through the index, t3 exactly; calibrated (unfiltered) to 0.97 so that the filtered
+    # requests, which calibration does not see, keep 0.95
+    exact, approx = pair_of_states(exact_below=100, target_recall=0.97)
     recalls = []
     calibration = set(approx.calibration_users())
     assert len(calibration) == 200
