@@ -156,6 +156,8 @@ class IndexStatus(BaseModel):
     lists: int
     nprobe: int = Field(description="lists scanned per request (fixed, or calibrated)")
     items: int
+    head_items: int = Field(0, description="items of largest norm, scored exactly for every "
+                                           "request (the others are in the lists)")
     build_seconds: float = Field(description="k-means, adding the items and calibrating")
     calibrated_recall: float | None = Field(
         None, description="recall@calibration_k against exact scoring on the calibration "
