@@ -293,6 +293,7 @@ def scale(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     stamps.append(t1)
     stats = run_epoch(step, optimizer, stamped(steps), config.l2, max_batches=timed)
     seconds, cpu = time.perf_counter() - t1, time.process_time() - c1
+    steps.close()  # a part run: the thread sampling ahead stops
     stamps.append(t1 + seconds)
     mem.mark("timed_steps", optimizer_nbytes=nbytes(optimizer.state))
     per_batch = seconds / timed

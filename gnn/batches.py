@@ -173,3 +173,4 @@ def background(items: Iterator[T], ahead: int = 1) -> Iterator[T]:
             yield value
     finally:
         stop.set()
+        thread.join()  # not left computing at interpreter exit (torch aborts the process)

@@ -235,3 +235,23 @@ def test_a_step_is_released_before_the_next_batch_is_sampled(graph: HeteroData) 
     stats = run_epoch(RankingStep(model), optimizer, steps, 1e-4)
     assert stats["batches"] == 4 and len(made) == 8
     assert asked == [[True] * (2 * j) for j in range(4)]
+
+
+def test_closing_a_part_consumed_background_stream_stops_its_thread() -> None:
+    """A run that stops before the end of an epoch (a benchmark's timed batches) closes
+    the stream: the thread sampling ahead is joined, not left computing at exit (where
+    torch aborted the process, exit status 134)."""
+    import threading
+    import time
+
+    from gnnrec.gnn.batches import background
+
+    def slow():
+        for j in range(100):
+            time.sleep(0.02)
+            yield j
+
+    items = background(slow(), ahead=2)
+    assert [next(items) for _ in range(3)] == [0, 1, 2]
+    items.close()
+    assert not any(t.name == "gnnrec-batches" for t in threading.enumerate())
