@@ -50,7 +50,9 @@ def machine(device: str = "cpu") -> dict[str, Any]:
 # Environment variables that change how torch's OpenMP threads behave on a busy machine
 # (with OMP_WAIT_POLICY unset, libgomp's waiting threads spin, and a niced 2-thread process
 # on a loaded 2-core host ran an epoch 15-30x slower than with PASSIVE).
-THREADING_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+THREADING_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                 # glibc's malloc: when freed memory goes back to the OS (peak RSS vs CPU)
+                 "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")
 
 
 def threading_env() -> dict[str, str]:
