@@ -18,6 +18,7 @@ takes batch indices ``rank, rank + world, ...``.
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -133,12 +134,26 @@ class SampledBatches:
         pass
 
 
+_LIVE: set[tuple[threading.Event, threading.Thread]] = set()
+
+
+@atexit.register
+def _stop_producers() -> None:
+    """Stop and join the producer threads still running when the interpreter exits (a
+    daemon thread left inside a torch op at shutdown aborts the process)."""
+    for stop, _ in list(_LIVE):
+        stop.set()
+    for _, thread in list(_LIVE):
+        thread.join(timeout=600)
+
+
 def background(items: Iterator[T], ahead: int = 1) -> Iterator[T]:
     """The items of ``items``, computed by a daemon thread up to ``ahead`` items in advance.
 
     An exception of ``items`` is raised to the caller at the item where it happened; when
     the caller stops early (or the returned generator is closed), the thread stops after
-    the item it is computing.
+    the item it is computing and is joined; one still running at exit is stopped and
+    joined then.
     """
     box: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=ahead)
     stop = threading.Event()
@@ -162,6 +177,8 @@ def background(items: Iterator[T], ahead: int = 1) -> Iterator[T]:
             put(("error", exc))
 
     thread = threading.Thread(target=produce, name="gnnrec-batches", daemon=True)
+    live = (stop, thread)
+    _LIVE.add(live)
     thread.start()
     try:
         while True:
@@ -174,3 +191,4 @@ def background(items: Iterator[T], ahead: int = 1) -> Iterator[T]:
     finally:
         stop.set()
         thread.join()  # not left computing at interpreter exit (torch aborts the process)
+        _LIVE.discard(live)
