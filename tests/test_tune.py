@@ -57,6 +57,15 @@ def test_baseline_spaces_are_as_wide_as_the_protocol_asks() -> None:
     assert hi / lo >= 1e4
 
 
+def test_lightgcn_searches_the_full_softmax_and_starts_from_it() -> None:
+    space = to_ray_space(search_space("lightgcn", small_graph()))
+    points = starting_points("lightgcn", space)
+    losses = [trial_settings("lightgcn", p, TuneSettings())[1] for p in points]
+    assert losses[0].loss == default_config("lightgcn")["loss"]  # the defaults come first
+    assert losses[1].loss == "full" and losses[1].temperature == 1.0
+    assert {lo.loss for lo in losses} == {"softmax", "full"}
+
+
 def test_yaml_overrides_and_bad_entries(tmp_path: Path) -> None:
     path = tmp_path / "space.yaml"
     path.write_text("lr: {loguniform: [0.001, 0.01]}\nnum_layers: 2\nl2: null\n")
