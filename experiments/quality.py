@@ -417,6 +417,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs/quality"),
                    help="split files, tuning experiments and run directories (resumable)")
     p.add_argument("--families", default=",".join(FAMILIES))
+    p.add_argument("--seeds", default=",".join(map(str, SEEDS)),
+                   help="split seeds, the first one tunes and selects (default 0,1,2)")
     p.add_argument("--quick", action="store_true", help="a tiny budget (smoke run)")
     p.add_argument("--trials", type=int, help="override the budget's trials per family")
     p.add_argument("--max-evaluations", type=int, help="override the budget's ASHA max_t")
@@ -450,15 +452,17 @@ def main(argv: list[str] | None = None) -> int:
     started, load_before = time.perf_counter(), loadavg()
     graph, info = product_graph(args.dataset, GraphSource.from_args(args))
     resources = TuneResources(concurrency=args.concurrency, address=args.address)
+    seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
     result = run_benchmark(args.dataset, graph, args.out, budget, resources,
-                           families=families, progress=args.progress)
+                           families=families, seeds=seeds, progress=args.progress)
     result = {
         "benchmark": "quality", "dataset": args.dataset, "quick": args.quick,
         "protocol": ("product path (ingest -> Neo4j -> gnnrec export -> gnnrec split); implicit "
                      "feedback; every family tuned by gnnrec tune (Ray Tune, ASHA on valid "
-                     f"{METRIC}) with the same budget on split seed 0; best graph model "
-                     "selected on seed 0 valid; selected configurations trained on seeds 1 "
-                     "and 2; test read once per run after all selection"),
+                     f"{METRIC}) with the same budget on split seed {seeds[0]}; best graph "
+                     f"model selected on seed {seeds[0]} valid; every family's selected "
+                     f"configuration trained on seeds {list(seeds[1:])}; test read once per "
+                     "run after all selection"),
         "budget": asdict(budget), "space_overrides": SPACE_OVERRIDES.get(args.dataset, {}),
         **result, "graph": info,
         "total_seconds": round(time.perf_counter() - started, 1),
