@@ -286,8 +286,9 @@ class ItemIndex:
             "steps": steps, "seconds": time.perf_counter() - t0}
 
     def _recall(self, queries: np.ndarray, seen: list[np.ndarray], truth: list[np.ndarray],
-                k: int, nprobe: int) -> float:
-        """Mean recall@k of the serving path's first candidate fetch at ``nprobe``."""
+                k: int, nprobe: int) -> np.ndarray:
+        """Float[Q]: each query's recall@k of the serving path's first candidate fetch at
+        ``nprobe``."""
         wants = [min(candidates_for(k, len(s)), len(self)) for s in seen]
         n = max(wants)  # one batch search; each query keeps its own first `want`
         found = self._search(queries, n, self._probes(min(wants), nprobe))
