@@ -197,7 +197,7 @@ def _plain_worker(graph: Any, kwargs: dict[str, Any], conn: Any) -> None:
     """Child process of :class:`_PlainProcesses`: sample the batches it is sent."""
     import torch
 
-    from gnnrec.gnn.distributed_sampling import keep_freed_memory
+    from gnnrec.gnn.allocator import keep_freed_memory
 
     torch.set_num_threads(1)
     keep_freed_memory()  # as the Ray workers do (without it ~1,000 page faults a batch)

@@ -83,6 +83,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="the model of the scale run (LightGCN: 2 layers, one per fan-out)")
     p.add_argument("--scale-ahead", type=int, default=1,
                    help="steps sampled ahead in a background thread (0 = none)")
+    p.add_argument("--keep-memory", action="store_true",
+                   help="MiniBatchConfig.keep_memory (scale run and mini-batch check)")
     add_graph_arguments(p)
     return p.parse_args(argv)
 
@@ -192,7 +194,8 @@ def minibatch_check(graph: HeteroData, args: argparse.Namespace) -> dict[str, An
                 res = train(model, graph, config, progress=False)
             else:
                 res = train_minibatch(model, graph, config,
-                                      MiniBatchConfig(num_neighbors=args.num_neighbors),
+                                      MiniBatchConfig(num_neighbors=args.num_neighbors,
+                                                      keep_memory=args.keep_memory),
                                       progress=False)
             runs[mode].append({"seed": seed, "recall20": res.best_valid["recall@20"],
                                "best_epoch": res.best_epoch, "stopped": res.stopped,
@@ -249,7 +252,9 @@ def scale(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     hyper = {**HYPER[name], "num_layers": len(args.num_neighbors)}
     model = build_model(name, view, hyper)
     config = _config(args, batch_size=args.scale_batch_size)
-    mb = MiniBatchConfig(num_neighbors=args.num_neighbors, ahead=args.scale_ahead)
+    mb = MiniBatchConfig(num_neighbors=args.num_neighbors, ahead=args.scale_ahead,
+                         keep_memory=args.keep_memory)
+    mb.apply_memory()
     sampler = link_sampler(view, model, config, mb)
     mem.mark("model_and_sampler", model_nbytes=nbytes(model),
              sampler_nbytes=nbytes(sampler) - nbytes(view))
@@ -302,7 +307,7 @@ def scale(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "graph": str(path), **sizes,
         "model": name, "hyper": hyper, "num_neighbors": args.num_neighbors,
-        "ahead": mb.ahead,
+        "ahead": mb.ahead, "keep_memory": mb.keep_memory,
         "batch_size": config.batch_size, "batches_per_epoch": total, "batches_timed": timed,
         "seconds_timed": round(seconds, 2), "seconds_per_batch": round(per_batch, 4),
         "median_batch_s": round(statistics.median(batch_seconds), 3),

@@ -82,6 +82,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     mb.add_argument("--sampler-resources", type=_resources, metavar="JSON",
                     help='custom Ray resources per sampler actor, e.g. \'{"sampler": 1}\' '
                          "(actors only on nodes started with them; spread over the nodes)")
+    mb.add_argument("--keep-memory", action="store_true", default=None,
+                    help="keep freed memory for the next step (glibc): faster steps, "
+                         "higher peak RSS")
     dist = tr.add_argument_group("distributed training (Ray Train, DDP)")
     dist.add_argument("--workers", type=int, help="Ray Train workers (default: one process)")
     dist.add_argument("--gpus-per-worker", type=float, default=0.0,
@@ -229,7 +232,8 @@ def _train(args: argparse.Namespace) -> int:
     hyper.update(parse_model_arg(a) for a in args.model_arg)
     sampling = {k: v for k, v in (("num_neighbors", args.num_neighbors),
                                   ("sampler", args.sampler),
-                                  ("sampler_workers", args.sampler_workers)) if v is not None}
+                                  ("sampler_workers", args.sampler_workers),
+                                  ("keep_memory", args.keep_memory)) if v is not None}
     ray_train = None if args.workers is None else {
         "num_workers": args.workers, "gpus_per_worker": args.gpus_per_worker,
         "cpus_per_worker": args.cpus_per_worker, "storage_path": args.storage_path,

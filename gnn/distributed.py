@@ -315,6 +315,8 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
     view: TrainView = ray.get(cfg["view"][0])
     config = TrainConfig.from_dict(cfg["train_config"])
     mb = MiniBatchConfig(**cfg["minibatch"]) if cfg["minibatch"] else None
+    if mb is not None:
+        mb.apply_memory()
     seed_everything(config.seed, config.deterministic)
     model = build_model(cfg["model_name"], view, cfg["hyper"])
 

