@@ -83,6 +83,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="the model of the scale run (LightGCN: 2 layers, one per fan-out)")
     p.add_argument("--scale-ahead", type=int, default=1,
                    help="steps sampled ahead in a background thread (0 = none)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="TrainConfig.precision (scale run and mini-batch check)")
     p.add_argument("--keep-memory", action="store_true",
                    help="MiniBatchConfig.keep_memory (scale run and mini-batch check)")
     add_graph_arguments(p)
@@ -91,7 +93,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def _config(args: argparse.Namespace, **over: Any) -> TrainConfig:
     base = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, l2=args.l2,
-                patience=args.epochs, eval_every=1, seed=args.seed, device="cpu")
+                patience=args.epochs, eval_every=1, seed=args.seed, device="cpu",
+                precision=args.precision)
     return TrainConfig(**{**base, **over})
 
 
@@ -258,7 +261,7 @@ def scale(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     sampler = link_sampler(view, model, config, mb)
     mem.mark("model_and_sampler", model_nbytes=nbytes(model),
              sampler_nbytes=nbytes(sampler) - nbytes(view))
-    step = RankingStep(model)
+    step = RankingStep(model, precision=config.precision)
     inputs = model.block_inputs(view)  # what training holds (full-graph inputs: evaluation)
     mem.mark("model_inputs", nbytes=nbytes(inputs))
     sampling = {"cpu": 0.0, "batches": 0}
@@ -307,7 +310,7 @@ def scale(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "graph": str(path), **sizes,
         "model": name, "hyper": hyper, "num_neighbors": args.num_neighbors,
-        "ahead": mb.ahead, "keep_memory": mb.keep_memory,
+        "ahead": mb.ahead, "keep_memory": mb.keep_memory, "precision": config.precision,
         "batch_size": config.batch_size, "batches_per_epoch": total, "batches_timed": timed,
         "seconds_timed": round(seconds, 2), "seconds_per_batch": round(per_batch, 4),
         "median_batch_s": round(statistics.median(batch_seconds), 3),

@@ -18,7 +18,8 @@ _HYPER_FLAGS = {"embedding_dim": "embedding_dim", "num_layers": "num_layers",
                 "social_weight": "social_weight", "tag_weight": "tag_weight"}
 # Training flags -> TrainConfig fields (None = keep the default / the resumed value).
 _TRAIN_FLAGS = ("epochs", "batch_size", "lr", "l2", "num_negatives", "negatives", "loss",
-                "temperature", "patience", "eval_every", "seed", "device", "deterministic")
+                "temperature", "patience", "eval_every", "seed", "device", "deterministic",
+                "precision")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -57,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     tr.add_argument("--eval-every", type=int, help="epochs between valid evaluations")
     tr.add_argument("--seed", type=int)
     tr.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
+    tr.add_argument("--precision", choices=["fp32", "bf16"],
+                    help="bf16: mixed-precision training steps (torch.autocast; float32 "
+                         "weights, loss and evaluation); default fp32")
     tr.add_argument("--nondeterministic", dest="deterministic", action="store_false",
                     default=None, help="allow torch's non-deterministic kernels (faster on a "
                     "GPU; runs are then not bit-reproducible)")

@@ -60,6 +60,9 @@ Step = tuple[Any, Tensor, Tensor, Tensor]  # (model inputs, users, positives, ne
 Batches = Callable[[Any, torch.device], Callable[[int], Iterable[Step]]]
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 class TrainingError(GnnrecError):
     """Training cannot go on: diverged loss, bad settings, a resume that does not match."""
 
@@ -86,10 +89,14 @@ class TrainConfig:
     # torch's deterministic kernels (see seed_everything); False trades reproducibility
     # for the faster non-deterministic scatter / index-add kernels of a GPU.
     deterministic: bool = True
+    # bf16: a training step's forward runs under torch.autocast(bfloat16) (matrix products
+    # in bf16; GraphSAGE's layers entirely), the loss, the weights, their gradients, Adam
+    # and evaluation stay float32 (see RankingStep).
+    precision: Literal["fp32", "bf16"] = "fp32"
 
     # Settings that may change when resuming a run (the rest must match).
     RESUMABLE = ("epochs", "patience", "eval_every", "device", "eval_batch_size",
-                 "deterministic")
+                 "deterministic", "precision")
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "num_negatives", "patience", "eval_every"):
@@ -103,6 +110,9 @@ class TrainConfig:
             raise TrainingError(f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
         if not self.temperature > 0:
             raise TrainingError(f"temperature must be > 0, got {self.temperature}")
+        if self.precision not in PRECISIONS:
+            raise TrainingError(f"precision must be one of {', '.join(PRECISIONS)}, "
+                                f"not {self.precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,16 +179,42 @@ class RankingStep(nn.Module):
     """``forward(inputs, users, pos, neg) -> (loss, l2)``: the model's forward on its
     inputs (the full graph's or a sampled block's), then the model's ``loss`` (the ranking
     loss, plus the model's own terms) on the rows ``users`` / ``pos`` (Long[B]) and ``neg``
-    (Long[B, K]) index. This is the module DDP wraps: its only parameters are the model's."""
+    (Long[B, K]) index. This is the module DDP wraps: its only parameters are the model's.
 
-    def __init__(self, model: nn.Module, loss: str = "bpr", temperature: float = 1.0) -> None:
+    ``precision="bf16"``: the forward runs under ``torch.autocast`` in bfloat16 on the
+    parameters' device, and its float outputs come back as float32 for the loss (mixed
+    precision: float32 weights, gradients and optimiser; bf16 products in between)."""
+
+    def __init__(self, model: nn.Module, loss: str = "bpr", temperature: float = 1.0,
+                 precision: str = "fp32") -> None:
         super().__init__()
         self.model, self.loss, self.temperature = model, loss, temperature
+        self.precision = precision
 
     def forward(self, inputs: Any, users: Tensor, pos: Tensor,
                 neg: Tensor) -> tuple[Tensor, Tensor]:
-        return self.model.loss(self.model(inputs), users, pos,  # type: ignore[operator]
+        if self.precision == "fp32":
+            out = self.model(inputs)
+        else:
+            device = next(self.model.parameters()).device.type
+            with torch.autocast(device, dtype=torch.bfloat16):
+                out = self.model(inputs)
+            out = _float32(out)
+        return self.model.loss(out, users, pos,  # type: ignore[operator]
                                neg.view(neg.size(0), -1), self.loss, self.temperature)
+
+
+def _float32(value: Any) -> Any:
+    """``value`` (a tensor, or a tuple, named tuple or dict of them) with its
+    lower-precision float tensors as float32."""
+    if isinstance(value, Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {k: _float32(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        items = [_float32(v) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+    return value
 
 
 def adam(params: Iterable[Tensor], lr: float) -> torch.optim.Adam:
@@ -392,7 +428,8 @@ def fit(model: nn.Module, view: TrainView, config: TrainConfig, *,
     optimizer = adam(params, config.lr) if params else None
     make = batches or (lambda inputs, device: FullBatches(view, config, inputs, device))
     source = make(batch_inputs, device) if optimizer is not None else None
-    step = session.wrap(RankingStep(model, config.loss, config.temperature).to(device))
+    step = session.wrap(RankingStep(model, config.loss, config.temperature,
+                                    config.precision).to(device))
     start = session.start(model, optimizer, stopping, source, config)
     stopped = "max_epochs"
     model.train()

@@ -148,14 +148,16 @@ def spmm(adj: Tensor, x: Tensor, symmetric: bool = False) -> Tensor:
 
 
 def _bag_mm(adj: Tensor, x: Tensor) -> Tensor:
-    """``adj @ x`` (``adj`` sparse CSR) by ``F.embedding_bag`` in ``sum`` mode."""
-    if x.dim() != 2 or adj.layout != torch.sparse_csr or x.dtype != adj.dtype:
+    """``adj @ x`` (``adj`` sparse CSR) by ``F.embedding_bag`` in ``sum`` mode, in the
+    precision of ``x``."""
+    if x.dim() != 2 or adj.layout != torch.sparse_csr or not x.is_floating_point():
         return torch.sparse.mm(adj, x)
     crow = adj.crow_indices()
     if adj.size(0) == 0 or x.size(0) == 0:
         return x.new_zeros(adj.size(0), x.size(1))
+    # in x's precision (a bf16 step: the float32 adjacency's values rounded to bf16)
     return F.embedding_bag(adj.col_indices(), x, crow[:-1], mode="sum",
-                           per_sample_weights=adj.values())
+                           per_sample_weights=adj.values().to(x.dtype))
 
 
 def spmm_head(adj: Tensor, x: Tensor, keep: int, weight: Tensor) -> tuple[Tensor, Tensor]:

@@ -391,7 +391,14 @@ class HeteroGraphSAGE(Recommender):
                 hops: dict[str, list[int]] | None = None) -> dict[str, Tensor]:
         """The layers on layer-0 features ``x``; with ``hops`` (a block) layer ``l`` runs
         on the nodes within ``L - 1 - l`` hops of the seeds only, over their edges (the
-        seeds' outputs are those of every node, every layer: PyG's ``trim_to_layer``)."""
+        seeds' outputs are those of every node, every layer: PyG's ``trim_to_layer``).
+        Under ``torch.autocast`` (a bf16 training step) the layers run in its dtype: the
+        features are cast once, and every aggregation and product reads and writes that
+        dtype (half the bytes of float32)."""
+        device = self.user_id.weight.device.type
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+            x = {k: v.to(dtype) for k, v in x.items()}
         for layer, conv in enumerate(self.convs):
             depth = self.num_layers - 1 - layer  # the hops this layer's outputs reach
             out = _hetero_layer(conv, x, adj, None if hops is None else
