@@ -140,6 +140,32 @@ def test_sage_trimmed_layers_give_the_seeds_untrimmed_outputs_and_gradients(
             torch.testing.assert_close(a, b)
 
 
+def test_sage_block_builds_its_layers_transposes_ahead_and_computes_the_same(
+        graph: HeteroData) -> None:
+    seed_everything(0)
+    view = TrainView.from_graph(graph)
+    model = HeteroGraphSAGE(view.sizes, embedding_dim=8, num_layers=2).eval()
+    batch = link_sampler(view, model, TrainConfig(batch_size=16),
+                         MiniBatchConfig(num_neighbors=[3, 2])).batch(0, 1)
+    block = model.block(batch, model.block_inputs(view))
+    assert block.layers is not None and len(block.layers) == 2
+    # layer 0 computes the nodes within 1 hop of the seeds and reads every node
+    assert block.layers[0][("user", "friend", "user")].shape == (
+        block.hops["user"][1], block.hops["user"][-1])
+    assert all(hasattr(a, "_gnnrec_transpose") for layer in block.layers for a in layer.values())
+    results = []
+    for inputs in (block, dataclasses.replace(model.block(batch, model.block_inputs(view)),
+                                              layers=None)):
+        out = model(inputs)
+        loss = out.user.square().sum() + out.item.sum()
+        params = [p for p in model.parameters() if p.requires_grad]
+        results.append((out.user, out.item,
+                        torch.autograd.grad(loss, params, allow_unused=True)))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    for a, b in zip(results[0][2], results[1][2], strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
 def test_background_steps_are_the_steps(graph: HeteroData) -> None:
     """Steps built ahead in a thread are those built in line; errors reach the caller and
     an abandoned stream stops its thread."""

@@ -170,8 +170,9 @@ def spmm_head(adj: Tensor, x: Tensor, keep: int, weight: Tensor) -> tuple[Tensor
     return _SpMMHead.apply(adj, x, keep, weight)
 
 
-def _transpose_of(adj: Tensor) -> Tensor:
-    """``adj.T`` as CSR, cached on the ``adj`` tensor object."""
+def cached_transpose(adj: Tensor) -> Tensor:
+    """``adj.T`` as CSR, cached on the ``adj`` tensor object (what :func:`spmm`'s backward
+    multiplies by; building it ahead moves that work off the backward pass)."""
     adj_t = getattr(adj, "_gnnrec_transpose", None)
     if adj_t is None:
         adj_t = transpose_csr(adj)
@@ -188,7 +189,7 @@ class _SpMM(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor, None]:
-        adj_t = ctx.adj if ctx.symmetric else _transpose_of(ctx.adj)
+        adj_t = ctx.adj if ctx.symmetric else cached_transpose(ctx.adj)
         return None, _bag_mm(adj_t, grad.contiguous()), None
 
 
@@ -203,7 +204,7 @@ class _SpMMHead(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor, grad_head: Tensor) -> tuple[None, Tensor, None, None]:
         (weight,) = ctx.saved_tensors
-        grad_x = _bag_mm(_transpose_of(ctx.adj), grad.contiguous())
+        grad_x = _bag_mm(cached_transpose(ctx.adj), grad.contiguous())
         grad_x[: ctx.keep].addcmul_(grad_head, weight)
         return None, grad_x, None, None
 

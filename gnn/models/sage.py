@@ -47,6 +47,7 @@ from .base import (
     Inputs,
     Propagation,
     Recommender,
+    cached_transpose,
     check_range,
     first_rows,
     mean_adjacency,
@@ -71,7 +72,9 @@ class SageInputs(Inputs):
     ``edges``: the full graph's distinct edges per edge type (to embed new nodes);
     ``hops``: a block's node counts per type, cumulative by hop (``hops[nt][h]``: its
     nodes first reached at hop ``h`` or before), by which layer ``l`` of ``L`` computes
-    only the nodes within ``L - 1 - l`` hops of the seeds (None: every node, every layer).
+    only the nodes within ``L - 1 - l`` hops of the seeds (None: every node, every layer);
+    ``layers``: a block's adjacencies per layer, trimmed to the rows and columns that layer
+    reads (views of ``adj``'s arrays), their transposes built (None: ``adj`` and ``hops``).
     """
 
     adj: dict[EdgeType, Tensor]
@@ -80,6 +83,7 @@ class SageInputs(Inputs):
     n_id: dict[str, Tensor] | None = None
     edges: dict[EdgeType, Tensor] | None = None
     hops: dict[str, list[int]] | None = None
+    layers: list[dict[EdgeType, Tensor]] | None = None
 
 
 class _SAGEConv(SAGEConv):
@@ -317,7 +321,27 @@ class HeteroGraphSAGE(Recommender):
         hops = {nt: list(itertools.accumulate(batch[nt].num_sampled_nodes))
                 for nt in (USER, ITEM, TAG) if "num_sampled_nodes" in batch[nt]}
         deep = len(hops) == 3 and all(len(h) > self.num_layers for h in hops.values())
-        return SageInputs(adj, x, item_tags, n_id, hops=hops if deep else None)
+        if not deep:
+            return SageInputs(adj, x, item_tags, n_id)
+        return SageInputs(adj, x, item_tags, n_id, hops=hops, layers=self._trimmed(adj, hops))
+
+    def _trimmed(self, adj: dict[EdgeType, Tensor],
+                 hops: dict[str, list[int]]) -> list[dict[EdgeType, Tensor]]:
+        """Per layer, each edge type's adjacency over the destinations the layer computes
+        and the sources it reads (:func:`first_rows` views), with the transpose that
+        spmm's backward multiplies by built now: a block is built by the thread that
+        samples ahead (``MiniBatchConfig.ahead``), so this work (a radix sort per edge
+        type and layer) leaves the training thread. The products are the same."""
+        layers, n_src = [], {nt: h[-1] for nt, h in hops.items()}  # layer 0 reads all
+        for layer in range(self.num_layers):
+            keep = {nt: h[self.num_layers - 1 - layer] for nt, h in hops.items()}
+            trimmed = {et: first_rows(adj[et], keep[et[2]], n_src[et[0]])
+                       for et in self._edge_types(last=layer == self.num_layers - 1)}
+            for a in trimmed.values():
+                cached_transpose(a)
+            layers.append(trimmed)
+            n_src = keep
+        return layers
 
     # -- construction helpers -------------------------------------------------
     def _edge_types(self, last: bool) -> list[EdgeType]:
@@ -388,7 +412,8 @@ class HeteroGraphSAGE(Recommender):
         return x
 
     def _encode(self, x: dict[str, Tensor], adj: dict[EdgeType, Tensor],
-                hops: dict[str, list[int]] | None = None) -> dict[str, Tensor]:
+                hops: dict[str, list[int]] | None = None,
+                layers: list[dict[EdgeType, Tensor]] | None = None) -> dict[str, Tensor]:
         """The layers on layer-0 features ``x``; with ``hops`` (a block) layer ``l`` runs
         on the nodes within ``L - 1 - l`` hops of the seeds only, over their edges (the
         seeds' outputs are those of every node, every layer: PyG's ``trim_to_layer``).
@@ -401,8 +426,8 @@ class HeteroGraphSAGE(Recommender):
             x = {k: v.to(dtype) for k, v in x.items()}
         for layer, conv in enumerate(self.convs):
             depth = self.num_layers - 1 - layer  # the hops this layer's outputs reach
-            out = _hetero_layer(conv, x, adj, None if hops is None else
-                                {nt: h[depth] for nt, h in hops.items()})
+            out = _hetero_layer(conv, x, adj if layers is None or hops is None else layers[layer],
+                                None if hops is None else {nt: h[depth] for nt, h in hops.items()})
             if layer < self.num_layers - 1:
                 out = {k: F.dropout(F.relu(v), self.dropout, self.training) for k, v in out.items()}
             x = out
@@ -410,7 +435,7 @@ class HeteroGraphSAGE(Recommender):
 
     def forward(self, inputs: SageInputs) -> Propagation:
         x = self._layer0(inputs)
-        out = self._encode(x, inputs.adj, inputs.hops)
+        out = self._encode(x, inputs.adj, inputs.hops, inputs.layers)
         return Propagation(out[USER], out[ITEM], x[USER], x[ITEM])
 
     # -- inductive embeddings -------------------------------------------------------
