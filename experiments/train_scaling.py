@@ -81,6 +81,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale-batch-size", type=int, default=8192)
     p.add_argument("--scale-model", choices=sorted(HYPER), default="graphsage",
                    help="the model of the scale run (LightGCN: 2 layers, one per fan-out)")
+    p.add_argument("--scale-grads", choices=["sparse", "dense"], default="sparse",
+                   help="embedding gradients of a step: the block's rows (what training "
+                        "does) or the whole table (before issue 20's memory work)")
     p.add_argument("--scale-ahead", type=int, default=1,
                    help="steps sampled ahead in a background thread (0 = none)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
@@ -232,7 +235,7 @@ def scale(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     from gnnrec.gnn.minibatch import MiniBatchConfig, link_sampler
     from gnnrec.gnn.run import build_model
     from gnnrec.gnn.split import ensure_split
-    from gnnrec.gnn.train import RankingStep, adam, run_epoch, seed_everything
+    from gnnrec.gnn.train import RankingStep, Session, adam, run_epoch, seed_everything
     from gnnrec.gnn.views import TrainView
 
     mem.mark("imports_gnnrec")
@@ -262,6 +265,8 @@ def scale(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     mem.mark("model_and_sampler", model_nbytes=nbytes(model),
              sampler_nbytes=nbytes(sampler) - nbytes(view))
     step = RankingStep(model, precision=config.precision)
+    if args.scale_grads == "sparse":  # as fit does in one process
+        step = Session(progress=False).wrap(step)
     inputs = model.block_inputs(view)  # what training holds (full-graph inputs: evaluation)
     mem.mark("model_inputs", nbytes=nbytes(inputs))
     sampling = {"cpu": 0.0, "batches": 0}
@@ -311,6 +316,7 @@ def scale(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         "graph": str(path), **sizes,
         "model": name, "hyper": hyper, "num_neighbors": args.num_neighbors,
         "ahead": mb.ahead, "keep_memory": mb.keep_memory, "precision": config.precision,
+        "grads": args.scale_grads,
         "batch_size": config.batch_size, "batches_per_epoch": total, "batches_timed": timed,
         "seconds_timed": round(seconds, 2), "seconds_per_batch": round(per_batch, 4),
         "median_batch_s": round(statistics.median(batch_seconds), 3),

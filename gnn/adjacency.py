@@ -126,6 +126,10 @@ class CSR:
         """Int64[nnz] the row of each entry."""
         return np.repeat(np.arange(self.num_rows, dtype=np.int64), self.degree())
 
+    def row_of(self, pos: np.ndarray) -> np.ndarray:
+        """Int64[M] the row of entries ``pos`` (without the ``nnz``-long :meth:`rows`)."""
+        return np.searchsorted(self.indptr, pos, side="right") - 1
+
     def take(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """(column Int64[M], edge id Int64[M] or None, weight Float32[M] or None) of
         entries ``pos``."""
@@ -159,6 +163,31 @@ class CSR:
     def to_torch(self) -> tuple[Tensor, Tensor]:
         """``(indptr Long[R + 1], indices Long[nnz])`` as torch tensors."""
         return torch.from_numpy(self.indptr), torch.from_numpy(self.indices.astype(np.int64))
+
+
+def row_member(indptr: Tensor, columns: Tensor, rows: Tensor, query: Tensor,
+               longest: int | None = None) -> Tensor:
+    """Bool, same shape as ``query``: whether column ``query[j]`` is in row ``rows[j]`` of
+    the CSR (``indptr`` Long[R + 1], ``columns`` Int[nnz] ascending within each row;
+    ``longest``: its longest row, when known).
+
+    A vectorised binary search within each row: what :func:`member` answers on ``row *
+    num_cols + column`` keys, without an Int64 key per entry.
+    """
+    lo, end = indptr[rows], indptr[rows + 1]
+    hi = end.clone()
+    if columns.numel() == 0:
+        return torch.zeros_like(query, dtype=torch.bool)
+    if longest is None:
+        longest = int((indptr[1:] - indptr[:-1]).max()) if indptr.numel() > 1 else 0
+    last = columns.numel() - 1
+    for _ in range(longest.bit_length()):  # the lower bound of query in [lo, end)
+        open_ = lo < hi
+        mid = (lo + hi) >> 1
+        below = columns[mid.clamp(max=last)] < query
+        lo = torch.where(open_ & below, mid + 1, lo)
+        hi = torch.where(open_ & ~below, mid, hi)
+    return (lo < end) & (columns[lo.clamp(max=last)] == query)
 
 
 def member(sorted_keys: Tensor, query: Tensor) -> Tensor:

@@ -1,9 +1,10 @@
 """Negative items for BPR: never an item the user has in train.
 
 Candidates are drawn for the whole batch at once (uniform, or proportional to
-``train_count ** alpha``), membership in the user's train items is tested with
-``torch.searchsorted`` on the sorted keys ``user * num_items + item``, and only the
-colliding draws are redrawn. After ``max_rounds`` rounds (very dense users) the remaining
+``train_count ** alpha``), membership in the user's train items is tested by a binary
+search within the user's sorted train items (Int32 where ids fit: 4 bytes per
+interaction, not an Int64 key ``user * num_items + item``), and only the colliding draws
+are redrawn. After ``max_rounds`` rounds (very dense users) the remaining
 draws are made exactly from the user's complement (uniform), so the guarantee holds for
 any density. All randomness comes from the sampler's own seeded ``torch.Generator``
 (:meth:`state_dict` / :meth:`load_state_dict` for resume).
@@ -13,11 +14,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from gnnrec.errors import GnnrecError
-from gnnrec.gnn.adjacency import CSR, member
+from gnnrec.gnn.adjacency import CSR, row_member
 
 if TYPE_CHECKING:
     from gnnrec.gnn.views import TrainView
@@ -52,9 +54,11 @@ class NegativeSampler:
         self.num_items = num_items
         csr = CSR.from_edges(train_user, train_item, num_users, num_cols=num_items, sort=True,
                              keep_eid=False)
+        # each user's train items, ascending (Int32 where ids fit: 4 bytes per interaction)
         self.indptr = torch.from_numpy(csr.indptr)
-        self.keys = torch.from_numpy(csr.keys(num_items))
+        self.items = torch.from_numpy(np.ascontiguousarray(csr.indices))
         self.deg = deg = torch.from_numpy(csr.degree())
+        self._longest = int(deg.max()) if deg.numel() else 0
         del csr
         if deg.numel() and int(deg.max()) >= num_items:
             u = int(torch.argmax(deg))
@@ -83,14 +87,14 @@ class NegativeSampler:
 
     def is_positive(self, users: Tensor, items: Tensor) -> Tensor:
         """Bool[...] whether ``items`` is a train item of ``users`` (same shapes)."""
-        return member(self.keys, users * self.num_items + items)
+        return row_member(self.indptr, self.items, users, items, self._longest)
 
     def _exact(self, users: Tensor) -> Tensor:
         """Uniform draws from each user's non-train items (no rejection).
 
         The k-th non-positive item of a user is ``k + #{j : pos_j - j <= k}`` (``pos``
-        the user's sorted train items): the positives of the drawing users (only theirs,
-        read from the sorted keys) shifted by their rank, with keys ``r * (I + 1) +
+        the user's sorted train items): the positives of the drawing users (only theirs)
+        shifted by their rank, with keys ``r * (I + 1) +
         shifted`` per drawing row ``r``, sorted, answer it by one ``searchsorted``.
         """
         deg = self.deg[users]
@@ -100,7 +104,7 @@ class NegativeSampler:
         row = torch.repeat_interleave(torch.arange(users.numel()), deg)
         first = torch.cumsum(deg, 0) - deg
         rank = torch.arange(row.numel()) - first[row]
-        items = self.keys[self.indptr[users][row] + rank] - users[row] * self.num_items
+        items = self.items[self.indptr[users][row] + rank].long()
         shifted = row * (self.num_items + 1) + (items - rank)
         base = torch.arange(users.numel()) * (self.num_items + 1)
         below = torch.searchsorted(shifted, base + k, right=True) - first

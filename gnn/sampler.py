@@ -320,9 +320,9 @@ def _tensor(a: np.ndarray) -> Tensor:
     return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
-def _narrow(a: np.ndarray) -> np.ndarray:
-    """``a`` (Int64) as Int32 when its values fit: half the bytes of a per-edge array."""
-    return a.astype(np.int32) if a.size == 0 or int(a.max()) < 2**31 else a
+def _index_dtype(n: int) -> type:
+    """Int32 for positions below ``n`` when they fit: half the bytes of Int64."""
+    return np.int32 if n < 2**31 else np.int64
 
 
 def _batch_rng(seed: int, epoch: int, index: int) -> tuple[np.random.Generator, int]:
@@ -362,8 +362,11 @@ class _EpochBatches:
         if not 0 <= index < len(self):
             raise SamplerError(f"batch index {index} outside 0..{len(self) - 1}")
         if self._perm_epoch != epoch:
-            self._perm = (np.random.default_rng([self.seed, epoch, 0xE9]).permutation(
-                self.num_items) if self.shuffle else np.arange(self.num_items))
+            # Int32 where it fits (half the bytes); shuffling arange(n) in place draws
+            # the same permutation as ``permutation(n)``
+            self._perm = np.arange(self.num_items, dtype=_index_dtype(self.num_items))
+            if self.shuffle:
+                np.random.default_rng([self.seed, epoch, 0xE9]).shuffle(self._perm)
             self._perm_epoch = epoch
         return self._perm[index * self.batch_size:(index + 1) * self.batch_size]
 
@@ -441,14 +444,17 @@ class LinkBatchSampler(_EpochBatches):
         if edge_type not in g.csr:
             raise SamplerError(f"graph has no edge type {edge_type}")
         self.edge_type = edge_type
-        src, dst, eid = g.edges(edge_type)
+        # the positives are the view's CSR entries (no copy: 0 bytes per interaction here);
+        # an epoch visits them in a seeded random order of entry positions
+        self.positives = c = g.csr[edge_type]
+        if not c.has_eid:
+            raise SamplerError(f"the view's {edge_type} CSR keeps no edge ids")
         self.num_negatives = int(num_negatives)
-        self.negatives = NegativeSampler(torch.from_numpy(src), torch.from_numpy(dst),
+        self.negatives = NegativeSampler(torch.from_numpy(c.indices.astype(np.int64)),
+                                         torch.from_numpy(c.rows()),
                                          g.num_nodes[edge_type[0]], g.num_nodes[edge_type[2]],
                                          seed=seed)
-        # the positives in edge order, Int32 where the ids fit (widened per batch)
-        self.src, self.dst, self.input_eid = (_narrow(a) for a in (src, dst, eid))
-        self.num_items, self.batch_size = int(self.src.size), int(batch_size)
+        self.num_items, self.batch_size = c.nnz, int(batch_size)
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self._init_epochs()
 
@@ -461,7 +467,8 @@ class LinkBatchSampler(_EpochBatches):
     def batch_arrays(self, epoch: int, index: int) -> SampledArrays:
         idx = self._items(epoch, index)
         rng, torch_seed = _batch_rng(self.seed, epoch, index)
-        users, pos = self.src[idx].astype(np.int64), self.dst[idx].astype(np.int64)
+        c = self.positives
+        users, pos = c.indices[idx].astype(np.int64), c.row_of(idx)
         self.negatives.generator.manual_seed(torch_seed)
         neg = self.negatives.sample(torch.from_numpy(users), self.num_negatives).numpy()
         src_t, _, dst_t = self.edge_type
@@ -472,7 +479,7 @@ class LinkBatchSampler(_EpochBatches):
         local_dst = a.seed_local[dst_t][b if src_t == dst_t else 0:]
         a.meta = {"src_index": a.seed_local[src_t][:b], "dst_pos_index": local_dst[:b],
                   "dst_neg_index": local_dst[b:].reshape(b, self.num_negatives),
-                  "input_id": self.input_eid[idx].astype(np.int64)}
+                  "input_id": c.eid[idx].astype(np.int64)}
         return a
 
     def to_data(self, arrays: SampledArrays) -> HeteroData:

@@ -53,3 +53,21 @@ def test_seeded_and_resumable() -> None:
 def test_user_with_every_item_is_refused() -> None:
     with pytest.raises(NegativeSamplingError, match="every one of the 3 items"):
         NegativeSampler(torch.tensor([0, 0, 0, 1]), torch.tensor([0, 1, 2, 0]), 2, 3)
+
+
+def test_row_member_answers_as_the_sorted_keys_do() -> None:
+    """The binary search within each user's Int32 items gives the same membership as a
+    searchsorted over Int64 ``user * num_items + item`` keys."""
+    from gnnrec.gnn.adjacency import CSR, member, row_member
+
+    g = torch.Generator().manual_seed(3)
+    mask = torch.rand(40, 25, generator=g) < torch.rand(40, 1, generator=g)  # 0..25 per row
+    u, i = mask.nonzero(as_tuple=True)
+    csr = CSR.from_edges(u, i, 40, num_cols=25, sort=True, keep_eid=False)
+    users = torch.randint(0, 40, (5000,), generator=g)
+    items = torch.randint(0, 25, (5000,), generator=g)
+    got = row_member(torch.from_numpy(csr.indptr), torch.from_numpy(csr.indices.copy()),
+                     users, items)
+    want = member(torch.from_numpy(csr.keys(25)), users * 25 + items)
+    assert torch.equal(got, want)
+    assert torch.equal(got, mask[users, items])

@@ -253,3 +253,55 @@ def test_atomic_writes_leave_the_old_file_on_a_crash(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "meta.json").read_text()) == {"epoch": 1}
     assert torch.load(tmp_path / "last.pt", weights_only=True) == {"epoch": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "meta.json"]
+
+
+@pytest.mark.parametrize("fused", [True, None])
+def test_adam_takes_row_sparse_gradients_as_dense_adam_would(fused: bool | None) -> None:
+    """A sparse embedding gradient gets torch's dense Adam update (every row's moments
+    decay and every row moves), up to float rounding, with torch's state layout."""
+    import torch.nn.functional as F
+
+    from gnnrec.gnn.train import Adam
+
+    torch.manual_seed(0)
+    w0 = torch.randn(500, 8)
+    dense, sparse = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
+    ref = torch.optim.Adam([dense], lr=0.01, fused=fused)
+    opt = Adam([sparse], lr=0.01, fused=fused)
+    opt.CHUNK_ROWS = 64  # several chunks
+    for _ in range(6):
+        rows = torch.randint(0, 500, (120,))  # repeats: their gradients add up
+        target = torch.randn(rows.numel(), 8)
+        for p, o, is_sparse in ((dense, ref, False), (sparse, opt, True)):
+            o.zero_grad()
+            ((F.embedding(rows, p, sparse=is_sparse) - target) ** 2).sum().backward()
+            assert p.grad.is_sparse == is_sparse
+            o.step()
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(sparse, w0)
+    for key in ("exp_avg", "exp_avg_sq", "step"):
+        torch.testing.assert_close(opt.state[sparse][key], ref.state[dense][key])
+    ref.load_state_dict(opt.state_dict())  # checkpoints load either way
+
+
+def test_minibatch_training_takes_row_sparse_embedding_gradients() -> None:
+    """In one process a block's embedding gradient holds the block's rows only, not a
+    dense table-sized one; after training the model gathers dense again."""
+    from gnnrec.gnn.minibatch import MiniBatchConfig, link_sampler, train_minibatch
+    from gnnrec.gnn.models.lightgcn import LightGCN
+    from gnnrec.gnn.train import RankingStep, Session
+
+    view = TrainView.from_graph(small_graph())
+    model = LightGCN(view.sizes, embedding_dim=8, num_layers=2)
+    config = TrainConfig(epochs=1, batch_size=16, device="cpu")
+    batch = link_sampler(view, model, config, MiniBatchConfig([3, 2])).batch(0, 0)
+    step = Session(progress=False).wrap(RankingStep(model))
+    block = model.block(batch, model.block_inputs(view))
+    bpr, reg = step(block, batch["user"].src_index, batch["item"].dst_pos_index,
+                    batch["item"].dst_neg_index)
+    (bpr + reg).backward()
+    grad = model.user_embedding.weight.grad
+    assert grad.is_sparse
+    assert grad.coalesce().indices()[0].tolist() == sorted(batch["user"].n_id.tolist())
+    train_minibatch(model, view, config, MiniBatchConfig([3, 2]), progress=False)
+    assert model.sparse_grads is False

@@ -103,13 +103,18 @@ def test_a_run_graph_written_with_edge_ids_still_loads(graph: HeteroData) -> Non
                                   b.interactions.csr.gather([3, 5])[1])
 
 
-def test_link_sampler_keeps_int32_positives(graph: HeteroData) -> None:
+def test_link_sampler_reads_its_positives_from_the_view(graph: HeteroData) -> None:
+    """No per-positive copy: the batches' positives are the view's CSR entries, the
+    epoch's order and the negative sampler's train items are Int32."""
     view = TrainView.from_graph(graph)
     model = LightGCN(view.sizes, embedding_dim=8, num_layers=2)
     sampler = link_sampler(view, model, TrainConfig(batch_size=50), MiniBatchConfig())
-    assert {a.dtype for a in (sampler.src, sampler.dst, sampler.input_eid)} == {np.dtype(np.int32)}
+    assert sampler.positives is view.csr[UI]
+    assert sampler.negatives.items.dtype == torch.int32
     src, dst, eid = view.edges(UI)
     batch = sampler.batch(0, 1)
+    assert sampler._perm.dtype == np.int32
+    assert sorted(sampler._perm.tolist()) == list(range(view.csr[UI].nnz))
     input_id = batch[UI].input_id
     assert input_id.dtype == torch.long
     users = batch["user"].n_id[batch["user"].src_index]

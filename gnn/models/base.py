@@ -393,6 +393,10 @@ class Recommender(torch.nn.Module):
         sampled: the model trains on sampled blocks (mini-batch) as well.
         sizes, num_users, num_items: the graph shape the model was built for.
         train_defaults: the training settings this model uses by default.
+        sparse_grads: a block's id embeddings are gathered with ``sparse=True`` (:meth:`rows`),
+            so that a sampled step's gradient holds only the block's rows
+            (:class:`gnnrec.gnn.train.Adam` applies it); single-process mini-batch
+            training turns it on, DDP keeps dense gradients.
     """
 
     name: ClassVar[str] = ""
@@ -412,6 +416,12 @@ class Recommender(torch.nn.Module):
                 f"{self.num_items} items"
             )
         self._hparams: dict[str, Any] = {}
+        self.sparse_grads = False
+
+    def rows(self, table: torch.nn.Embedding, ids: Tensor) -> Tensor:
+        """``table``'s rows ``ids`` (a block's nodes): a sparse gradient when
+        :attr:`sparse_grads` is on."""
+        return F.embedding(ids, table.weight, sparse=self.sparse_grads)
 
     # -- to implement ---------------------------------------------------------
     def forward(self, inputs: Any) -> Propagation:

@@ -386,7 +386,8 @@ class LightGCN(Recommender):
             if self.tag_embedding is not None:
                 egos.append(self.tag_embedding.weight)
         else:
-            egos = [self.user_embedding(inputs.users), self.item_embedding(inputs.items)]
+            egos = [self.rows(self.user_embedding, inputs.users),
+                    self.rows(self.item_embedding, inputs.items)]
         adj, symmetric = inputs.adj, inputs.symmetric
         if self.training and self.dropout > 0:
             adj, symmetric = edge_dropout(adj, self.dropout), False

@@ -388,7 +388,7 @@ class HeteroGraphSAGE(Recommender):
         if n_id is None:
             user, item = self.user_id.weight, self.item_id.weight
         else:
-            user, item = self.user_id(n_id[USER]), self.item_id(n_id[ITEM])
+            user, item = self.rows(self.user_id, n_id[USER]), self.rows(self.item_id, n_id[ITEM])
         if self.training and self.id_dropout > 0:
             user = user * (torch.rand_like(user[:, :1]) >= self.id_dropout)
             item = item * (torch.rand_like(item[:, :1]) >= self.id_dropout)
