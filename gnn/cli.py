@@ -18,8 +18,8 @@ _HYPER_FLAGS = {"embedding_dim": "embedding_dim", "num_layers": "num_layers",
                 "social_weight": "social_weight", "tag_weight": "tag_weight"}
 # Training flags -> TrainConfig fields (None = keep the default / the resumed value).
 _TRAIN_FLAGS = ("epochs", "batch_size", "lr", "l2", "num_negatives", "negatives", "loss",
-                "temperature", "patience", "eval_every", "seed", "device", "deterministic",
-                "precision")
+                "temperature", "patience", "eval_every", "eval_users", "seed", "device",
+                "deterministic", "precision")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -56,6 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="temperature of the softmax losses (default 1)")
     tr.add_argument("--patience", type=int, help="evaluations without improvement before stopping")
     tr.add_argument("--eval-every", type=int, help="epochs between valid evaluations")
+    tr.add_argument("--eval-users", type=int, metavar="N",
+                    help="score a seeded sample of N valid users at each evaluation "
+                         "(default all; for large graphs; `gnnrec evaluate` scores all)")
     tr.add_argument("--seed", type=int)
     tr.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     tr.add_argument("--precision", choices=["fp32", "bf16"],
@@ -83,6 +86,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     mb.add_argument("--sampler", choices=["inprocess", "ray"],
                     help="who samples the batches (default inprocess)")
     mb.add_argument("--sampler-workers", type=int, help="Ray sampler actors (default 2)")
+    mb.add_argument("--sample-ahead", type=int, metavar="N",
+                    help="in-process sampler: steps sampled in a background thread while "
+                         "the model trains (default 1; 0 = none: less memory, slower)")
     mb.add_argument("--sampler-resources", type=_resources, metavar="JSON",
                     help='custom Ray resources per sampler actor, e.g. \'{"sampler": 1}\' '
                          "(actors only on nodes started with them; spread over the nodes)")
@@ -237,7 +243,8 @@ def _train(args: argparse.Namespace) -> int:
     sampling = {k: v for k, v in (("num_neighbors", args.num_neighbors),
                                   ("sampler", args.sampler),
                                   ("sampler_workers", args.sampler_workers),
-                                  ("keep_memory", args.keep_memory)) if v is not None}
+                                  ("keep_memory", args.keep_memory),
+                                  ("ahead", args.sample_ahead)) if v is not None}
     ray_train = None if args.workers is None else {
         "num_workers": args.workers, "gpus_per_worker": args.gpus_per_worker,
         "cpus_per_worker": args.cpus_per_worker, "storage_path": args.storage_path,

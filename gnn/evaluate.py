@@ -99,6 +99,14 @@ class Evaluator:
         self.users = (self.target_degree > 0).nonzero().flatten()
         self.batch_size = batch_size or default_batch_size(self.num_items)
 
+    def sample_users(self, count: int | None, seed: int) -> Tensor | None:
+        """A seeded sample of ``count`` evaluated users (ascending), or None (all) when
+        ``count`` is None or not smaller than their number."""
+        if count is None or count >= self.users.numel():
+            return None
+        pick = torch.randperm(self.users.numel(), generator=torch.Generator().manual_seed(seed))
+        return self.users[pick[:count]].sort().values
+
     def __call__(self, score: ScoreFn, *, device: torch.device | str | None = None,
                  users: Tensor | None = None) -> dict[str, float]:
         """Metrics dict (``recall@10`` ... ``novelty@20`` and ``users``) for ``score``.

@@ -38,7 +38,7 @@ class TrainJob:
         out: the run directory. model, graph: required unless ``resume``.
         hyper: model constructor arguments; train: :class:`TrainConfig` fields.
         minibatch: train on sampled batches; sampling: ``num_neighbors``, ``sampler``,
-            ``sampler_workers`` (:class:`MiniBatchConfig` fields).
+            ``sampler_workers``, ``ahead`` (:class:`MiniBatchConfig` fields).
         sampler_resources: custom Ray resources per sampler actor (``--sampler ray``).
         ray_train: :class:`RayTrainParams` fields for a Ray Train job (None: one process).
         address: the Ray cluster (Ray sampler actors, Ray Train).

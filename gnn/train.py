@@ -84,6 +84,9 @@ class TrainConfig:
     eval_every: int = 1  # epochs between valid evaluations
     metric: str = "recall@20"
     eval_batch_size: int | None = None
+    # valid users scored at each evaluation: a seeded sample of this many (None: every
+    # valid user). For graphs where ranking every item for every user takes too long.
+    eval_users: int | None = None
     seed: int = 0
     device: str = "auto"  # "auto" = cuda when available, else cpu
     # torch's deterministic kernels (see seed_everything); False trades reproducibility
@@ -113,6 +116,8 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise TrainingError(f"precision must be one of {', '.join(PRECISIONS)}, "
                                 f"not {self.precision!r}")
+        if self.eval_users is not None and self.eval_users < 1:
+            raise TrainingError(f"eval_users must be at least 1, got {self.eval_users}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -473,6 +478,7 @@ def fit(model: nn.Module, view: TrainView, config: TrainConfig, *,
     if light is not None and batch_inputs is not None:
         batch_inputs = batch_inputs.to(device)
     evaluator = Evaluator(view, "valid", batch_size=config.eval_batch_size)
+    eval_users = evaluator.sample_users(config.eval_users, config.seed)
     evaluated: list[tuple[Tensor, Tensor]] = []  # the embeddings last scored on valid
 
     def evaluate() -> dict[str, float]:
@@ -480,7 +486,7 @@ def fit(model: nn.Module, view: TrainView, config: TrainConfig, *,
         with torch.no_grad():
             out = model(inputs if light is None else full_inputs())
         evaluated[:] = [(out.user, out.item)]
-        metrics = evaluator(dot_scores(out.user, out.item), device=device)
+        metrics = evaluator(dot_scores(out.user, out.item), device=device, users=eval_users)
         model.train()
         return metrics
 

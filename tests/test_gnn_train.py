@@ -305,3 +305,27 @@ def test_minibatch_training_takes_row_sparse_embedding_gradients() -> None:
     assert grad.coalesce().indices()[0].tolist() == sorted(batch["user"].n_id.tolist())
     train_minibatch(model, view, config, MiniBatchConfig([3, 2]), progress=False)
     assert model.sparse_grads is False
+
+
+def test_eval_users_scores_a_seeded_sample_of_valid_users() -> None:
+    """``eval_users`` evaluates the same seeded sample at every evaluation: the metrics
+    are the evaluator's on exactly those users, and the training steps do not change."""
+    from gnnrec.gnn.evaluate import Evaluator, dot_scores
+
+    g = small_graph()
+    full = train(_model(g), g, TrainConfig(**CFG), progress=False)
+    model = _model(g)
+    part = train(model, g, TrainConfig(**{**CFG, "eval_users": 30}), progress=False)
+    assert [r["loss"] for r in part.history] == [r["loss"] for r in full.history]
+    assert all(r["valid"]["users"] == 30 for r in part.history)
+    evaluator = Evaluator(TrainView.from_graph(g), "valid")
+    users = evaluator.sample_users(30, CFG["seed"])
+    assert users is not None and users.numel() == 30 and bool((users.diff() > 0).all())
+    assert set(users.tolist()) <= set(evaluator.users.tolist())
+    out = model(model.inputs(TrainView.from_graph(g)))
+    again = evaluator(dot_scores(out.user, out.item), users=users)
+    assert again["recall@20"] == pytest.approx(part.best_valid["recall@20"], abs=1e-6)
+    assert full.history[0]["valid"]["users"] == evaluator.users.numel() > 30
+    assert evaluator.sample_users(10**6, 0) is None
+    with pytest.raises(TrainingError, match="eval_users"):
+        TrainConfig(**{**CFG, "eval_users": 0}).validate()

@@ -276,6 +276,19 @@ def test_cli_minibatch_run_resume_and_evaluate(graph: HeteroData, tmp_path: Path
         meta["best_valid"]["recall@20"], abs=1e-6)
 
 
+def test_cli_sample_ahead_is_recorded_and_changes_no_step(graph: HeteroData,
+                                                          tmp_path: Path) -> None:
+    """``--sample-ahead 0`` (less memory) trains the same steps as the default thread."""
+    gpath = save_graph(graph, tmp_path / "g.pt")
+    histories = []
+    for name, extra in (("ahead", []), ("inline", ["--sample-ahead", "0"])):
+        assert main(_cli_train(gpath, tmp_path / name, "--epochs", "2", *extra)) == 0
+        meta = json.loads((tmp_path / name / "meta.json").read_text())
+        assert meta["minibatch"]["ahead"] == (0 if extra else 1)
+        histories.append([(r["loss"], r["valid"]["recall@20"]) for r in meta["history"]])
+    assert histories[0] == histories[1]
+
+
 @pytest.mark.integration
 def test_ray_sampler_gives_the_in_process_run(ray_session: None, graph: HeteroData,
                                               tmp_path: Path) -> None:
