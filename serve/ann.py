@@ -67,6 +67,8 @@ class AnnOptions(BaseModel):
             for every query and kept out of the inverted lists (``0``: none). The items
             an inner product ranks first are mostly of large norm (popular items in a
             trained model), which lists grouped by direction spread thinly.
+        head_max: at most this many items in that exact head (1 % of 1M items is 10,000;
+            of 100M it would be a million scored exactly per request).
         seed: k-means and calibration-sample seed (the index is a pure function of the
             embeddings and options).
     """
@@ -83,6 +85,7 @@ class AnnOptions(BaseModel):
     exact_below: int = Field(20_000, ge=0)
     max_fetch_share: float = Field(0.05, gt=0.0, le=1.0)
     head_share: float = Field(0.01, ge=0.0, lt=1.0)
+    head_max: int = Field(20_000, ge=0)
     seed: int = 0
 
     def applies_to(self, num_items: int) -> bool:
@@ -140,7 +143,7 @@ class ItemIndex:
         n, dim = x.shape
         ids = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
         norms = np.linalg.norm(x, axis=1)
-        n_head = min(int(round(options.head_share * n)), n - 1)
+        n_head = min(int(round(options.head_share * n)), options.head_max, n - 1)
         head, head_min_norm, tail = None, math.inf, np.arange(n)
         if n_head > 0:
             top = np.argpartition(-norms, n_head - 1)[:n_head]

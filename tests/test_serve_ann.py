@@ -52,6 +52,17 @@ def test_index_finds_the_exact_neighbours(head_share: float) -> None:
     assert 5_001 in index.search(queries[0], 5_002).tolist()
 
 
+def test_the_exact_head_is_capped() -> None:
+    """``head_max`` bounds the exact head whatever the share; the capped index still finds
+    the largest inner products."""
+    rng = np.random.default_rng(1)
+    items = rng.standard_normal((3_000, DIM)).astype(np.float32)
+    index = ItemIndex.build(items, AnnOptions(threshold=1, head_share=0.1, head_max=25))
+    assert index.head_items == 25 and len(index) == 3_000
+    q = items[7] * 3
+    assert list(index.search(q, 1)) == [int(np.argmax(items @ q))]
+
+
 def pair_of_states(n_users: int = 300, **ann: object) -> tuple[ServingState, ServingState]:
     """The same 3,000-item state twice: exact scoring, and through the index."""
     rng = np.random.default_rng(1)
