@@ -29,7 +29,8 @@ command on each, same seeds).
 ``--scale-batches 0`` times one whole epoch, every batch from the first (``epoch_s`` is
 then measured, wall clock, sampling included); ``--scale-batches N`` times N batches after
 one warm-up batch and extrapolates the epoch from their mean. Recorded: the wall seconds of
-every timed step (``batch_seconds``, their median), the process's CPU seconds per batch
+every timed step (``batch_seconds``, their median) and the RSS as each step starts
+(``batch_rss_gb``), the process's CPU seconds per batch
 (comparable on a loaded machine), the load average before and after, the peak RSS (graph,
 sampler, model, optimiser, batches) and that peak per interaction. ``--scale-ahead``: steps
 sampled ahead by the background thread (``MiniBatchConfig.ahead``; 0: none).
@@ -48,7 +49,7 @@ from typing import Any
 
 from torch_geometric.data import HeteroData
 
-from experiments.common import MemoryPhases, loadavg, machine, nbytes, write_json
+from experiments.common import MemoryPhases, loadavg, machine, memory_status, nbytes, write_json
 from experiments.graphs import GraphSource, add_graph_arguments, product_graph
 from gnnrec.gnn.train import TrainConfig
 
@@ -290,10 +291,13 @@ def scale(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     timed = total if whole else min(args.scale_batches, total - 1)
     stamps: list[float] = []
 
+    rss_steps: list[float] = []  # the RSS when each step is handed out (GiB)
+
     def stamped(it: Any) -> Any:  # stamps from one step handed out to the next
         for j, item in enumerate(it):
             if j:
                 stamps.append(time.perf_counter())
+            rss_steps.append(memory_status().get("rss", 0.0))
             yield item
 
     steps = batches(1)  # sampler epoch 0; a part run: batch 0 warms up, then ``timed``
@@ -333,6 +337,7 @@ def scale(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         "memory_phases": mem.phases,
         "loss": stats["loss"], "torch_threads": torch.get_num_threads(),
         "loadavg_before": load_before, "loadavg": loadavg(), "batch_seconds": batch_seconds,
+        "batch_rss_gb": rss_steps,
     }
 
 

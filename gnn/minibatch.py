@@ -58,8 +58,8 @@ class MiniBatchConfig:
             model trains on the current one (0: none; the steps are the same either way).
         keep_memory: the training process keeps the memory it frees for the next step
             (:func:`gnnrec.gnn.allocator.keep_freed_memory` up to 1 GiB blocks): no page
-            faults for a step's large temporaries, 1.5x less CPU per 10M-interaction
-            GraphSAGE step at ~11 % more peak RSS; the steps are the same.
+            faults for a step's large temporaries (a 10M-interaction GraphSAGE epoch:
+            265.5 -> 142.3 s, peak RSS 3.76 -> 4.67 GB); the steps are the same.
     """
 
     num_neighbors: list[int] = field(default_factory=lambda: [10, 5])

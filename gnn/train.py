@@ -94,7 +94,8 @@ class TrainConfig:
     deterministic: bool = True
     # bf16: a training step's forward runs under torch.autocast(bfloat16) (matrix products
     # in bf16; GraphSAGE's layers entirely), the loss, the weights, their gradients, Adam
-    # and evaluation stay float32 (see RankingStep).
+    # and evaluation stay float32 (see RankingStep). Known defect: the process's memory
+    # grows during a bf16 epoch (README, scale section); short runs only until fixed.
     precision: Literal["fp32", "bf16"] = "fp32"
 
     # Settings that may change when resuming a run (the rest must match).
