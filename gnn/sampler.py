@@ -468,7 +468,8 @@ class LinkBatchSampler(_EpochBatches):
         idx = self._items(epoch, index)
         rng, torch_seed = _batch_rng(self.seed, epoch, index)
         c = self.positives
-        users, pos = c.indices[idx].astype(np.int64), c.row_of(idx)
+        users, eid, _ = c.take(idx)  # one read of each entry's (column, edge id) row
+        pos = c.row_of(idx)
         self.negatives.generator.manual_seed(torch_seed)
         neg = self.negatives.sample(torch.from_numpy(users), self.num_negatives).numpy()
         src_t, _, dst_t = self.edge_type
@@ -479,7 +480,7 @@ class LinkBatchSampler(_EpochBatches):
         local_dst = a.seed_local[dst_t][b if src_t == dst_t else 0:]
         a.meta = {"src_index": a.seed_local[src_t][:b], "dst_pos_index": local_dst[:b],
                   "dst_neg_index": local_dst[b:].reshape(b, self.num_negatives),
-                  "input_id": c.eid[idx].astype(np.int64)}
+                  "input_id": eid}
         return a
 
     def to_data(self, arrays: SampledArrays) -> HeteroData:
