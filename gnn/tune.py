@@ -177,14 +177,15 @@ class TuneResources:
 
 def default_config(family: str) -> dict[str, Any]:
     """The settings ``gnnrec train --model family`` uses without flags: the model's
-    constructor defaults and its ``train_defaults`` over :class:`TrainConfig`'s."""
+    constructor defaults and its ``train_defaults`` over :class:`TrainConfig`'s (a name
+    both take is the model's, as in :func:`trial_settings`)."""
     import inspect
 
     cls = model_class(family)
     params = inspect.signature(cls.__init__).parameters
     model = {k: p.default for k, p in params.items()
              if k not in ("self", "sizes") and p.default is not inspect.Parameter.empty}
-    return {**model, **TrainConfig().to_dict(), **getattr(cls, "train_defaults", {})}
+    return {**TrainConfig().to_dict(), **getattr(cls, "train_defaults", {}), **model}
 
 
 def search_space(family: str, graph: HeteroData | None = None,
@@ -279,12 +280,15 @@ def trial_settings(family: str, sampled: Mapping[str, Any],
         else:
             flat[key] = value.item() if hasattr(value, "item") else value
     cls = model_class(family)
+    # a name both the model and TrainConfig take (EASE's solve ``precision``) is the model's
+    model_keys = _constructor_args(family)
     base = {**TrainConfig().to_dict(), **getattr(cls, "train_defaults", {})}
-    train_args = {k: v for k, v in {**base, **flat}.items() if k in _TRAIN_KEYS}
+    train_args = {k: v for k, v in {**base, **flat}.items()
+                  if k in _TRAIN_KEYS and k not in model_keys}
     train_args.update(epochs=settings.max_evaluations * settings.eval_every,
                       eval_every=settings.eval_every, patience=settings.patience,
                       metric=settings.metric, seed=settings.seed)
-    model_args = {k: v for k, v in flat.items() if k not in _TRAIN_KEYS}
+    model_args = {k: v for k, v in flat.items() if k in model_keys or k not in _TRAIN_KEYS}
     return model_args, TrainConfig(**train_args)
 
 

@@ -91,6 +91,18 @@ def test_trial_settings_split_model_and_training() -> None:
     assert (train.epochs, train.eval_every, train.patience, train.seed) == (21, 3, 2, 5)
 
 
+def test_a_name_both_take_is_the_models() -> None:
+    # EASE's solve precision and TrainConfig's step precision share a name: the
+    # benchmark's LastFM override {"precision": "float32"} must reach EASE
+    model, train = trial_settings("ease", {"regularization": 10.0, "precision": "float32"},
+                                  TuneSettings())
+    assert model == {"regularization": 10.0, "precision": "float32"}
+    assert train.precision == "fp32"
+    assert default_config("ease")["precision"] == "float64"
+    model, train = trial_settings("lightgcn", {"precision": "bf16"}, TuneSettings())
+    assert model == {} and train.precision == "bf16"
+
+
 def _nothing(config: dict) -> None:
     pass
 
