@@ -130,10 +130,11 @@ class CSR:
         """Int64[M] the row of entries ``pos`` (without the ``nnz``-long :meth:`rows`)."""
         return np.searchsorted(self.indptr, pos, side="right") - 1
 
-    def take(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    def take(self, pos: np.ndarray, weights: bool = True
+             ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """(column Int64[M], edge id Int64[M] or None, weight Float32[M] or None) of
-        entries ``pos``."""
-        w = None if self.weight is None else np.take(self.weight, pos)
+        entries ``pos``; the weights only when asked and the CSR has them."""
+        w = None if self.weight is None or not weights else np.take(self.weight, pos)
         if not self.has_eid:
             return np.take(self.indices, pos).astype(np.int64), None, w
         rows = np.take(self.table, pos, axis=0)  # one read of an 8-byte row for both

@@ -468,7 +468,7 @@ class LinkBatchSampler(_EpochBatches):
         idx = self._items(epoch, index)
         rng, torch_seed = _batch_rng(self.seed, epoch, index)
         c = self.positives
-        users, eid, _ = c.take(idx)  # one read of each entry's (column, edge id) row
+        users, eid, _ = c.take(idx, weights=False)  # one read of each (column, edge id) row
         pos = c.row_of(idx)
         self.negatives.generator.manual_seed(torch_seed)
         neg = self.negatives.sample(torch.from_numpy(users), self.num_negatives).numpy()

@@ -260,6 +260,7 @@ def test_csr_rows_are_8_bytes_with_weights_apart(graph: HeteroData) -> None:
             np.testing.assert_array_equal(c.weight, graph[et].weight.numpy()[c.eid])
             _, _, w = c.take(np.arange(c.nnz)[::-3])
             np.testing.assert_array_equal(w, c.weight[::-3])
+            assert c.take(np.arange(c.nnz)[::-3], weights=False)[2] is None
 
 
 def test_sampler_module_does_not_import_ray() -> None:
