@@ -49,6 +49,7 @@ from torch_geometric.data import HeteroData
 from tqdm.auto import tqdm
 
 from gnnrec.errors import GnnrecError
+from gnnrec.gnn.allocator import bound_onednn_caches
 from gnnrec.gnn.evaluate import Evaluator, dot_scores
 from gnnrec.gnn.metrics import CATALOGUE_METRICS, USER_METRICS
 from gnnrec.gnn.models.base import LOSSES
@@ -94,8 +95,8 @@ class TrainConfig:
     deterministic: bool = True
     # bf16: a training step's forward runs under torch.autocast(bfloat16) (matrix products
     # in bf16; GraphSAGE's layers entirely), the loss, the weights, their gradients, Adam
-    # and evaluation stay float32 (see RankingStep). Known defect: the process's memory
-    # grows during a bf16 epoch (README, scale section); short runs only until fixed.
+    # and evaluation stay float32 (see RankingStep, which also turns off oneDNN's
+    # per-shape caches: with them a bf16 epoch's memory grew at every step).
     precision: Literal["fp32", "bf16"] = "fp32"
 
     # Settings that may change when resuming a run (the rest must match).
@@ -196,6 +197,8 @@ class RankingStep(nn.Module):
         super().__init__()
         self.model, self.loss, self.temperature = model, loss, temperature
         self.precision = precision
+        if precision == "bf16":  # its products go through oneDNN: no per-shape caches
+            bound_onednn_caches()
 
     def forward(self, inputs: Any, users: Tensor, pos: Tensor,
                 neg: Tensor) -> tuple[Tensor, Tensor]:

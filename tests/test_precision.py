@@ -3,6 +3,8 @@ and gradients; the default fp32 step is unchanged."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch_geometric.data import HeteroData
@@ -96,3 +98,20 @@ def test_bf16_minibatch_training_learns(graph: HeteroData) -> None:
 def test_unknown_precision_is_refused() -> None:
     with pytest.raises(TrainingError, match="precision must be one of fp32, bf16"):
         TrainConfig(precision="fp16").validate()  # type: ignore[arg-type]
+
+
+def test_a_bf16_step_turns_off_onednn_shape_caches(monkeypatch: pytest.MonkeyPatch,
+                                                   graph: HeteroData) -> None:
+    # oneDNN / ideep cache what they build per shape; a block's shapes change every step,
+    # so with the caches a bf16 epoch's memory grew at every step (experiments/README.md)
+    from gnnrec.gnn.allocator import ONEDNN_CACHES
+
+    model = HeteroGraphSAGE(TrainView.from_graph(graph).sizes, embedding_dim=8)
+    for name in ONEDNN_CACHES:
+        monkeypatch.delenv(name, raising=False)
+    RankingStep(model)  # fp32: nothing set
+    assert not any(name in os.environ for name in ONEDNN_CACHES)
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "64")  # what the user set stays
+    RankingStep(model, precision="bf16")
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "0"
+    assert os.environ["LRU_CACHE_CAPACITY"] == "64"
