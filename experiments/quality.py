@@ -264,7 +264,8 @@ def run_benchmark(dataset: str, graph: HeteroData, out: Path, budget: Budget,
         log(f"  {family}: valid {METRIC} {tuned[family]['best_valid_in_tuning']:.4f} "
             f"({tuned[family]['tune_seconds']:.0f} s)")
     graph_families = [f for f in families if f in GRAPH_FAMILIES]
-    best = max(graph_families, key=lambda f: tuned[f]["refit_valid"][METRIC])
+    best = (max(graph_families, key=lambda f: tuned[f]["refit_valid"][METRIC])
+            if graph_families else None)  # baselines only: nothing to select or compare
     log(f"{dataset}: best graph model on valid: {best}")
     # Every family's selected configuration on the other seeds (no new search).
     fits: dict[int, dict[str, Any]] = {}
@@ -284,7 +285,7 @@ def run_benchmark(dataset: str, graph: HeteroData, out: Path, budget: Budget,
         valid = {f: (tuned[f]["refit_valid"] if seed == seeds[0] else
                      fits[seed][f]["valid"]) for f in tests}
         entry = {"seed": seed, "valid": valid, "test": tests}
-        if all(b in families for b in BASELINES):
+        if best is not None and all(b in families for b in BASELINES):
             entry["versus_baselines"] = compare(best, tests, per_user)
         per_seed.append(entry)
         per_users.append(per_user)

@@ -64,6 +64,11 @@ def test_quality_benchmark_runs_on_a_tiny_graph(ray_session: None, tmp_path: Pat
                                   quality.TuneResources(), families=families, seeds=(0, 1),
                                   log=logged.append)
     assert again["test_mean"] == result["test_mean"]  # resumed: nothing trained again
+    baselines = quality.run_benchmark("tiny", graph, tmp_path, quality.Budget.quick(),
+                                      quality.TuneResources(), families=("pop", "ials"),
+                                      seeds=(0, 1), log=logged.append)
+    assert baselines["best_graph_model"] is None and "goal" not in baselines
+    assert baselines["test_mean"]["ials"] == result["test_mean"]["ials"]
     print(quality.table(result))
     png = tmp_path / "q.png"
     quality.plot(png, result, "tiny")
