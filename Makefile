@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.gnnrec-installed
 GNNREC := $(BIN)/gnnrec
 DEMO_RUN := runs/demo-lightgcn
 DEMO_GRAPH := .gnnrec/lastfm.pt
-# LightGCN's defaults (README, "Defaults"): about 60 epochs on LastFM before early stopping.
+# LightGCN's defaults (README, "Defaults"): about 40 epochs on LastFM before early stopping.
 DEMO_TRAIN_ARGS ?= --no-progress
 # setuptools prints an informational "Editable installation" notice for every editable
 # install of a mapped package layout (pyproject's package-dir); nothing to fix, so off.

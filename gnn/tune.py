@@ -60,6 +60,7 @@ TRIALS_CSV, TRIALS_JSON, CURVES_PNG = "trials.csv", "trials.json", "curves.png"
 TRIAL_RUNS = "trial_runs"
 _TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
 _SOFTMAX_16 = {"loss": "softmax", "num_negatives": 16}
+_SOFTMAX_64 = {"loss": "softmax", "num_negatives": 64}   # LightGCN's default
 _BPR_1 = {"loss": "bpr", "num_negatives": 1}
 # Full softmax (every item in the denominator; the one negative enters only the L2 term).
 _FULL = {"loss": "full", "num_negatives": 1, "temperature": 1.0}
@@ -74,7 +75,7 @@ SPACES: dict[str, dict[str, Any]] = {
         "num_layers": {"choice": [1, 2, 3, 4]},
         "lr": {"loguniform": [5e-4, 2e-2]},
         "l2": {"loguniform": [1e-5, 3e-2]},
-        "objective": {"choice": [_SOFTMAX_16, _FULL]},
+        "objective": {"choice": [_SOFTMAX_16, _SOFTMAX_64, _FULL]},
     },
     "xsimgcl": {
         "embedding_dim": {"choice": [64, 128]},

@@ -61,9 +61,12 @@ def test_lightgcn_searches_the_full_softmax_and_starts_from_it() -> None:
     space = to_ray_space(search_space("lightgcn", small_graph()))
     points = starting_points("lightgcn", space)
     losses = [trial_settings("lightgcn", p, TuneSettings())[1] for p in points]
-    assert losses[0].loss == default_config("lightgcn")["loss"]  # the defaults come first
+    defaults = default_config("lightgcn")  # the defaults come first, objective included
+    assert (losses[0].loss, losses[0].num_negatives) == (defaults["loss"],
+                                                         defaults["num_negatives"])
     assert losses[1].loss == "full" and losses[1].temperature == 1.0
     assert {lo.loss for lo in losses} == {"softmax", "full"}
+    assert defaults["num_negatives"] == 64
 
 
 def test_yaml_overrides_and_bad_entries(tmp_path: Path) -> None:

@@ -248,8 +248,9 @@ class LightGCN(Recommender):
 
     name = "lightgcn"
     sampled = True
+    # softmax over 64 negatives, not 16: better on both datasets' valid (README, "Defaults")
     train_defaults: ClassVar[dict[str, Any]] = {
-        "loss": "softmax", "num_negatives": 16, "lr": 1e-2, "l2": 1e-2}
+        "loss": "softmax", "num_negatives": 64, "lr": 1e-2, "l2": 1e-2}
 
     def __init__(
         self,
