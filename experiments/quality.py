@@ -152,7 +152,8 @@ def fit_selected(family: str, config: dict[str, Any], graph_path: Path, out: Pat
         meta = Run.open(out).meta()
         if (meta.get("status") == "finished" and meta["model"]["config"] == {
                 **meta["model"]["config"], **config["model"]}
-                and meta["train_config"] == train_config.to_dict()
+                # read through TrainConfig: a run older than a setting has its default
+                and TrainConfig.from_dict(meta["train_config"]) == train_config
                 and meta["graph"]["fingerprint"] == fingerprint(graph)):
             return {"valid": meta["best_valid"], "seconds": meta.get("fit_seconds")}
     t0 = time.perf_counter()
@@ -244,8 +245,10 @@ def compare_over_seeds(family: str, per_seed: list[dict[str, Any]],
 def run_benchmark(dataset: str, graph: HeteroData, out: Path, budget: Budget,
                   resources: TuneResources,
                   *, families: tuple[str, ...] = FAMILIES, seeds: tuple[int, ...] = SEEDS,
-                  progress: bool = False, log: Any = print) -> dict[str, Any]:
-    """Tune on seed 0, select on valid, fit the selections on the other seeds, read test."""
+                  progress: bool = False, log: Any = print,
+                  final_fit: bool = False) -> dict[str, Any]:
+    """Tune on seed 0, select on valid, fit the selections on the other seeds, read test;
+    ``final_fit``: then also every run again on train + valid (:func:`final_fit_run`)."""
     paths = split_files(graph, dataset, out / "data", seeds)
     root = out / dataset
     tuned: dict[str, dict[str, Any]] = {}
@@ -276,23 +279,9 @@ def run_benchmark(dataset: str, graph: HeteroData, out: Path, budget: Budget,
                                               root / f"seed{seed}" / family, progress)
             log(f"  seed {seed} {family}: valid {fits[seed][family]['valid'][METRIC]:.4f}")
     # Test, once per run, after all selection.
-    per_seed, per_users = [], []
-    for seed in seeds:
-        tests, per_user = {}, {}
-        for family in families:
-            metrics, _, users_metrics = test_read(root / f"seed{seed}" / family)
-            tests[family], per_user[family] = metrics, users_metrics
-        valid = {f: (tuned[f]["refit_valid"] if seed == seeds[0] else
-                     fits[seed][f]["valid"]) for f in tests}
-        entry = {"seed": seed, "valid": valid, "test": tests}
-        if best is not None and all(b in families for b in BASELINES):
-            entry["versus_baselines"] = compare(best, tests, per_user)
-        per_seed.append(entry)
-        per_users.append(per_user)
-    mean = {f: {m: sum(s["test"][f][m] for s in per_seed) / len(per_seed)
-                for m in TABLE_METRICS} for f in families}
-    versus = ({f: compare_over_seeds(f, per_seed, per_users, mean) for f in graph_families}
-              if all(b in families for b in BASELINES) else {})
+    valids = {seed: {f: (tuned[f]["refit_valid"] if seed == seeds[0] else
+                         fits[seed][f]["valid"]) for f in families} for seed in seeds}
+    per_seed, mean, versus = read_tests(root, seeds, families, best, valids)
     result: dict[str, Any] = {
         "best_graph_model": best, "selected_by": f"valid {METRIC} on split seed {seeds[0]}",
         "families": {f: {"label": LABELS[f], "trials": tuned[f]["trials"],
@@ -309,10 +298,68 @@ def run_benchmark(dataset: str, graph: HeteroData, out: Path, budget: Budget,
         "per_seed": per_seed, "test_mean": mean,
     }
     if versus:
-        ratios = versus[best]
-        result["goal"] = {"ratio": GOAL, "metrics": ratios,
-                          "met": all(r["ratio_of_means"] >= GOAL for r in ratios.values())}
+        result["goal"] = goal(versus[best])
+    if final_fit:  # every run again on train + valid for its best epoch count, test once
+        log(f"{dataset}: final fits on train + valid")
+        epochs = {seed: {f: final_fit_run(root / f"seed{seed}" / f, progress)
+                         for f in families} for seed in seeds}
+        per_seed, mean, versus = read_tests(root, seeds, families, best, None, FINAL_SUFFIX)
+        for entry in per_seed:
+            entry["epochs"] = epochs[entry["seed"]]
+        result["final_fit"] = {
+            "protocol": ("each seed's selected run trained again on train + valid for its "
+                         "best epoch count (gnnrec train --final-from RUN), test read once"),
+            "per_seed": per_seed, "test_mean": mean, "versus_baselines": versus,
+            **({"goal": goal(versus[best])} if versus else {})}
     return result
+
+
+FINAL_SUFFIX = "-final"
+
+
+def final_fit_run(run: Path, progress: bool) -> int:
+    """Train ``run`` again on train + valid into ``run-final`` (``gnnrec train --final-from
+    run``), or take the finished final fit already there; returns its epoch count."""
+    from gnnrec.gnn.jobs import TrainJob, run_train
+    from gnnrec.gnn.run import Run
+
+    out = run.with_name(run.name + FINAL_SUFFIX)
+    if (out / "meta.json").is_file() and Run.open(out).meta().get("status") == "finished":
+        return int(Run.open(out).meta()["best_epoch"])
+    _, result, _ = run_train(TrainJob(out=str(out), final_from=str(run), overwrite=True,
+                                      progress=progress))
+    return int(result.best_epoch)
+
+
+def read_tests(root: Path, seeds: tuple[int, ...], families: tuple[str, ...],
+               best: str | None, valids: dict[int, dict[str, Any]] | None,
+               suffix: str = "") -> tuple[list[dict[str, Any]], dict[str, dict[str, float]],
+                                          dict[str, Any]]:
+    """Test, read once per run ``root/seed<S>/<family><suffix>``: ``(per seed entries, mean
+    test metrics per family, each graph family's comparison over the seeds)``."""
+    per_seed, per_users = [], []
+    for seed in seeds:
+        tests, per_user = {}, {}
+        for family in families:
+            metrics, _, users_metrics = test_read(root / f"seed{seed}" / f"{family}{suffix}")
+            tests[family], per_user[family] = metrics, users_metrics
+        entry: dict[str, Any] = {"seed": seed, **({"valid": valids[seed]} if valids else {}),
+                                 "test": tests}
+        if best is not None and all(b in families for b in BASELINES):
+            entry["versus_baselines"] = compare(best, tests, per_user)
+        per_seed.append(entry)
+        per_users.append(per_user)
+    mean = {f: {m: sum(s["test"][f][m] for s in per_seed) / len(per_seed)
+                for m in TABLE_METRICS} for f in families}
+    graph_families = [f for f in families if f in GRAPH_FAMILIES]
+    versus = ({f: compare_over_seeds(f, per_seed, per_users, mean) for f in graph_families}
+              if all(b in families for b in BASELINES) else {})
+    return per_seed, mean, versus
+
+
+def goal(ratios: dict[str, Any]) -> dict[str, Any]:
+    return {"ratio": GOAL, "metrics": ratios,
+            "met": all(r["ratio_of_means"] >= GOAL for r in ratios.values())}
 
 
 def _pop_train_config() -> dict[str, Any]:
@@ -360,11 +407,7 @@ def table(result: dict[str, Any]) -> str:
         t0, t = r["test_seed0"], r["test_mean"]
         name = f"**{r['label']}**" if family == result["best_graph_model"] else r["label"]
         means = (f"{t['recall@20']:.4f} | {t['ndcg@20']:.4f}" if t else "– | –")
-        versus = r.get("versus_baselines")
-        ratios = " | ".join(
-            f"×{v['ratio_of_means']:.3f} [{v['ci95']['low']:.3f}, {v['ci95']['high']:.3f}]"
-            if "ci95" in v else f"×{v['ratio_of_means']:.3f}"
-            for v in (versus[m] for m in GOAL_METRICS)) if versus else "– | –"
+        ratios = _ratios(r.get("versus_baselines"))
         tuning = (f"{r['trials']} trials, {r['tune_seconds'] / 60:.0f} min" if family != "pop"
                   else "–")
         lines.append(f"| {name} | {selected(family, r['best_config'])} | "
@@ -381,7 +424,26 @@ def table(result: dict[str, Any]) -> str:
                   else "")
             lines.append(f"{m}: {result['best_graph_model']} / {g['baseline']} = "
                          f"x{g['ratio_of_means']:.3f}{ci} (mean over seeds); {per}")
+    if "final_fit" in result:
+        final = result["final_fit"]
+        lines += ["", f"Final fit on train + valid ({final['protocol']}):", "",
+                  f"| model | test R@20 (mean of {n}) | test N@20 (mean of {n}) | R@20 / better "
+                  "baseline [95 % CI] | N@20 / better baseline [95 % CI] |",
+                  "|---|---:|---:|---:|---:|"]
+        for family, t in final["test_mean"].items():
+            lines.append(f"| {LABELS[family]} | {t['recall@20']:.4f} | {t['ndcg@20']:.4f} | "
+                         f"{_ratios(final['versus_baselines'].get(family))} |")
     return "\n".join(lines)
+
+
+def _ratios(versus: dict[str, Any] | None) -> str:
+    """The goal metrics' ratios of means with their intervals, as two table cells."""
+    if not versus:
+        return "– | –"
+    return " | ".join(
+        f"×{v['ratio_of_means']:.3f} [{v['ci95']['low']:.3f}, {v['ci95']['high']:.3f}]"
+        if "ci95" in v else f"×{v['ratio_of_means']:.3f}"
+        for v in (versus[m] for m in GOAL_METRICS))
 
 
 def plot(path: Path, result: dict[str, Any], title: str) -> None:
@@ -427,6 +489,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--address", help="Ray cluster (default: a local Ray)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the refits")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--final-fit", action="store_true",
+                   help="also train every selected run again on train + valid for its best "
+                        "epoch count and read test on those (reported beside the others)")
     p.add_argument("--json", type=Path)
     p.add_argument("--png", type=Path)
     p.add_argument("--table", type=Path, metavar="JSON",
@@ -455,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     resources = TuneResources(concurrency=args.concurrency, address=args.address)
     seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
     result = run_benchmark(args.dataset, graph, args.out, budget, resources,
-                           families=families, seeds=seeds, progress=args.progress)
+                           families=families, seeds=seeds, progress=args.progress,
+                           final_fit=args.final_fit)
     result = {
         "benchmark": "quality", "dataset": args.dataset, "quick": args.quick,
         "protocol": ("product path (ingest -> Neo4j -> gnnrec export -> gnnrec split); implicit "

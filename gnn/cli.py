@@ -19,7 +19,7 @@ _HYPER_FLAGS = {"embedding_dim": "embedding_dim", "num_layers": "num_layers",
 # Training flags -> TrainConfig fields (None = keep the default / the resumed value).
 _TRAIN_FLAGS = ("epochs", "batch_size", "lr", "l2", "num_negatives", "negatives", "loss",
                 "temperature", "patience", "eval_every", "eval_users", "seed", "device",
-                "deterministic", "precision")
+                "deterministic", "precision", "fit_on")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -40,8 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sp.set_defaults(handler=_split)
 
     tr = sub.add_parser("train", help="train a recommender on a graph file into runs/NAME")
-    tr.add_argument("--model", choices=MODEL_NAMES, help="required unless --resume")
-    tr.add_argument("--graph", help="graph file (required unless --resume)")
+    tr.add_argument("--model", choices=MODEL_NAMES, help="required unless --resume or --final-from")
+    tr.add_argument("--graph", help="graph file (required unless --resume or --final-from)")
     tr.add_argument("--out", required=True, help="run directory, e.g. runs/lightgcn")
     tr.add_argument("--epochs", type=int)
     tr.add_argument("--batch-size", type=int)
@@ -74,6 +74,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="weight of item-tag edges (LightGCN with tag nodes)")
     tr.add_argument("--model-arg", action="append", default=[], metavar="NAME=VALUE",
                     help="any other constructor argument (VALUE parsed as JSON when it can be)")
+    fin = tr.add_argument_group("final fit (after selection on valid)")
+    fin.add_argument("--final-from", metavar="RUN",
+                     help="train RUN's model and settings again on train + valid for RUN's "
+                          "best epoch count (no validation, the last epoch is kept): the "
+                          "model to deploy once valid has chosen; test stays held out")
+    fin.add_argument("--fit-on", choices=["train", "train+valid"],
+                     help="train+valid: a final fit for exactly --epochs epochs (what "
+                          "--final-from sets); default train, with valid early stopping")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -255,8 +263,13 @@ def _train(args: argparse.Namespace) -> int:
                           if getattr(args, f) is not None},
                    resume=args.resume, overwrite=args.overwrite, minibatch=args.minibatch,
                    sampling=sampling, sampler_resources=args.sampler_resources,
-                   ray_train=ray_train, address=args.address, progress=not args.no_progress)
+                   ray_train=ray_train, address=args.address, progress=not args.no_progress,
+                   final_from=args.final_from)
     model_name, result, config = run_train(job)
+    if config.final:
+        print(f"{model_name}: final fit on train+valid, {result.best_epoch} epochs; run in "
+              f"{args.out}. Test it once with: gnnrec evaluate {args.out} --split test")
+        return 0
     metric = result.best_valid.get(config.metric, float("nan"))
     print(f"{model_name}: best epoch {result.best_epoch} ({result.stopped}), valid "
           f"{config.metric} {metric:.4f}; run in {args.out}. Test it once with: "

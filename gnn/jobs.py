@@ -42,6 +42,9 @@ class TrainJob:
         sampler_resources: custom Ray resources per sampler actor (``--sampler ray``).
         ray_train: :class:`RayTrainParams` fields for a Ray Train job (None: one process).
         address: the Ray cluster (Ray sampler actors, Ray Train).
+        final_from: a finished run trained on train with valid early stopping: train its
+            model and settings again on train + valid for its best epoch count (a final
+            fit; ``train`` and ``hyper`` still override).
     """
 
     out: str
@@ -57,6 +60,7 @@ class TrainJob:
     ray_train: dict[str, Any] | None = None
     address: str | None = None
     progress: bool = True
+    final_from: str | None = None
 
 
 def run_train(job: TrainJob) -> tuple[str, Any, Any]:
@@ -64,7 +68,7 @@ def run_train(job: TrainJob) -> tuple[str, Any, Any]:
     from gnnrec.gnn.data import fingerprint
     from gnnrec.gnn.graph_file import load_graph
     from gnnrec.gnn.run import Run, build_model, model_class
-    from gnnrec.gnn.split import ensure_split
+    from gnnrec.gnn.split import ensure_split, merge_valid
     from gnnrec.gnn.train import TrainConfig, check_resumable, seed_everything
     from gnnrec.gnn.views import TrainView
 
@@ -78,6 +82,8 @@ def run_train(job: TrainJob) -> tuple[str, Any, Any]:
         hyper = {**meta["model"]["config"], **job.hyper}
         graph_path = job.graph or meta["graph"]["path"]
         config = TrainConfig.from_dict({**meta["train_config"], **job.train})
+    elif job.final_from:
+        model_name, graph_path, hyper, config = _final_settings(job)
     else:
         if not job.model or not job.graph:
             raise GnnrecError("gnnrec train needs --model and --graph (or --resume)")
@@ -86,10 +92,20 @@ def run_train(job: TrainJob) -> tuple[str, Any, Any]:
         hyper = dict(job.hyper)
         defaults = getattr(model_class(model_name), "train_defaults", {})
         config = TrainConfig(**{**defaults, **job.train})
+        if config.final and "epochs" not in job.train:
+            raise GnnrecError("a final fit on train+valid trains exactly --epochs epochs (no "
+                              "validation stops it): give the epoch count valid chose, or "
+                              "use --final-from RUN")
     graph, applied = ensure_split(load_graph(graph_path))
     if applied:
         print(f"{graph_path} has no split: using the default random split (seed 0, 80/10/10); "
               "make it explicit with `gnnrec split`", file=sys.stderr)
+    if job.final_from and fingerprint(graph) != Run.open(job.final_from).meta()["graph"][
+            "fingerprint"]:
+        raise GnnrecError(f"{job.final_from} was trained on another graph or split than "
+                          f"{graph_path}: a final fit must keep the split valid chose on")
+    if config.final:
+        graph = merge_valid(graph)
     config.validate()
     view = TrainView.from_graph(graph)  # the one train view of this job
     seed_everything(config.seed, config.deterministic)
@@ -102,6 +118,30 @@ def run_train(job: TrainJob) -> tuple[str, Any, Any]:
                          overwrite=job.overwrite)
         run.update_meta(graph={**run.meta()["graph"], "split_applied": applied})
     return model_name, _fit(job, model, view, config, run), config
+
+
+def _final_settings(job: TrainJob) -> tuple[str, str, dict[str, Any], Any]:
+    """``(model name, graph path, constructor args, TrainConfig)`` of a final fit of the
+    run ``job.final_from``: its model and settings, ``fit_on`` train+valid, ``epochs`` its
+    best epoch (what valid chose), the job's flags over them."""
+    from gnnrec.gnn.run import Run
+    from gnnrec.gnn.train import TrainConfig
+
+    assert job.final_from is not None
+    meta = Run.open(job.final_from).meta()
+    model_name = meta["model"]["name"]
+    if job.model and job.model != model_name:
+        raise GnnrecError(f"{job.final_from} holds a {model_name} run, not {job.model}")
+    source = TrainConfig.from_dict(meta["train_config"])
+    if meta.get("status") != "finished" or source.final:
+        raise GnnrecError(f"--final-from needs a finished run trained on train with valid "
+                          f"early stopping; {job.final_from} is "
+                          f"{'a final fit' if source.final else meta.get('status')}")
+    check_model_args(model_name, job.hyper)
+    hyper = {**meta["model"]["config"], **job.hyper}
+    config = TrainConfig.from_dict({**source.to_dict(), "epochs": max(1, meta["best_epoch"]),
+                                    **job.train, "fit_on": "train+valid"})
+    return model_name, job.graph or meta["graph"]["path"], hyper, config
 
 
 def _fit(job: TrainJob, model: Any, view: Any, config: Any, run: Any) -> Any:
@@ -171,6 +211,9 @@ def evaluate_run(run: str, split: str, *, device: str = "auto",
 
     dev = resolve_device(device)
     opened = Run.open(run)
+    if split == "valid" and opened.meta()["train_config"].get("fit_on") == "train+valid":
+        raise GnnrecError(f"{run} is a final fit: it trained on valid, so valid cannot "
+                          "measure it (evaluate its --final-from run on valid, this one on test)")
     user, item = (e.to(dev) for e in opened.embeddings())
     metrics = evaluate(dot_scores(user, item), opened.graph().interactions,
                        split, batch_size=batch_size, device=dev)  # type: ignore[arg-type]

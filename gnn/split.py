@@ -143,6 +143,25 @@ def apply_split(
     return out
 
 
+def merge_valid(data: HeteroData) -> HeteroData:
+    """A shallow copy of the split ``data`` with its valid interactions moved to train (the
+    test ones untouched): the graph of a final fit on train + valid, once valid has chosen
+    the model and its epoch count. ``split_info`` records it (``valid_merged``)."""
+    if not has_split(data):
+        raise SplitError("graph has no split: nothing to merge (run `gnnrec split` first)")
+    split = data[UI].split.clone()
+    split[split == VALID] = TRAIN
+    out = copy.copy(data)
+    out[UI].split = split
+    if IU in out.edge_types:
+        out[IU].split = split
+    info = dict(getattr(data, "split_info", None) or {})
+    counts = np.bincount(split.numpy(), minlength=3)
+    out.split_info = {**info, "valid_merged": True,
+                      "counts": {"train": int(counts[0]), "valid": 0, "test": int(counts[2])}}
+    return out
+
+
 def ensure_split(data: HeteroData, *, seed: int = 0) -> tuple[HeteroData, bool]:
     """``data`` unchanged if it has a split, else with the default random split (seed 0).
 

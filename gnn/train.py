@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from gnnrec.errors import GnnrecError
 from gnnrec.gnn.allocator import bound_onednn_caches
+from gnnrec.gnn.data import VALID
 from gnnrec.gnn.evaluate import Evaluator, dot_scores
 from gnnrec.gnn.metrics import CATALOGUE_METRICS, USER_METRICS
 from gnnrec.gnn.models.base import LOSSES
@@ -62,6 +63,10 @@ Batches = Callable[[Any, torch.device], Callable[[int], Iterable[Step]]]
 
 
 PRECISIONS = ("fp32", "bf16")
+FIT_ON = ("train", "train+valid")
+# What a final fit (fit_on train+valid) "validates" at each checkpoint: the epochs trained,
+# so that the last epoch is always the best and nothing stops early.
+EPOCHS_TRAINED = "epochs_trained"
 
 
 class TrainingError(GnnrecError):
@@ -98,6 +103,11 @@ class TrainConfig:
     # and evaluation stay float32 (see RankingStep, which also turns off oneDNN's
     # per-shape caches: with them a bf16 epoch's memory grew at every step).
     precision: Literal["fp32", "bf16"] = "fp32"
+    # train+valid: a final fit on the train and valid interactions for exactly ``epochs``
+    # epochs, once valid has chosen the settings and the epoch count: no valid evaluation,
+    # no early stopping, the last epoch's weights are the model (the caller merges valid
+    # into train: gnnrec.gnn.split.merge_valid, which `gnnrec train` applies).
+    fit_on: Literal["train", "train+valid"] = "train"
 
     # Settings that may change when resuming a run (the rest must match).
     RESUMABLE = ("epochs", "patience", "eval_every", "device", "eval_batch_size",
@@ -120,6 +130,13 @@ class TrainConfig:
                                 f"not {self.precision!r}")
         if self.eval_users is not None and self.eval_users < 1:
             raise TrainingError(f"eval_users must be at least 1, got {self.eval_users}")
+        if self.fit_on not in FIT_ON:
+            raise TrainingError(f"fit_on must be one of {', '.join(FIT_ON)}, not {self.fit_on!r}")
+
+    @property
+    def final(self) -> bool:
+        """A final fit on train + valid (no validation; see ``fit_on``)."""
+        return self.fit_on == "train+valid"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -450,7 +467,7 @@ class Session:
         if self.run is not None:
             self.run.update_meta(status="finished", stopped=stopped, history=stopping.history,
                                  best_epoch=stopping.best_epoch, best_valid=best_valid,
-                                 metrics={"valid": best_valid})
+                                 metrics={"valid": best_valid} if best_valid else {})
         return TrainResult(stopping.best_epoch, best_valid, stopping.history, stopped)
 
 
@@ -481,8 +498,12 @@ def fit(model: nn.Module, view: TrainView, config: TrainConfig, *,
     batch_inputs = inputs if light is None else light(view)
     if light is not None and batch_inputs is not None:
         batch_inputs = batch_inputs.to(device)
-    evaluator = Evaluator(view, "valid", batch_size=config.eval_batch_size)
-    eval_users = evaluator.sample_users(config.eval_users, config.seed)
+    evaluator = None if config.final else Evaluator(view, "valid",
+                                                    batch_size=config.eval_batch_size)
+    if config.final and view.interactions.part((VALID,)).nnz:
+        raise TrainingError("a final fit (fit_on train+valid) trains on valid: merge it into "
+                            "train first (gnnrec.gnn.split.merge_valid)")
+    eval_users = evaluator.sample_users(config.eval_users, config.seed) if evaluator else None
     evaluated: list[tuple[Tensor, Tensor]] = []  # the embeddings last scored on valid
 
     def evaluate() -> dict[str, float]:
@@ -490,18 +511,22 @@ def fit(model: nn.Module, view: TrainView, config: TrainConfig, *,
         with torch.no_grad():
             out = model(inputs if light is None else full_inputs())
         evaluated[:] = [(out.user, out.item)]
-        metrics = evaluator(dot_scores(out.user, out.item), device=device, users=eval_users)
+        if evaluator is None:  # a final fit: the last epoch is the model
+            metrics = {EPOCHS_TRAINED: float(stopping.history[-1]["epoch"])}
+        else:
+            metrics = evaluator(dot_scores(out.user, out.item), device=device, users=eval_users)
         model.train()
         return metrics
 
     trainable = getattr(model, "trainable", True)
     params = [p for p in model.parameters() if p.requires_grad] if trainable else []
     solves = not params and callable(getattr(model, "solve", None))
-    if config.metric not in metric_keys(evaluator):
+    metric = EPOCHS_TRAINED if evaluator is None else config.metric
+    if evaluator is not None and metric not in metric_keys(evaluator):
         raise TrainingError(f"metric {config.metric!r} is not computed; use e.g. recall@20")
     stopping = EarlyStopping(config)
     if not params and not solves:  # nothing to fit (a stand-in model): evaluated once
-        return _evaluate_only(model, stopping, session, evaluate, evaluated)
+        return _evaluate_only(model, stopping, session, evaluate, evaluated, metric)
     optimizer = adam(params, config.lr) if params else None
     make = batches or (lambda inputs, device: FullBatches(view, config, inputs, device))
     source = make(batch_inputs, device) if optimizer is not None else None
@@ -534,17 +559,17 @@ def fit(model: nn.Module, view: TrainView, config: TrainConfig, *,
         if not stopping.evaluates(epoch) and not converged:
             bar.set_postfix(loss=f"{loss:.4f}")
             continue
-        value, metrics = session.validate(evaluate, config.metric)
-        if metrics is not None:
+        value, metrics = session.validate(evaluate, metric)
+        if metrics is not None and evaluator is not None:
             record["valid"] = metrics
         stopping.observe(epoch, value, model if session.keeps_best else None)
         if stopping.should_stop or converged:
             stopped = "converged" if converged else "early_stopping"
         session.checkpoint(epoch, model, optimizer, stopping, stopped, rng_state(source),
                            evaluated[0] if evaluated else None)
-        if report is not None and metrics is not None:
+        if report is not None and metrics is not None and evaluator is not None:
             report(epoch, metrics)
-        bar.set_postfix({"loss": f"{loss:.4f}", config.metric: f"{value:.4f}"})
+        bar.set_postfix({"loss": f"{loss:.4f}", metric: f"{value:.4f}"})
         if stopped != "max_epochs":
             break
     bar.close()
@@ -555,10 +580,12 @@ def fit(model: nn.Module, view: TrainView, config: TrainConfig, *,
 
 def _evaluate_only(model: nn.Module, stopping: EarlyStopping, session: Session,
                    evaluate: Callable[[], dict[str, float]],
-                   evaluated: list[tuple[Tensor, Tensor]]) -> TrainResult:
+                   evaluated: list[tuple[Tensor, Tensor]], metric: str) -> TrainResult:
     record: dict[str, Any] = {"epoch": 0}
     stopping.history.append(record)
-    value, record["valid"] = session.validate(evaluate, stopping.config.metric)
+    value, metrics = session.validate(evaluate, metric)
+    if metric != EPOCHS_TRAINED:
+        record["valid"] = metrics
     stopping.observe(0, value, model)
     session.checkpoint(0, model, None, stopping, "no_parameters", rng_state(), evaluated[0])
     return session.finish(model, stopping, "no_parameters")

@@ -64,6 +64,20 @@ def test_quality_benchmark_runs_on_a_tiny_graph(ray_session: None, tmp_path: Pat
                                   quality.TuneResources(), families=families, seeds=(0, 1),
                                   log=logged.append)
     assert again["test_mean"] == result["test_mean"]  # resumed: nothing trained again
+    final = quality.run_benchmark("tiny", graph, tmp_path, quality.Budget.quick(),
+                                  quality.TuneResources(), families=families, seeds=(0, 1),
+                                  log=logged.append, final_fit=True)
+    assert final["test_mean"] == result["test_mean"]
+    for seed in final["final_fit"]["per_seed"]:  # every run again on train + valid
+        assert set(seed["test"]) == set(families)
+        for family in families:
+            run = tmp_path / "tiny" / f"seed{seed['seed']}"
+            source = json.loads((run / family / "meta.json").read_text())
+            meta = json.loads((run / f"{family}-final" / "meta.json").read_text())
+            assert meta["train_config"]["fit_on"] == "train+valid"
+            assert seed["epochs"][family] == max(1, source["best_epoch"]) or family == "pop"
+    assert set(final["final_fit"]["goal"]["metrics"]) == set(quality.GOAL_METRICS)
+    assert "Final fit on train + valid" in quality.table(final)
     baselines = quality.run_benchmark("tiny", graph, tmp_path, quality.Budget.quick(),
                                       quality.TuneResources(), families=("pop", "ials"),
                                       seeds=(0, 1), log=logged.append)

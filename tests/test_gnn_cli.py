@@ -82,6 +82,43 @@ def test_train_evaluate_recommend(tmp_path: Path, capsys: pytest.CaptureFixture)
             recommender_of_run(str(out))[0].recommend("nobody")
 
 
+def test_final_fit_from_a_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    gpath = save_graph(small_graph(), tmp_path / "g.pt")
+    src, out = tmp_path / "runs" / "mf", tmp_path / "runs" / "mf-final"
+    with fake_models(mf=TinyMF):
+        assert main(["train", "--model", "mf", "--graph", str(gpath), "--out", str(src),
+                     "--epochs", "4", "--lr", "0.02", "--embedding-dim", "4",
+                     "--no-progress"]) == 0
+        capsys.readouterr()
+        source = json.loads((src / "meta.json").read_text())
+        assert main(["train", "--final-from", str(src), "--out", str(out), "--no-progress"]) == 0
+        assert "final fit on train+valid" in capsys.readouterr().out
+        meta = json.loads((out / "meta.json").read_text())
+        # the source's model and settings, its best epoch count, on train + valid
+        assert meta["model"]["config"] == source["model"]["config"]
+        assert meta["train_config"] == {**source["train_config"], "fit_on": "train+valid",
+                                        "epochs": source["best_epoch"]}
+        assert meta["best_epoch"] == source["best_epoch"] == len(meta["history"])
+        assert meta["graph"]["split_info"]["counts"]["valid"] == 0
+        assert main(["evaluate", str(out), "--split", "valid"]) == 2
+        assert "is a final fit" in capsys.readouterr().err
+        assert main(["evaluate", str(out), "--split", "test", "--json"]) == 0
+        assert 0 <= json.loads(capsys.readouterr().out)["recall@20"] <= 1
+        assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0  # resumable
+        capsys.readouterr()
+        # refused: a final fit as a source, no --epochs, another split
+        assert main(["train", "--final-from", str(out), "--out", str(tmp_path / "x"),
+                     "--no-progress"]) == 2
+        assert "needs a finished run trained on train" in capsys.readouterr().err
+        assert main(["train", "--model", "mf", "--graph", str(gpath), "--out",
+                     str(tmp_path / "y"), "--fit-on", "train+valid", "--no-progress"]) == 2
+        assert "exactly --epochs epochs" in capsys.readouterr().err
+        other = save_graph(small_graph(seed=5), tmp_path / "other.pt")
+        assert main(["train", "--final-from", str(src), "--graph", str(other), "--out",
+                     str(tmp_path / "z"), "--no-progress"]) == 2
+        assert "another graph or split" in capsys.readouterr().err
+
+
 def test_train_without_split_applies_default(tmp_path: Path,
                                              capsys: pytest.CaptureFixture) -> None:
     gpath = save_graph(synthetic_graph(80, 40, mean_interactions=8, seed=2), tmp_path / "g.pt")

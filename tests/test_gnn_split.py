@@ -22,6 +22,7 @@ from gnnrec.gnn.split import (  # noqa: E402
     SplitError,
     apply_split,
     ensure_split,
+    merge_valid,
     random_split,
     temporal_split,
     write_recbole,
@@ -99,6 +100,24 @@ def test_ensure_split_applies_default_once() -> None:
     h2, applied2 = ensure_split(h)
     assert not applied2 and h2 is h
     assert fingerprint(ensure_split(g)[0]) == fingerprint(h)
+
+
+def test_merge_valid_moves_valid_to_train_and_keeps_test() -> None:
+    g = apply_split(synthetic_graph(60, 40, seed=3), "random", seed=3)
+    before = g[UI].split.clone()
+    merged = merge_valid(g)
+    after = merged[UI].split
+    assert torch.equal(after[before == TEST], before[before == TEST])  # test is untouched
+    assert (after[before == VALID] == TRAIN).all() and not (after == VALID).any()
+    assert torch.equal(merged[IU].split, after)
+    assert torch.equal(g[UI].split, before)  # the input graph is not changed
+    counts = g.split_info["counts"]
+    assert merged.split_info["counts"] == {"train": counts["train"] + counts["valid"],
+                                           "valid": 0, "test": counts["test"]}
+    assert merged.split_info["valid_merged"] is True and "valid_merged" not in g.split_info
+    assert fingerprint(merged) != fingerprint(g)
+    with pytest.raises(SplitError, match="no split"):
+        merge_valid(synthetic_graph(20, 10, seed=0))
 
 
 def test_recbole_files(tmp_path: Path) -> None:

@@ -196,6 +196,38 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(tmp_path: Path) -> N
                     fingerprint(g))  # more epochs is fine
 
 
+def test_final_fit_trains_its_epochs_on_train_and_valid(tmp_path: Path) -> None:
+    from gnnrec.gnn.split import merge_valid
+
+    g = small_graph()
+    cfg = TrainConfig(**{**CFG, "epochs": 3, "patience": 1, "fit_on": "train+valid"})
+    with pytest.raises(TrainingError, match="merge it into train first"):
+        train(_model(g), g, cfg, progress=False)  # valid is still held out: refused
+    merged = merge_valid(g)
+    model = _model(merged)
+    run = Run.create(tmp_path / "final", model_name="tinymf", model=model, graph=merged,
+                     graph_path=None, train_config=cfg.to_dict())
+    res = train(model, merged, cfg, run=run, progress=False)
+    # no validation, no early stopping (patience 1 would stop a validated run): the last
+    # epoch is the model, its weights and embeddings are the run's
+    assert res.best_epoch == 3 and res.stopped == "max_epochs" and res.best_valid == {}
+    assert all("valid" not in r for r in res.history) and len(res.history) == 3
+    meta = run.meta()
+    assert meta["status"] == "finished" and meta["metrics"] == {} and meta["best_epoch"] == 3
+    kept = Run.open(tmp_path / "final").graph()  # the run keeps the merged split
+    split = g["user", "interacts", "item"].split
+    assert kept.interactions.part((1,)).nnz == 0
+    assert kept.interactions.part((0,)).nnz == int((split != 2).sum())
+    for key, value in model.state_dict().items():
+        assert torch.equal(run.load_model_state()[key], value), key
+    # the same epochs trained on train alone differ: the valid edges were trained on
+    alone = train(_model(g), g, TrainConfig(**{**CFG, "epochs": 3, "patience": 10}),
+                  progress=False)
+    assert [r["loss"] for r in alone.history] != [r["loss"] for r in res.history]
+    with pytest.raises(TrainingError, match="fit_on"):
+        TrainConfig(fit_on="valid").validate()  # type: ignore[arg-type]
+
+
 def test_bad_config_is_refused() -> None:
     with pytest.raises(TrainingError, match="batch_size"):
         TrainConfig(batch_size=0).validate()
