@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `experiments` is a folder at the root, not an installed package
     sys.path.insert(0, str(ROOT))
 
-from experiments import common, epoch_time, graphs, ingest_bench, quality  # noqa: E402
+from experiments import blend, common, epoch_time, graphs, ingest_bench, quality  # noqa: E402
 from gnnrec.gnn.generators import synthetic_graph  # noqa: E402
 from gnnrec.gnn.split import apply_split  # noqa: E402
 
@@ -78,6 +78,14 @@ def test_quality_benchmark_runs_on_a_tiny_graph(ray_session: None, tmp_path: Pat
             assert seed["epochs"][family] == max(1, source["best_epoch"]) or family == "pop"
     assert set(final["final_fit"]["goal"]["metrics"]) == set(quality.GOAL_METRICS)
     assert "Final fit on train + valid" in quality.table(final)
+    seed0 = tmp_path / "tiny" / "seed0"
+    for other in ("ials", "ease"):  # a blend's ends are the two runs alone (valid)
+        mixed = blend.blend(seed0 / "lightgcn", seed0 / other)
+        ends = {r["weight_a"]: r for r in mixed["blends"]}
+        for w, family in ((1.0, "lightgcn"), (0.0, other)):
+            valid = json.loads((seed0 / family / "meta.json").read_text())["best_valid"]
+            assert ends[w]["recall@20"] == pytest.approx(valid["recall@20"], abs=1e-6)
+        assert mixed["best"]["recall@20"] >= max(ends[0.0]["recall@20"], ends[1.0]["recall@20"])
     baselines = quality.run_benchmark("tiny", graph, tmp_path, quality.Budget.quick(),
                                       quality.TuneResources(), families=("pop", "ials"),
                                       seeds=(0, 1), log=logged.append)
