@@ -288,7 +288,7 @@ class WorkerSession(Session):
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if self.rank == 0:
-                report.update(record["valid"])
+                report.update(record.get("valid", {}))  # none in a final fit
                 torch.save({"epoch": epoch, "model": model.state_dict(),
                             "optimizer": optimizer.state_dict() if optimizer else {},
                             **stopping.state(), "stopped": stopped, "resumes": self.resumes,

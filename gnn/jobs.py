@@ -105,9 +105,6 @@ def run_train(job: TrainJob) -> tuple[str, Any, Any]:
         raise GnnrecError(f"{job.final_from} was trained on another graph or split than "
                           f"{graph_path}: a final fit must keep the split valid chose on")
     if config.final:
-        if job.ray_train is not None:
-            raise GnnrecError("a final fit on train+valid runs in one process (or with "
-                              "--minibatch), not as a Ray Train job (--workers) yet")
         graph = merge_valid(graph)
     config.validate()
     view = TrainView.from_graph(graph)  # the one train view of this job

@@ -96,6 +96,26 @@ def test_two_workers_write_a_loadable_run(cli_run: Path, tmp_path: Path,
         1, 2, 3, 4, 5]
 
 
+def test_two_workers_final_fit_on_train_and_valid(cli_run: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """``gnnrec train --final-from RUN --workers 2``: RUN's settings on train + valid for
+    its best epoch count, as a Ray Train job; no validation, the last epoch kept."""
+    source = json.loads((cli_run / "meta.json").read_text())
+    out = tmp_path / "final"
+    assert main(["train", "--final-from", str(cli_run), "--out", str(out), "--workers", "2",
+                 "--no-progress"]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "finished" and meta["train_config"]["fit_on"] == "train+valid"
+    epochs = source["best_epoch"]
+    assert meta["best_epoch"] == epochs == meta["train_config"]["epochs"]
+    assert [r["epoch"] for r in meta["history"]] == list(range(1, epochs + 1))
+    assert not any("valid" in r for r in meta["history"]) and meta["metrics"] == {}
+    assert meta["graph"]["split_info"]["counts"]["valid"] == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--split", "test", "--json", "--device", "cpu"]) == 0
+    assert 0 < json.loads(capsys.readouterr().out)["recall@20"] <= 1
+
+
 def test_killed_worker_resumes_from_the_last_checkpoint(
         graph: HeteroData, gpath: Path, cli_run: Path, tmp_path: Path) -> None:
     from gnnrec.gnn.distributed import RayTrainParams, train_distributed

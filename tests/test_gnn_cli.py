@@ -113,9 +113,6 @@ def test_final_fit_from_a_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
         assert main(["train", "--model", "mf", "--graph", str(gpath), "--out",
                      str(tmp_path / "y"), "--fit-on", "train+valid", "--no-progress"]) == 2
         assert "exactly --epochs epochs" in capsys.readouterr().err
-        assert main(["train", "--final-from", str(src), "--out", str(tmp_path / "w"),
-                     "--workers", "2", "--no-progress"]) == 2
-        assert "not as a Ray Train job" in capsys.readouterr().err
         other = save_graph(small_graph(seed=5), tmp_path / "other.pt")
         assert main(["train", "--final-from", str(src), "--graph", str(other), "--out",
                      str(tmp_path / "z"), "--no-progress"]) == 2
