@@ -324,8 +324,8 @@ def final_fit_run(run: Path, progress: bool) -> int:
     from gnnrec.gnn.run import Run
 
     out = run.with_name(run.name + FINAL_SUFFIX)
-    if (out / "meta.json").is_file() and Run.open(out).meta().get("status") == "finished":
-        return int(Run.open(out).meta()["best_epoch"])
+    if (out / "meta.json").is_file() and (meta := Run.open(out).meta()).get("status") == "finished":
+        return int(meta["best_epoch"])
     _, result, _ = run_train(TrainJob(out=str(out), final_from=str(run), overwrite=True,
                                       progress=progress))
     return int(result.best_epoch)

@@ -83,7 +83,8 @@ def run_train(job: TrainJob) -> tuple[str, Any, Any]:
         graph_path = job.graph or meta["graph"]["path"]
         config = TrainConfig.from_dict({**meta["train_config"], **job.train})
     elif job.final_from:
-        model_name, graph_path, hyper, config = _final_settings(job)
+        source = Run.open(job.final_from).meta()
+        model_name, graph_path, hyper, config = _final_settings(job, source)
     else:
         if not job.model or not job.graph:
             raise GnnrecError("gnnrec train needs --model and --graph (or --resume)")
@@ -100,8 +101,7 @@ def run_train(job: TrainJob) -> tuple[str, Any, Any]:
     if applied:
         print(f"{graph_path} has no split: using the default random split (seed 0, 80/10/10); "
               "make it explicit with `gnnrec split`", file=sys.stderr)
-    if job.final_from and fingerprint(graph) != Run.open(job.final_from).meta()["graph"][
-            "fingerprint"]:
+    if job.final_from and fingerprint(graph) != source["graph"]["fingerprint"]:
         raise GnnrecError(f"{job.final_from} was trained on another graph or split than "
                           f"{graph_path}: a final fit must keep the split valid chose on")
     if config.final:
@@ -120,15 +120,13 @@ def run_train(job: TrainJob) -> tuple[str, Any, Any]:
     return model_name, _fit(job, model, view, config, run), config
 
 
-def _final_settings(job: TrainJob) -> tuple[str, str, dict[str, Any], Any]:
+def _final_settings(job: TrainJob, meta: dict[str, Any]) -> tuple[str, str, dict[str, Any],
+                                                                  Any]:
     """``(model name, graph path, constructor args, TrainConfig)`` of a final fit of the
-    run ``job.final_from``: its model and settings, ``fit_on`` train+valid, ``epochs`` its
-    best epoch (what valid chose), the job's flags over them."""
-    from gnnrec.gnn.run import Run
+    run ``job.final_from`` (``meta``: its meta): its model and settings, ``fit_on``
+    train+valid, ``epochs`` its best epoch (what valid chose), the job's flags over them."""
     from gnnrec.gnn.train import TrainConfig
 
-    assert job.final_from is not None
-    meta = Run.open(job.final_from).meta()
     model_name = meta["model"]["name"]
     if job.model and job.model != model_name:
         raise GnnrecError(f"{job.final_from} holds a {model_name} run, not {job.model}")

@@ -122,11 +122,7 @@ def apply_split(
                                min_interactions=min_interactions)
     else:
         raise SplitError(f"unknown split kind {kind!r} (random or temporal)")
-    out = copy.copy(data)
-    t = torch.from_numpy(split)
-    out[UI].split = t
-    if IU in out.edge_types:
-        out[IU].split = t
+    out = _with_split(data, torch.from_numpy(split))
     counts = np.bincount(split, minlength=3)
     evaluated = int((np.bincount(user[split != TRAIN], minlength=num_users) > 0).sum())
     with_edges = int((np.bincount(user, minlength=num_users) > 0).sum())
@@ -151,14 +147,20 @@ def merge_valid(data: HeteroData) -> HeteroData:
         raise SplitError("graph has no split: nothing to merge (run `gnnrec split` first)")
     split = data[UI].split.clone()
     split[split == VALID] = TRAIN
-    out = copy.copy(data)
-    out[UI].split = split
-    if IU in out.edge_types:
-        out[IU].split = split
+    out = _with_split(data, split)
     info = dict(getattr(data, "split_info", None) or {})
     counts = np.bincount(split.numpy(), minlength=3)
     out.split_info = {**info, "valid_merged": True,
                       "counts": {"train": int(counts[0]), "valid": 0, "test": int(counts[2])}}
+    return out
+
+
+def _with_split(data: HeteroData, split: torch.Tensor) -> HeteroData:
+    """A shallow copy of ``data`` whose interactions (both directions) carry ``split``."""
+    out = copy.copy(data)
+    out[UI].split = split
+    if IU in out.edge_types:
+        out[IU].split = split
     return out
 
 

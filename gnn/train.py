@@ -500,7 +500,7 @@ def fit(model: nn.Module, view: TrainView, config: TrainConfig, *,
         batch_inputs = batch_inputs.to(device)
     evaluator = None if config.final else Evaluator(view, "valid",
                                                     batch_size=config.eval_batch_size)
-    if config.final and view.interactions.part((VALID,)).nnz:
+    if config.final and (view.interactions.split == VALID).any():
         raise TrainingError("a final fit (fit_on train+valid) trains on valid: merge it into "
                             "train first (gnnrec.gnn.split.merge_valid)")
     eval_users = evaluator.sample_users(config.eval_users, config.seed) if evaluator else None
