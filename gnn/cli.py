@@ -124,11 +124,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     tu = sub.add_parser("tune", help="tune a model's hyper-parameters on valid with Ray Tune "
                         "(ASHA); the best configuration becomes a run directory")
-    tu.add_argument("--model", choices=MODEL_NAMES, required=True)
+    tu.add_argument("--model", required=True,
+                    help=f"one of {', '.join(MODEL_NAMES)}; several separated by commas, or "
+                    "all: each is tuned with the same budget and the best on valid selected")
     tu.add_argument("--graph", required=True, help="split graph file (`gnnrec split`)")
     tu.add_argument("--out", required=True, help="run directory of the best configuration; "
-                    "trials.csv, trials.json and curves.png are written there too")
-    tu.add_argument("--space", help="YAML file replacing entries of the model's search space")
+                    "trials.csv, trials.json and curves.png are written there too (several "
+                    "models: OUT/MODEL each, OUT/best links to the best, families.csv)")
+    tu.add_argument("--space", help="YAML file replacing entries of the model's search space "
+                    "(several models: a mapping of model names to their entries)")
     tu.add_argument("--trials", type=int, default=16, help="configurations tried (default 16)")
     tu.add_argument("--max-evaluations", type=int, default=40,
                     help="valid evaluations a trial may reach (ASHA max_t; default 40)")
@@ -278,7 +282,17 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from gnnrec.gnn.tune import TuneResources, TuneSettings, describe, load_space, tune_model
+    from gnnrec.gnn.tune import (
+        TuneResources,
+        TuneSettings,
+        describe,
+        describe_families,
+        family_spaces,
+        load_space,
+        parse_families,
+        tune_families,
+        tune_model,
+    )
 
     settings = TuneSettings(trials=args.trials, max_evaluations=args.max_evaluations,
                             eval_every=args.eval_every, grace=args.grace,
@@ -287,10 +301,17 @@ def _tune(args: argparse.Namespace) -> int:
     resources = TuneResources(cpus_per_trial=args.cpus_per_trial,
                               gpus_per_trial=args.gpus_per_trial, concurrency=args.concurrency,
                               address=args.address, storage_path=args.storage_path)
-    space = load_space(args.space) if args.space else None
-    summary = tune_model(args.model, args.graph, args.out, settings, resources, space=space,
-                         resume=args.resume, overwrite=args.overwrite,
-                         progress=not args.no_progress)
+    families = parse_families(args.model)
+    spaces = family_spaces(families, load_space(args.space) if args.space else None)
+    if len(families) > 1:
+        selection = tune_families(families, args.graph, args.out, settings, resources,
+                                  spaces=spaces, resume=args.resume, overwrite=args.overwrite,
+                                  progress=not args.no_progress)
+        print(json.dumps(selection) if args.json else describe_families(selection))
+        return 0
+    summary = tune_model(families[0], args.graph, args.out, settings, resources,
+                         space=spaces[families[0]], resume=args.resume,
+                         overwrite=args.overwrite, progress=not args.no_progress)
     print(json.dumps(summary) if args.json else describe(summary))
     return 0
 

@@ -27,6 +27,11 @@ One call tunes one model family on a split graph file:
   next to ``trials.csv`` / ``trials.json`` (one row per trial) and ``curves.png`` (valid
   ``metric`` per epoch of every trial).
 
+Several families (:func:`tune_families`, ``gnnrec tune --model ials,ease,lightgcn`` or
+``--model all``) are tuned one after another with the same settings, each into
+``OUT/<family>``; the best on valid ``metric`` is linked as ``OUT/best`` and the
+comparison written to ``families.csv`` / ``families.json``.
+
 This module and :mod:`gnnrec.gnn.distributed` are the only training modules that import
 ``ray``; ``address`` joins a Ray cluster as ``gnnrec train --address`` does.
 """
@@ -54,6 +59,7 @@ from gnnrec.gnn.run import Run, build_model, model_class, write_json
 from gnnrec.gnn.train import TrainConfig, seed_everything, train
 
 TRIALS_CSV, TRIALS_JSON, CURVES_PNG = "trials.csv", "trials.json", "curves.png"
+FAMILIES_CSV, FAMILIES_JSON, BEST_LINK = "families.csv", "families.json", "best"
 # A gradient model's trial trains into EXPERIMENT/TRIAL_RUNS/<trial id>: straight in the
 # storage path, not in Ray's trial folder, whose copy to the storage path Ray may skip when
 # a file changes under it (then the best trial's run was not there and had to be retrained).
@@ -350,9 +356,8 @@ def tune_model(family: str, graph_path: str | os.PathLike[str], out: str | os.Pa
     resources = resources or TuneResources()
     settings.validate()
     out = Path(out).resolve()
-    storage = Path(resources.storage_path or out / "tune").resolve()
-    name = f"{family}"
-    experiment = storage / name
+    experiment = experiment_dir(family, out, resources)
+    storage, name = experiment.parent, experiment.name
     if experiment.exists() and not resume:
         if not overwrite:
             raise TuneError(f"{experiment} holds a tuning experiment: pass --resume to "
@@ -429,6 +434,110 @@ def tune_model(family: str, graph_path: str | os.PathLike[str], out: str | os.Pa
     }
     Run.open(out).update_meta(tuning=summary)
     return summary
+
+
+def experiment_dir(family: str, out: str | os.PathLike[str],
+                   resources: TuneResources) -> Path:
+    """Where the Ray Tune experiment of ``family`` tuned into the run directory ``out``
+    lives: ``<storage path>/<family>`` (default storage path ``out/tune``)."""
+    return Path(resources.storage_path or Path(out) / "tune").resolve() / family
+
+
+def parse_families(value: str) -> list[str]:
+    """``"lightgcn"``, ``"ials,ease,lightgcn"`` or ``"all"`` (every family with a space) as
+    family names, in the order given, each once."""
+    names = list(SPACES) if value.strip() == "all" else \
+        [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SPACES]
+    if unknown or not names:
+        raise TuneError(f"unknown model {', '.join(unknown) or repr(value)}: give one of "
+                        f"{', '.join(SPACES)}, several separated by commas, or all")
+    return list(dict.fromkeys(names))
+
+
+def family_spaces(families: list[str], data: Mapping[str, Any] | None
+                  ) -> dict[str, Mapping[str, Any] | None]:
+    """Each family's overrides of its space from a ``--space`` file: the file itself for
+    one family; for several, a mapping of family names to their overrides."""
+    if data is None:
+        return dict.fromkeys(families)
+    if len(families) == 1:
+        return {families[0]: data}
+    stray = [k for k in data if k not in families]
+    if stray or not all(isinstance(v, Mapping) or v is None for v in data.values()):
+        what = ", ".join(map(str, stray)) or "a value"
+        raise TuneError(f"with several models the search-space file maps each model to its "
+                        f"overrides (e.g. `ials: {{factors: 256}}`); {what} is not one of "
+                        f"{', '.join(families)} with a mapping")
+    return {f: data.get(f) for f in families}
+
+
+def tune_families(families: list[str], graph_path: str | os.PathLike[str],
+                  out: str | os.PathLike[str], settings: TuneSettings | None = None,
+                  resources: TuneResources | None = None, *,
+                  spaces: Mapping[str, Mapping[str, Any] | None] | None = None,
+                  resume: bool = False, overwrite: bool = False,
+                  progress: bool = True) -> dict[str, Any]:
+    """Tune every family of ``families`` with the same ``settings`` (the same budget) into
+    ``out/<family>`` (:func:`tune_model`), then select the best on valid: ``out/best`` links
+    to its run directory and ``families.csv`` / ``families.json`` compare them.
+
+    Each family's figure is its run directory's own valid ``metric`` (the run ``out/best``
+    serves); ties go to the family named first. With ``resume``, a family whose experiment
+    was not started yet is tuned from the beginning. Returns the selection (the families'
+    summaries under ``families``)."""
+    import pandas as pd
+
+    settings = settings or TuneSettings()
+    resources = resources or TuneResources()
+    settings.validate()
+    out = Path(out).resolve()
+    metric = settings.metric
+    rows, summaries = [], {}
+    for family in families:
+        started = resume and tune.Tuner.can_restore(
+            str(experiment_dir(family, out / family, resources)))
+        summary = tune_model(family, graph_path, out / family, settings, resources,
+                             space=(spaces or {}).get(family), resume=started,
+                             overwrite=overwrite, progress=progress)
+        summaries[family] = summary
+        rows.append({"family": family, "valid_" + metric: summary["refit_valid"].get(metric),
+                     "best_valid_in_tuning": summary["best_valid_in_tuning"],
+                     "trials": summary["trials"], "errors": summary["errors"],
+                     "tune_seconds": summary["tune_seconds"], "run": family,
+                     "config": summary["best_config"]})
+    scored = [r for r in rows if r["valid_" + metric] is not None]
+    if not scored:
+        raise TuneError(f"no family's run reports valid {metric}")
+    best = max(scored, key=lambda r: r["valid_" + metric])  # max keeps the first of ties
+    link = out / BEST_LINK
+    if link.is_symlink() or link.exists():
+        if not link.is_symlink():
+            raise TuneError(f"{link} exists and is not the link this command writes")
+        link.unlink()
+    link.symlink_to(best["family"], target_is_directory=True)  # relative: OUT moves whole
+    selection = {"metric": metric, "best": best["family"], "run": str(link),
+                 "graph": str(Path(graph_path).resolve()), "settings": asdict(settings),
+                 "table": rows, "families": summaries}
+    write_json(out / FAMILIES_JSON, selection)
+    pd.DataFrame([{k: v for k, v in r.items() if k != "config"} for r in rows]).to_csv(
+        out / FAMILIES_CSV, index=False)
+    return selection
+
+
+def describe_families(selection: Mapping[str, Any]) -> str:
+    """The families' comparison as a few terminal lines."""
+    metric = selection["metric"]
+    lines = [f"{'model':<10} {'valid ' + metric:>16} {'trials':>7} {'seconds':>8}"]
+    for r in selection["table"]:
+        value = r["valid_" + metric]
+        shown = "-" if value is None else f"{value:.4f}"
+        mark = "  <- best" if r["family"] == selection["best"] else ""
+        lines.append(f"{r['family']:<10} {shown:>16} {r['trials']:>7} "
+                     f"{r['tune_seconds']:>8.0f}{mark}")
+    lines.append(f"best on valid: {selection['best']}; its run: {selection['run']} "
+                 f"(test it once with: gnnrec evaluate {selection['run']} --split test)")
+    return "\n".join(lines)
 
 
 def starting_points(family: str, param_space: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -20,7 +20,9 @@ from gnnrec.gnn.tune import (  # noqa: E402
     TuneError,
     TuneSettings,
     default_config,
+    family_spaces,
     load_space,
+    parse_families,
     search_space,
     starting_points,
     to_ray_space,
@@ -132,13 +134,72 @@ def test_starting_points_set_a_choice_of_several_settings() -> None:
     assert objectives <= {"bpr", "softmax"}
 
 
+def graph_file(tmp_path: Path, users: int = 120, items: int = 50) -> Path:
+    """A small split graph saved as ``tmp_path/g.pt``."""
+    path = tmp_path / "g.pt"
+    save_graph(small_graph(users=users, items=items), path)
+    return path
+
+
+def test_families_and_their_spaces() -> None:
+    assert parse_families("ease") == ["ease"]
+    assert parse_families(" ials, ease ,ials") == ["ials", "ease"]  # in order, once each
+    assert parse_families("all") == list(SPACES)
+    for bad in ("", "ials,svd", "all,ials"):
+        with pytest.raises(TuneError, match="unknown model"):
+            parse_families(bad)
+    assert family_spaces(["ials", "ease"], None) == {"ials": None, "ease": None}
+    one = {"factors": 64}
+    assert family_spaces(["ials"], one) == {"ials": one}  # one model: the file itself
+    assert family_spaces(["ials", "ease"], {"ials": one}) == {"ials": one, "ease": None}
+    with pytest.raises(TuneError, match="maps each model"):  # settings, not model names
+        family_spaces(["ials", "ease"], one)
+    with pytest.raises(TuneError, match="maps each model"):
+        family_spaces(["ials", "ease"], {"ials": 64})
+
+
+@pytest.mark.integration
+def test_tune_several_models_selects_the_best_on_valid_and_resumes(
+        ray_session: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gnnrec.cli import main
+
+    graph_path = graph_file(tmp_path)
+    out = tmp_path / "families"
+    args = ["tune", "--graph", str(graph_path), "--out", str(out), "--trials", "2",
+            "--max-evaluations", "2", "--grace", "1", "--no-progress", "--json"]
+    assert main([*args, "--model", "pop,ease"]) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["family"] for r in first["table"]] == ["pop", "ease"]
+    # a model added later: --resume keeps the finished experiments and tunes the new one
+    assert main([*args, "--model", "pop,ease,ials", "--resume"]) == 0
+    selection = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    table = {r["family"]: r for r in selection["table"]}
+    assert set(table) == {"pop", "ease", "ials"} and all(r["trials"] == 2 for r in table.values())
+    assert table["ease"]["best_valid_in_tuning"] == first["table"][1]["best_valid_in_tuning"]
+    # every family is a run directory scored on valid; the best is linked as OUT/best
+    for family, row in table.items():
+        _, meta, _ = load_run(out / family)
+        assert meta["model"]["name"] == family and meta["status"] == "finished"
+        assert row["valid_recall@20"] == pytest.approx(meta["best_valid"]["recall@20"])
+    best = max(table.values(), key=lambda r: r["valid_recall@20"])["family"]
+    assert selection["best"] == best and (out / "best").is_symlink()
+    assert (out / "best").resolve() == (out / best).resolve()
+    assert load_run(out / "best")[1]["model"]["name"] == best
+    with open(out / "families.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["family"] for r in rows] == ["pop", "ease", "ials"]
+    assert json.loads((out / "families.json").read_text())["best"] == best
+    # the same command again is refused without --resume, as for one model
+    assert main([*args, "--model", "pop,ease,ials"]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
 @pytest.mark.integration
 def test_tune_cli_writes_the_best_run_a_table_and_curves_and_resumes(
         ray_session: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from gnnrec.cli import main
 
-    graph_path = tmp_path / "g.pt"
-    save_graph(small_graph(users=120, items=50), graph_path)
+    graph_path = graph_file(tmp_path)
     out = tmp_path / "best"
     args = ["tune", "--model", "ials", "--graph", str(graph_path), "--out", str(out),
             "--trials", "3", "--max-evaluations", "3", "--grace", "1", "--no-progress",
@@ -171,8 +232,7 @@ def test_tune_cli_writes_the_best_run_a_table_and_curves_and_resumes(
 def test_tune_a_graph_model_with_asha(ray_session: None, tmp_path: Path) -> None:
     from gnnrec.gnn.tune import tune_model
 
-    graph_path = tmp_path / "g.pt"
-    save_graph(small_graph(users=100, items=40), graph_path)
+    graph_path = graph_file(tmp_path, users=100, items=40)
     settings = TuneSettings(trials=3, max_evaluations=3, eval_every=1, grace=1, patience=3)
     summary = tune_model("lightgcn", graph_path, tmp_path / "lg", settings,
                          space={"embedding_dim": {"choice": [8, 16]}, "num_layers": 1},
