@@ -304,9 +304,10 @@ def _tune(args: argparse.Namespace) -> int:
     families = parse_families(args.model)
     spaces = family_spaces(families, load_space(args.space) if args.space else None)
     if len(families) > 1:
-        selection = tune_families(families, args.graph, args.out, settings, resources,
-                                  spaces=spaces, resume=args.resume, overwrite=args.overwrite,
-                                  progress=not args.no_progress)
+        selection = tune_families(
+            families, args.graph, args.out, settings, resources, spaces=spaces,
+            resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+            tuned=None if args.json else lambda summary: print(describe(summary), flush=True))
         print(json.dumps(selection) if args.json else describe_families(selection))
         return 0
     summary = tune_model(families[0], args.graph, args.out, settings, resources,

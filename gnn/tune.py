@@ -43,7 +43,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -476,16 +476,16 @@ def tune_families(families: list[str], graph_path: str | os.PathLike[str],
                   out: str | os.PathLike[str], settings: TuneSettings | None = None,
                   resources: TuneResources | None = None, *,
                   spaces: Mapping[str, Mapping[str, Any] | None] | None = None,
-                  resume: bool = False, overwrite: bool = False,
-                  progress: bool = True) -> dict[str, Any]:
+                  resume: bool = False, overwrite: bool = False, progress: bool = True,
+                  tuned: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Tune every family of ``families`` with the same ``settings`` (the same budget) into
     ``out/<family>`` (:func:`tune_model`), then select the best on valid: ``out/best`` links
     to its run directory and ``families.csv`` / ``families.json`` compare them.
 
     Each family's figure is its run directory's own valid ``metric`` (the run ``out/best``
     serves); ties go to the family named first. With ``resume``, a family whose experiment
-    was not started yet is tuned from the beginning. Returns the selection (the families'
-    summaries under ``families``)."""
+    was not started yet is tuned from the beginning. ``tuned(summary)`` is called as each
+    family finishes. Returns the selection (the families' summaries under ``families``)."""
     import pandas as pd
 
     settings = settings or TuneSettings()
@@ -501,6 +501,8 @@ def tune_families(families: list[str], graph_path: str | os.PathLike[str],
                              space=(spaces or {}).get(family), resume=started,
                              overwrite=overwrite, progress=progress)
         summaries[family] = summary
+        if tuned is not None:
+            tuned(summary)
         rows.append({"family": family, "valid_" + metric: summary["refit_valid"].get(metric),
                      "best_valid_in_tuning": summary["best_valid_in_tuning"],
                      "trials": summary["trials"], "errors": summary["errors"],

@@ -192,6 +192,12 @@ def test_tune_several_models_selects_the_best_on_valid_and_resumes(
     # the same command again is refused without --resume, as for one model
     assert main([*args, "--model", "pop,ease,ials"]) == 2
     assert "--resume" in capsys.readouterr().err
+    # without --json: a line per model as it finishes, then the comparison
+    assert main([*args[:-1], "--model", "pop,ease,ials", "--resume"]) == 0
+    printed = capsys.readouterr().out
+    for family in table:
+        assert f"{family}: 2 trials" in printed
+    assert f"best on valid: {best}" in printed and "<- best" in printed
 
 
 @pytest.mark.integration
