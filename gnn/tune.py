@@ -506,24 +506,22 @@ def tune_families(families: list[str], graph_path: str | os.PathLike[str],
         rows.append({"family": family, "valid_" + metric: summary["refit_valid"].get(metric),
                      "best_valid_in_tuning": summary["best_valid_in_tuning"],
                      "trials": summary["trials"], "errors": summary["errors"],
-                     "tune_seconds": summary["tune_seconds"], "run": family,
-                     "config": summary["best_config"]})
+                     "tune_seconds": summary["tune_seconds"], "run": family})
     scored = [r for r in rows if r["valid_" + metric] is not None]
     if not scored:
         raise TuneError(f"no family's run reports valid {metric}")
     best = max(scored, key=lambda r: r["valid_" + metric])  # max keeps the first of ties
     link = out / BEST_LINK
-    if link.is_symlink() or link.exists():
-        if not link.is_symlink():
-            raise TuneError(f"{link} exists and is not the link this command writes")
+    if link.is_symlink():
         link.unlink()
+    elif link.exists():
+        raise TuneError(f"{link} exists and is not the link this command writes")
     link.symlink_to(best["family"], target_is_directory=True)  # relative: OUT moves whole
     selection = {"metric": metric, "best": best["family"], "run": str(link),
                  "graph": str(Path(graph_path).resolve()), "settings": asdict(settings),
                  "table": rows, "families": summaries}
     write_json(out / FAMILIES_JSON, selection)
-    pd.DataFrame([{k: v for k, v in r.items() if k != "config"} for r in rows]).to_csv(
-        out / FAMILIES_CSV, index=False)
+    pd.DataFrame(rows).to_csv(out / FAMILIES_CSV, index=False)
     return selection
 
 
